@@ -1,0 +1,184 @@
+"""What the profiler service stores.
+
+Measurements are the asset: they are never updated or deleted, and a latency table only references them.
+Jobs carry the lease bookkeeping that lets agents die without losing or doubling work.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can drop and alter them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+KEY_LEN = 200  # op keys are readable strings, well under this
+HASH_LEN = 64  # sha256 hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class ServiceSetting(Base):
+    """Small service-wide state, such as the admin token's hash, shared by every worker."""
+
+    __tablename__ = "service_settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fingerprint: Mapped[dict[str, Any] | None]
+    token_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+
+
+class Operator(Base):
+    """One unique op spec; its ONNX file is content-addressed by `key` in the artifact directory."""
+
+    __tablename__ = "operators"
+    key: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    onnx_sha256: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    onnx_bytes: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProfilingRun(Base):
+    __tablename__ = "profiling_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    space_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    space: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | published | failed
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    operators: Mapped[list[RunOperator]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class RunOperator(Base):
+    """Which ops a run needs; the same op may be needed by many runs and measured once."""
+
+    __tablename__ = "run_operators"
+    run_id: Mapped[int] = mapped_column(ForeignKey("profiling_runs.id"), primary_key=True)
+    op_key: Mapped[str] = mapped_column(ForeignKey("operators.key"), primary_key=True)
+    run: Mapped[ProfilingRun] = relationship(back_populates="operators")
+
+
+class Job(Base):
+    """Measuring one op on one device under one config. `generation` lets a user ask for a re-measurement
+    without ever overwriting the old one."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("device_id", "op_key", "config_hash", "generation"),
+        Index("ix_jobs_claim", "device_id", "status", "lease_expires_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    op_key: Mapped[str] = mapped_column(ForeignKey("operators.key"))
+    config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    config: Mapped[dict[str, Any]]
+    generation: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | leased | done | failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    lease_token: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Measurement(Base):
+    """Robust statistics of one job's timed runs, in microseconds, with everything that shaped them."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int]
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    op_key: Mapped[str] = mapped_column(ForeignKey("operators.key"))
+    config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    median_us: Mapped[float] = mapped_column(Float)
+    mean_us: Mapped[float] = mapped_column(Float)
+    p10_us: Mapped[float] = mapped_column(Float)
+    p90_us: Mapped[float] = mapped_column(Float)
+    std_us: Mapped[float] = mapped_column(Float)
+    n: Mapped[int]
+    samples_us: Mapped[list[Any] | None]
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_measurements_lookup", Measurement.device_id, Measurement.config_hash, Measurement.op_key)
+
+
+class LatencyTable(Base):
+    """An immutable, versioned snapshot: written once in one transaction with all its entries."""
+
+    __tablename__ = "latency_tables"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    version: Mapped[int]
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("profiling_runs.id"))
+    space_hash: Mapped[str] = mapped_column(String(HASH_LEN), index=True)
+    space: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    config: Mapped[dict[str, Any]]
+    fingerprint: Mapped[dict[str, Any] | None]
+    content_sha256: Mapped[str] = mapped_column(String(HASH_LEN))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    entries: Mapped[list[LatencyTableEntry]] = relationship(back_populates="table", order_by="LatencyTableEntry.op_key")
+
+
+class LatencyTableEntry(Base):
+    __tablename__ = "latency_table_entries"
+    table_id: Mapped[int] = mapped_column(ForeignKey("latency_tables.id"), primary_key=True)
+    op_key: Mapped[str] = mapped_column(ForeignKey("operators.key"), primary_key=True)
+    measurement_id: Mapped[int] = mapped_column(ForeignKey("measurements.id"))
+    table: Mapped[LatencyTable] = relationship(back_populates="entries")
+    measurement: Mapped[Measurement] = relationship()
