@@ -1,0 +1,1 @@
+"""Agents that lease measurement jobs from the profiler service and run them on real hardware."""

@@ -1,0 +1,43 @@
+"""The `dnas` command. `python -m dnas` and the console script run the same code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dnas import db_cli, models_cli, space_cli
+from dnas.errors import UserError
+from search.opspec import OpSpecError
+
+app = typer.Typer(
+    no_args_is_help=True, help="Hardware-aware neural architecture search.", pretty_exceptions_enable=False
+)
+app.add_typer(models_cli.app, name="models")
+app.add_typer(space_cli.app, name="space")
+app.add_typer(db_cli.app, name="db")
+
+
+@app.command()
+def demo(
+    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
+    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: a temp dir).")] = None,
+) -> None:
+    """Run what exists end to end: expand the default space, export and run every op, show the zoo."""
+    from dnas.demo import run_demo
+
+    summary = run_demo(resolution, width, out)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 1."""
+    try:
+        app()
+    except (UserError, OpSpecError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,58 @@
+"""`dnas space ...`: inspect a search space and the operators it expands into."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from search.enumerate import enumerate_ops
+from search.export import ExportCache
+from search.space import get_space
+
+app = typer.Typer(no_args_is_help=True, help="Search spaces: show one, list its unique operators, export them.")
+
+Resolution = Annotated[int, typer.Option(help="Input resolution in pixels.", envvar="DNAS_RESOLUTION")]
+Width = Annotated[float, typer.Option(help="Channel width multiplier.", envvar="DNAS_WIDTH")]
+Classes = Annotated[int, typer.Option(help="Number of output classes.")]
+
+
+@app.command()
+def show(name: str = "fbnet", resolution: Resolution = 224, width: Width = 1.0, classes: Classes = 1000) -> None:
+    """The fully resolved space as JSON, with its content hash."""
+    typer.echo(get_space(name, resolution=resolution, width=width, num_classes=classes).to_json())
+
+
+@app.command()
+def ops(
+    name: str = "fbnet",
+    resolution: Resolution = 224,
+    width: Width = 1.0,
+    classes: Classes = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per op.")] = False,
+) -> None:
+    """The unique operators a device must measure for this space."""
+    space = get_space(name, resolution=resolution, width=width, num_classes=classes)
+    for key, spec in enumerate_ops(space).ops.items():
+        typer.echo(spec.canonical_json() if as_json else key)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the per-op .onnx files.")],
+    name: str = "fbnet",
+    resolution: Resolution = 224,
+    width: Width = 1.0,
+    classes: Classes = 1000,
+) -> None:
+    """Export every unique operator to ONNX (cached: existing files are reused)."""
+    from tqdm import tqdm
+
+    space = get_space(name, resolution=resolution, width=width, num_classes=classes)
+    cache = ExportCache(output)
+    specs = list(enumerate_ops(space).ops.values())
+    for spec in tqdm(specs, desc="export", unit="op"):
+        cache.get(spec)
+    typer.echo(json.dumps({"ops": len(specs), "directory": str(output)}))

@@ -1,0 +1,1 @@
+"""The profiler service: devices, profiling runs, the agent job queue and versioned latency tables."""

@@ -1,0 +1,57 @@
+"""The console script as a user runs it: a real subprocess, real files."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+DNAS = [shutil.which("dnas") or sys.executable, *([] if shutil.which("dnas") else ["-m", "dnas"])]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*DNAS, *args], capture_output=True, text=True, check=check, timeout=300)
+
+
+def test_models_describe_json():
+    out = json.loads(run("models", "describe", "fbnet_c", "--json").stdout)
+    assert {"name", "params", "flops", "resolution", "arch"} <= set(out)
+    assert out["name"] == "fbnet_c" and out["resolution"] == 224 and len(out["arch"]) == 22
+
+
+def test_models_list_names_every_model():
+    text = run("models", "list").stdout
+    for name in ("fbnet_a", "fbnet_b", "fbnet_c", "fbnet_96_035_1", "mobilenetv2_100", "mobilenetv2_035"):
+        assert name in text
+
+
+def test_models_export_writes_a_model_onnxruntime_runs(tmp_path):
+    target = tmp_path / "m.onnx"
+    run("models", "export", "mobilenetv2_035", "-o", str(target))
+    sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": np.zeros((1, 3, 224, 224), np.float32)})[0]
+    assert out.shape == (1, 1000)
+
+
+def test_user_errors_are_one_line_and_exit_1():
+    proc = run("models", "describe", "resnet50", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown model 'resnet50'; known: fbnet_a, fbnet_b, fbnet_c, fbnet_96_035_1, "
+        "mobilenetv2_100, mobilenetv2_035"
+    ]
+    proc = run("space", "ops", "--resolution", "4", check=False)
+    assert proc.returncode == 1 and "resolution 4 is outside 16..1024" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_space_ops_lists_the_unique_operators():
+    keys = run("space", "ops").stdout.split()
+    assert len(keys) == 112 and len(set(keys)) == 112
+
+
+def test_db_upgrade(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert "database at 0001" in run("db", "upgrade", "--db", url).stdout
