@@ -57,6 +57,18 @@ class ServiceSetting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class ApiToken(Base):
+    """Read-only tokens for search clients, minted by an admin; only the hash is kept."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16), default="reader")
+    token_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
 class Device(Base):
     __tablename__ = "devices"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dnas import db_cli, models_cli, space_cli
+from dnas import agent_cli, db_cli, models_cli, service_cli, space_cli
 from dnas.errors import UserError
 from search.opspec import OpSpecError
 
@@ -19,6 +19,11 @@ app = typer.Typer(
 app.add_typer(models_cli.app, name="models")
 app.add_typer(space_cli.app, name="space")
 app.add_typer(db_cli.app, name="db")
+app.add_typer(service_cli.device_app, name="device")
+app.add_typer(service_cli.table_app, name="table")
+app.add_typer(agent_cli.app, name="agent")
+app.command()(service_cli.serve)
+app.command()(service_cli.profile)
 
 
 @app.command()

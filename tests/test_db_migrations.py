@@ -9,7 +9,7 @@ from db.models import Base
 
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
-    "latency_tables", "latency_table_entries", "service_settings",
+    "latency_tables", "latency_table_entries", "service_settings", "api_tokens",
 }  # fmt: skip
 
 

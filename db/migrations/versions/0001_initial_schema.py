@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 04:57:25.622625
+Create Date: 2026-11-24 05:03:13.499826
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
+    )
     op.create_table(
         "devices",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -159,9 +170,7 @@ def upgrade() -> None:
         sa.Column("op_key", sa.String(length=200), nullable=False),
         sa.Column("measurement_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["measurement_id"],
-            ["measurements.id"],
-            name=op.f("fk_latency_table_entries_measurement_id_measurements"),
+            ["measurement_id"], ["measurements.id"], name=op.f("fk_latency_table_entries_measurement_id_measurements")
         ),
         sa.ForeignKeyConstraint(["op_key"], ["operators.key"], name=op.f("fk_latency_table_entries_op_key_operators")),
         sa.ForeignKeyConstraint(
@@ -193,3 +202,4 @@ def downgrade() -> None:
     op.drop_table("service_settings")
     op.drop_table("operators")
     op.drop_table("devices")
+    op.drop_table("api_tokens")

@@ -1,0 +1,105 @@
+"""The agent's side of the REST protocol (PROTOCOL.md), with retries: a flaky network or a restarting
+service delays an agent, it does not kill it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("dnas.agent")
+
+RETRY_STATUS = {502, 503, 504}
+
+
+class ProtocolError(Exception):
+    """The service refused a call (4xx): retrying will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class AgentClient:
+    def __init__(self, server: str, token: str, *, max_backoff_s: float = 30.0, retry_for_s: float = 600.0) -> None:
+        self.server = server.rstrip("/")
+        self.max_backoff_s = max_backoff_s
+        self.retry_for_s = retry_for_s
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, read=150.0),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                resp = self.http.request(method, path, **kwargs)
+                if resp.status_code not in RETRY_STATUS:
+                    break
+                reason = f"HTTP {resp.status_code}"
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(f"{method} {path} kept failing for {self.retry_for_s:.0f}s: {reason}")
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, reason, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.max_backoff_s)
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ProtocolError(resp.status_code, str(detail))
+        return resp
+
+    # ---- the protocol --------------------------------------------------------------------------------------
+    def report_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        self._call("PUT", "/v1/agent/fingerprint", json=fingerprint)
+
+    def lease(self, wait_seconds: float = 20.0) -> dict[str, Any] | None:
+        resp = self._call("POST", "/v1/agent/lease", json={"wait_seconds": wait_seconds})
+        return None if resp.status_code == 204 else resp.json()
+
+    def download(self, job: dict[str, Any], cache_dir: Path) -> Path:
+        """Fetch the model once per checksum; a truncated or corrupted download is refused, never measured."""
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        target = cache_dir / f"{job['model_sha256']}.onnx"
+        if target.exists() and _sha256(target) == job["model_sha256"]:
+            return target
+        resp = self._call("GET", job["model_url"])
+        digest = hashlib.sha256(resp.content).hexdigest()
+        if digest != job["model_sha256"]:
+            raise ValueError(
+                f"model download for job {job['job_id']} is corrupt: sha256 {digest[:12]} != {job['model_sha256'][:12]}"
+            )
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(resp.content)
+        tmp.replace(target)
+        return target
+
+    def heartbeat(self, job: dict[str, Any]) -> None:
+        self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]})
+
+    def result(self, job: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+        body = {"lease_token": job["lease_token"], **stats}
+        return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/result", json=body).json()
+
+    def failure(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
+        body = {"lease_token": job["lease_token"], "reason": reason[:4000]}
+        return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/failure", json=body).json()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

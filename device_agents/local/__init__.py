@@ -1,0 +1,1 @@
+"""Measures on this host's CPU with onnxruntime."""

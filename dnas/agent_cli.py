@@ -1,0 +1,51 @@
+"""`dnas agent ...`: run a device agent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from platformdirs import user_cache_dir
+
+app = typer.Typer(no_args_is_help=True, help="Device agents: lease jobs and measure on hardware.")
+
+Server = Annotated[str, typer.Option("--server", envvar="DNAS_AGENT_SERVER", help="Service URL.")]
+Token = Annotated[str, typer.Option("--token", envvar="DNAS_AGENT_TOKEN", help="The device's agent token.")]
+Once = Annotated[bool, typer.Option("--exit-when-idle", help="Exit when no job arrives within --wait.")]
+Wait = Annotated[float, typer.Option("--wait", help="Seconds one lease call may wait for a job.")]
+Cache = Annotated[Path | None, typer.Option("--cache-dir", help="Where downloaded models are kept.")]
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would print URLs, never tokens
+
+
+@app.command()
+def local(
+    server: Server,
+    token: Token,
+    cpus: Annotated[str | None, typer.Option(help="Pin measurement to these CPUs, e.g. '0' or '0,1'.")] = None,
+    wait: Wait = 20.0,
+    exit_when_idle: Once = False,
+    cache_dir: Cache = None,
+) -> None:
+    """Measure on this host's CPU with onnxruntime."""
+    from device_agents.client import AgentClient
+    from device_agents.local.backend import LocalBackend
+    from device_agents.loop import Agent
+
+    _logging()
+    backend = LocalBackend(cpus=[int(c) for c in cpus.split(",")] if cpus else None)
+    agent = Agent(
+        AgentClient(server, token),
+        backend,
+        cache_dir=cache_dir or Path(user_cache_dir("dnas")) / "agent-models",
+        wait_seconds=wait,
+        exit_when_idle=exit_when_idle,
+    )
+    agent.install_signal_handlers()
+    stats = agent.run()
+    typer.echo(f"done {stats.done}, failed {stats.failed}")

@@ -1,0 +1,176 @@
+"""`dnas serve`, `dnas device ...`, `dnas profile`, `dnas table ...`: the service and its REST API."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dnas.api_client import ServiceClient
+from dnas.errors import UserError
+
+Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
+DEFAULT_SERVER = "http://127.0.0.1:8321"
+
+device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
+table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two.")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (DNAS_SERVICE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (DNAS_SERVICE_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn workers; use PostgreSQL for more than 1.")] = None,
+) -> None:
+    """Migrate the database, make sure an admin token exists, then serve the API with uvicorn."""
+    import os
+
+    import uvicorn
+
+    from profiler_service.app import prepare
+    from profiler_service.settings import ServiceSettings
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
+    settings = ServiceSettings(**overrides)
+    if settings.workers > 1 and settings.database_url.startswith("sqlite"):
+        typer.echo("warning: several workers on SQLite serialise every write; use PostgreSQL", err=True)
+    token = prepare(settings)
+    if token:
+        typer.echo(f"admin token (shown once, store it): {token}", err=True)
+    # Workers rebuild settings from the environment: pass the resolved values down that way.
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
+    uvicorn.run(
+        "profiler_service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="info",
+    )
+
+
+@device_app.command("register")
+def device_register(
+    name: str,
+    platform: Annotated[str, typer.Option(help="android, ios, linux, macos, windows or other.")] = "linux",
+    prop: Annotated[list[str] | None, typer.Option("--prop", help="KEY=VALUE property; repeatable.")] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Register a device; prints its id and agent token (shown once)."""
+    props = {}
+    for item in prop or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--prop {item!r} must be KEY=VALUE")
+        props[key] = value
+    out = ServiceClient(server, token).json(
+        "POST", "/v1/devices", json={"name": name, "platform": platform, "properties": props}
+    )
+    typer.echo(json.dumps(out, indent=2))
+
+
+@device_app.command("list")
+def device_list(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    for d in ServiceClient(server, token).json("GET", "/v1/devices"):
+        fp = d.get("fingerprint") or {}
+        typer.echo(f"{d['id']:4d}  {d['name']:24s} {d['platform']:8s} {fp.get('model') or '-'}")
+
+
+@device_app.command("show")
+def device_show(device_id: int, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    typer.echo(json.dumps(ServiceClient(server, token).json("GET", f"/v1/devices/{device_id}"), indent=2))
+
+
+def profile(
+    device: Annotated[int, typer.Option("--device", help="Device id.")],
+    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
+    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
+    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
+    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    threads: Annotated[int, typer.Option(help="Runtime threads.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per op.")] = 10,
+    runs: Annotated[int, typer.Option(help="Timed runs per op.")] = 50,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Profile a search space on a device; with --wait, until its latency table is published."""
+    client = ServiceClient(server, token)
+    body = {
+        "device_id": device,
+        "space": {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
+        "config": {"threads": threads, "warmup": warmup, "runs": runs},
+    }
+    run = client.json("POST", "/v1/profiling-runs", json=body)
+    typer.echo(f"run {run['id']}: {run['total']} ops, {run['done']} already measured", err=True)
+    if wait:
+        run = wait_for_run(client, run["id"])
+    typer.echo(json.dumps(run, indent=2))
+    if run["status"] == "failed":
+        raise UserError(f"run {run['id']} failed: " + "; ".join(run["errors"][:3]))
+
+
+def wait_for_run(client: ServiceClient, run_id: int, timeout_s: float = 24 * 3600) -> dict:
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + timeout_s
+    run = client.json("GET", f"/v1/profiling-runs/{run_id}")
+    with tqdm(total=run["total"], desc=f"run {run_id}", unit="op") as bar:
+        while True:
+            bar.n = run["done"] + run["failed"]
+            bar.set_postfix(failed=run["failed"])
+            bar.refresh()
+            if run["status"] in ("published", "failed") or time.monotonic() > deadline:
+                return run
+            time.sleep(1.0)
+            run = client.json("GET", f"/v1/profiling-runs/{run_id}")
+
+
+@table_app.command("get")
+def table_get(
+    device: Annotated[int, typer.Option("--device", help="Device id.")],
+    version: Annotated[str, typer.Option(help="Version number or 'latest'.")] = "latest",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON.")] = False,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Fetch one table version."""
+    params = {"format": "csv"} if csv else {}
+    text = (
+        ServiceClient(server, token)
+        .request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params)
+        .text
+    )
+    if output:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text)
+
+
+@table_app.command("compare")
+def table_compare(
+    a: Annotated[str, typer.Argument(help="DEVICE:VERSION, e.g. 1:latest")],
+    b: Annotated[str, typer.Argument(help="DEVICE:VERSION")],
+    png: Annotated[Path | None, typer.Option(help="Also write the bar chart here.")] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Per-op latency ratio of two tables; the ops that differ most first."""
+    client = ServiceClient(server, token)
+    result = client.json("GET", "/v1/latency-tables/compare", params={"a": a, "b": b})
+    typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = {result['median_ratio']:.3f}")
+    for row in result["ops"][:15]:
+        typer.echo(f"  {row['ratio']:6.2f}x  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
+    if png:
+        png.write_bytes(
+            client.request("GET", "/v1/latency-tables/compare", params={"a": a, "b": b, "format": "png"}).content
+        )
+        typer.echo(f"wrote {png}", err=True)

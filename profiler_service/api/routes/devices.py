@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from db.models import Device
+from profiler_service.api.deps import AdminDep, ReaderDep, SessionDep
+from profiler_service.errors import Conflict, NotFound
+from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
+from profiler_service.security import hash_token, new_token
+from profiler_service.timeutil import utcnow
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def public(device: Device) -> DevicePublic:
+    return DevicePublic.model_validate(device, from_attributes=True)
+
+
+def get_device(session, device_id: int) -> Device:  # type: ignore[no-untyped-def]
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id} does not exist")
+    return device
+
+
+@router.post("", status_code=201, response_model=DeviceCreated, dependencies=[AdminDep])
+def register(body: DeviceCreate, session: SessionDep) -> DeviceCreated:
+    """Register a measurement target; the agent token in the answer is shown only this once."""
+    token = new_token("dnas_agent")
+    device = Device(name=body.name, platform=body.platform, properties=body.properties, token_hash=hash_token(token))
+    session.add(device)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a device named {body.name!r} already exists; pick another name") from None
+    return DeviceCreated(**public(device).model_dump(), agent_token=token)
+
+
+@router.get("", response_model=list[DevicePublic], dependencies=[ReaderDep])
+def list_devices(session: SessionDep, include_retired: bool = False) -> list[DevicePublic]:
+    query = select(Device).order_by(Device.id)
+    if not include_retired:
+        query = query.where(Device.retired_at.is_(None))
+    return [public(d) for d in session.scalars(query)]
+
+
+@router.get("/{device_id}", response_model=DevicePublic, dependencies=[ReaderDep])
+def show(device_id: int, session: SessionDep) -> DevicePublic:
+    return public(get_device(session, device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic, dependencies=[AdminDep])
+def update(device_id: int, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+    device = get_device(session, device_id)
+    if body.name is not None:
+        device.name = body.name
+    if body.properties is not None:
+        device.properties = body.properties
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a device named {body.name!r} already exists") from None
+    return public(device)
+
+
+@router.post("/{device_id}/retire", response_model=DevicePublic, dependencies=[AdminDep])
+def retire(device_id: int, session: SessionDep) -> DevicePublic:
+    """Stop a device taking jobs; its measurements and tables stay readable."""
+    device = get_device(session, device_id)
+    if device.retired_at is None:
+        device.retired_at = utcnow()
+        session.commit()
+    return public(device)

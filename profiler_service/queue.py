@@ -1,0 +1,164 @@
+"""The measurement job queue on SQL: claim, heartbeat, result, failure.
+
+Every claim hands out a fresh lease token; heartbeat, result and failure must present it, so an agent whose
+lease expired (and whose job went to another agent) can never overwrite newer work. Expired leases are taken
+back inside the normal claim, so no janitor process is needed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Job, Measurement
+from profiler_service.errors import Conflict, NotFound
+from profiler_service.schemas import Ack, FailureIn, ResultIn
+from profiler_service.security import same
+from profiler_service.timeutil import utcnow
+
+CLAIM_RETRIES = 8
+
+
+def _claimable(device_id: int, now):  # type: ignore[no-untyped-def]
+    return and_(
+        Job.device_id == device_id,
+        Job.attempts < Job.max_attempts,
+        or_(Job.status == "queued", and_(Job.status == "leased", Job.lease_expires_at < now)),
+    )
+
+
+def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:
+    """Lease the oldest runnable job of one device, or return None. Safe with many workers and agents."""
+    now = utcnow()
+    # A lease that expired on its last attempt ends the job: the device keeps dying on it.
+    session.execute(
+        update(Job)
+        .where(
+            Job.device_id == device_id,
+            Job.status == "leased",
+            Job.lease_expires_at < now,
+            Job.attempts >= Job.max_attempts,
+        )
+        .values(status="failed", finished_at=now, last_error="lease expired on the last attempt (agent lost?)")
+    )
+    session.commit()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for _ in range(CLAIM_RETRIES):
+        query = select(Job.id).where(_claimable(device_id, now)).order_by(Job.id).limit(1)
+        if postgres:
+            query = query.with_for_update(skip_locked=True)
+        job_id = session.scalar(query)
+        if job_id is None:
+            session.commit()
+            return None
+        token = secrets.token_hex(24)
+        # The WHERE repeats the claim condition: on SQLite (no SKIP LOCKED) two workers may pick the same id,
+        # and only the one whose update still matches wins.
+        won = session.execute(
+            update(Job)
+            .where(Job.id == job_id, _claimable(device_id, now))
+            .values(
+                status="leased",
+                lease_token=token,
+                attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now,
+            )
+        ).rowcount
+        if won == 1:
+            session.commit()
+            return session.get(Job, job_id, populate_existing=True)
+        session.rollback()
+    return None
+
+
+def _job_of(session: Session, device_id: int, job_id: int) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.device_id != device_id:
+        raise NotFound(f"job {job_id} does not exist for this device")
+    return job
+
+
+def heartbeat(session: Session, *, device_id: int, job_id: int, lease_token: str, lease_seconds: float) -> Job:
+    _job_of(session, device_id, job_id)
+    now = utcnow()
+    extended = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == lease_token)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
+    ).rowcount
+    session.commit()
+    if extended != 1:
+        raise Conflict(f"job {job_id}: this lease is no longer valid (expired and re-leased, or finished); stop work")
+    return _job_of(session, device_id, job_id)
+
+
+def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
+    if job.status == "done" and job.lease_token and same(job.lease_token, lease_token):
+        m_id = session.scalar(select(Measurement.id).where(Measurement.job_id == job.id))
+        return Ack(job_id=job.id, status="done", replayed=True, measurement_id=m_id)
+    raise Conflict(
+        f"job {job.id}: the lease token is stale (job is {job.status} under another lease); discard this result"
+    )
+
+
+def record_result(session: Session, *, device_id: int, job_id: int, body: ResultIn) -> Ack:
+    """Store one measurement, once. A replay of the same POST gets the same answer and writes nothing."""
+    job = _job_of(session, device_id, job_id)
+    if job.status != "leased" or not job.lease_token or not same(job.lease_token, body.lease_token):
+        return _replay_or_conflict(session, job, body.lease_token)
+    now = utcnow()
+    finished = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == body.lease_token)
+        .values(status="done", finished_at=now, lease_expires_at=None)
+    ).rowcount
+    if finished != 1:  # a concurrent replay got there first
+        session.rollback()
+        return _replay_or_conflict(session, _job_of(session, device_id, job_id), body.lease_token)
+    measurement = Measurement(
+        job_id=job.id,
+        attempt=job.attempts,
+        device_id=device_id,
+        op_key=job.op_key,
+        config_hash=job.config_hash,
+        median_us=body.median_us,
+        mean_us=body.mean_us,
+        p10_us=body.p10_us,
+        p90_us=body.p90_us,
+        std_us=body.std_us,
+        n=body.n,
+        samples_us=body.samples_us,
+        context=body.context,
+        created_at=now,
+    )
+    session.add(measurement)
+    session.commit()
+    return Ack(job_id=job.id, status="done", measurement_id=measurement.id)
+
+
+def record_failure(session: Session, *, device_id: int, job_id: int, body: FailureIn) -> Ack:
+    """Requeue while attempts remain; after that the job is failed with the agent's reason."""
+    job = _job_of(session, device_id, job_id)
+    if job.status != "leased" or not job.lease_token or not same(job.lease_token, body.lease_token):
+        raise Conflict(f"job {job_id}: the lease token is stale (job is {job.status}); nothing recorded")
+    exhausted = job.attempts >= job.max_attempts
+    status = "failed" if exhausted else "queued"
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == body.lease_token)
+        .values(
+            status=status,
+            last_error=body.reason,
+            lease_token=None,
+            lease_expires_at=None,
+            finished_at=utcnow() if exhausted else None,
+        )
+    ).rowcount
+    session.commit()
+    if changed != 1:
+        raise Conflict(f"job {job_id}: the lease changed while reporting the failure; nothing recorded")
+    return Ack(job_id=job_id, status=status)

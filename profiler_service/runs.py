@@ -1,0 +1,147 @@
+"""Profiling runs: expand a space into ops, reuse what the device already measured, queue the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Device, Job, LatencyTable, Measurement, ProfilingRun, RunOperator
+from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.operators import ensure_operators, insert_ignore
+from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
+from profiler_service.tables import publish_complete_runs
+from search.enumerate import enumerate_ops
+from search.export import ExportCache
+from search.opspec import OpSpecError
+from search.space import SearchSpace, get_space
+
+
+def resolve_space(data: dict[str, Any]) -> SearchSpace:
+    """A full space (has 'stages') is taken as is; otherwise a named space with parameters."""
+    try:
+        if "stages" in data:
+            return SearchSpace.from_dict(data)
+        req = SpaceRequest.model_validate(data)
+        kwargs: dict[str, Any] = {"resolution": req.resolution, "width": req.width, "num_classes": req.num_classes}
+        if req.head_c is not None:
+            kwargs["head_c"] = req.head_c
+        if req.candidates is not None:
+            kwargs["candidates"] = tuple(req.candidates)
+        return get_space(req.name, **kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Invalid(f"space.{where}: {first['msg']}") from None
+    except OpSpecError as exc:
+        raise Invalid(f"space: {exc}") from None
+
+
+def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_attempts: int) -> ProfilingRun:
+    device = session.get(Device, body.device_id)
+    if device is None:
+        raise NotFound(f"device {body.device_id} does not exist")
+    if device.retired_at is not None:
+        raise Conflict(f"device {device.id} ({device.name}) is retired; register it again to profile it")
+    space = resolve_space(body.space)
+    ops = enumerate_ops(space).ops
+    config, config_hash = body.config.model_dump(), body.config.hash
+
+    ensure_operators(session, cache, list(ops.values()))
+    run = ProfilingRun(
+        device_id=device.id,
+        space_hash=space.hash,
+        space=space.to_dict(),
+        config_hash=config_hash,
+        config=config,
+        total=len(ops),
+    )
+    run.operators = [RunOperator(op_key=k) for k in ops]
+    session.add(run)
+    session.flush()
+
+    measured = set(
+        session.scalars(
+            select(Measurement.op_key).where(
+                Measurement.device_id == device.id,
+                Measurement.config_hash == config_hash,
+                Measurement.op_key.in_(list(ops)),
+            )
+        )
+    )
+    latest = {
+        key: (generation, status)
+        for key, generation, status in session.execute(
+            select(Job.op_key, Job.generation, Job.status)
+            .where(Job.device_id == device.id, Job.config_hash == config_hash, Job.op_key.in_(list(ops)))
+            .order_by(Job.generation)
+        )
+    }
+    new_jobs = []
+    for key in ops:
+        if key in measured:
+            continue
+        generation, status = latest.get(key, (-1, "failed"))
+        if status == "failed":  # never tried, or gave up earlier: a new run earns a fresh set of attempts
+            new_jobs.append(
+                {
+                    "device_id": device.id,
+                    "op_key": key,
+                    "config_hash": config_hash,
+                    "config": config,
+                    "generation": generation + 1,
+                    "max_attempts": max_attempts,
+                }
+            )
+    insert_ignore(session, Job, new_jobs)
+    session.commit()
+    publish_complete_runs(session, device_id=device.id, config_hash=config_hash)
+    return run
+
+
+def run_status(session: Session, run_id: int) -> RunPublic:
+    run = session.get(ProfilingRun, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"profiling run {run_id} does not exist")
+    keys = select(RunOperator.op_key).where(RunOperator.run_id == run_id).scalar_subquery()
+    done = session.scalar(
+        select(func.count(func.distinct(Measurement.op_key))).where(
+            Measurement.device_id == run.device_id,
+            Measurement.config_hash == run.config_hash,
+            Measurement.op_key.in_(keys),
+        )
+    )
+    # Failed: the newest job of an op gave up, and no measurement exists for it.
+    newest = (
+        select(Job.op_key, func.max(Job.generation).label("g"))
+        .where(Job.device_id == run.device_id, Job.config_hash == run.config_hash, Job.op_key.in_(keys))
+        .group_by(Job.op_key)
+        .subquery()
+    )
+    failed_rows = session.execute(
+        select(Job.op_key, Job.last_error)
+        .join(newest, (Job.op_key == newest.c.op_key) & (Job.generation == newest.c.g))
+        .where(Job.device_id == run.device_id, Job.config_hash == run.config_hash, Job.status == "failed")
+    ).all()
+    failed = len(failed_rows)
+    version = session.scalar(select(LatencyTable.version).where(LatencyTable.run_id == run.id))
+    status = run.status
+    if status == "running" and failed and (done or 0) + failed >= run.total:
+        status = "failed"
+    return RunPublic(
+        id=run.id,
+        device_id=run.device_id,
+        status=status,
+        total=run.total,
+        done=done or 0,
+        failed=failed,
+        space_hash=run.space_hash,
+        config=run.config,
+        config_hash=run.config_hash,
+        table_version=version,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        errors=[f"{key}: {err}" for key, err in failed_rows[:10]],
+    )

@@ -1,0 +1,57 @@
+"""Tokens: random, shown once, stored only as SHA-256 (they are high-entropy, so a slow hash adds nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import ServiceSetting
+
+ADMIN_SETTING = "admin_token_sha256"
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def ensure_admin_token(session: Session, configured: str | None) -> str | None:
+    """Store the admin token's hash; returns a newly generated token (to print once), else None.
+
+    A configured token always wins and replaces the stored hash, so rotating it is setting the variable.
+    """
+    row = session.get(ServiceSetting, ADMIN_SETTING)
+    if configured:
+        digest = hash_token(configured)
+        if row is None:
+            session.add(ServiceSetting(name=ADMIN_SETTING, value=digest))
+        elif not same(row.value, digest):
+            row.value = digest
+        session.commit()
+        return None
+    if row is not None:
+        return None
+    token = new_token("dnas_admin")
+    session.add(ServiceSetting(name=ADMIN_SETTING, value=hash_token(token)))
+    try:
+        session.commit()
+    except IntegrityError:  # another process generated one first: theirs is the token
+        session.rollback()
+        return None
+    return token
+
+
+def admin_hash(session: Session) -> str | None:
+    return session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))

@@ -1,0 +1,233 @@
+"""Latency tables: publication (one transaction, immutable), serialisation (JSON, CSV), comparison."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Device, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
+from profiler_service.errors import Invalid, NotFound
+from profiler_service.timeutil import as_utc, utcnow
+
+STAT_FIELDS = ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")
+
+
+def content_hash(space_hash: str, config_hash: str, entries: dict[str, dict[str, Any]]) -> str:
+    blob = json.dumps(
+        {"space": space_hash, "config": config_hash, "entries": entries}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[int]:
+    """Runs of this device and config whose every op now has a measurement."""
+    unmeasured = (
+        select(RunOperator.op_key)
+        .where(RunOperator.run_id == ProfilingRun.id)
+        .where(
+            ~exists().where(
+                Measurement.device_id == ProfilingRun.device_id,
+                Measurement.config_hash == ProfilingRun.config_hash,
+                Measurement.op_key == RunOperator.op_key,
+            )
+        )
+    )
+    query = select(ProfilingRun.id).where(
+        ProfilingRun.device_id == device_id,
+        ProfilingRun.config_hash == config_hash,
+        ProfilingRun.status == "running",
+        ~unmeasured.exists(),
+    )
+    return list(session.scalars(query))
+
+
+def publish_run(session: Session, run_id: int) -> LatencyTable | None:
+    """Publish a complete run as the device's next table version: the run's status flip and the table with all
+    its entries commit together, or not at all."""
+    for _ in range(5):
+        flipped = session.execute(
+            update(ProfilingRun)
+            .where(ProfilingRun.id == run_id, ProfilingRun.status == "running")
+            .values(status="published", finished_at=utcnow())
+        ).rowcount
+        if flipped != 1:
+            session.rollback()
+            return None  # another worker published it
+        run = session.get(ProfilingRun, run_id, populate_existing=True)
+        assert run is not None
+        keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run_id)))
+        latest = (
+            select(Measurement.op_key, func.max(Measurement.id).label("mid"))
+            .where(
+                Measurement.device_id == run.device_id,
+                Measurement.config_hash == run.config_hash,
+                Measurement.op_key.in_(keys),
+            )
+            .group_by(Measurement.op_key)
+            .subquery()
+        )
+        measurements = list(session.scalars(select(Measurement).join(latest, Measurement.id == latest.c.mid)))
+        if len(measurements) != len(keys):
+            session.rollback()
+            return None
+        stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
+        device = session.get(Device, run.device_id)
+        version = (
+            session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == run.device_id)) or 0
+        ) + 1
+        table = LatencyTable(
+            device_id=run.device_id,
+            version=version,
+            run_id=run.id,
+            space_hash=run.space_hash,
+            space=run.space,
+            config_hash=run.config_hash,
+            config=run.config,
+            fingerprint=device.fingerprint if device else None,
+            content_sha256=content_hash(run.space_hash, run.config_hash, stats),
+        )
+        session.add(table)
+        try:
+            session.flush()
+            session.add_all(
+                LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements
+            )
+            session.commit()
+            return table
+        except IntegrityError:  # another run of this device took the version number: try the next one
+            session.rollback()
+    return None
+
+
+def publish_complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[LatencyTable]:
+    published = []
+    for run_id in complete_runs(session, device_id=device_id, config_hash=config_hash):
+        table = publish_run(session, run_id)
+        if table is not None:
+            published.append(table)
+    return published
+
+
+# ---- reading --------------------------------------------------------------------------------------------
+def find_table(session: Session, device_id: int, version: str, space_hash: str | None = None) -> LatencyTable:
+    query = select(LatencyTable).where(LatencyTable.device_id == device_id)
+    if space_hash:
+        query = query.where(LatencyTable.space_hash == space_hash)
+    if version == "latest":
+        query = query.order_by(LatencyTable.version.desc()).limit(1)
+    else:
+        try:
+            number = int(version)
+        except ValueError:
+            raise Invalid(f"version must be a number or 'latest', got {version!r}") from None
+        query = query.where(LatencyTable.version == number)
+    table = session.scalar(query)
+    if table is None:
+        scope = f" for space {space_hash}" if space_hash else ""
+        raise NotFound(f"device {device_id} has no latency table version {version}{scope}")
+    return table
+
+
+def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
+    """The published form: metadata, then one entry per op key with its spec and statistics."""
+    device = session.get(Device, table.device_id)
+    rows = session.execute(
+        select(LatencyTableEntry.op_key, Operator.spec, Measurement)
+        .join(Operator, Operator.key == LatencyTableEntry.op_key)
+        .join(Measurement, Measurement.id == LatencyTableEntry.measurement_id)
+        .where(LatencyTableEntry.table_id == table.id)
+        .order_by(LatencyTableEntry.op_key)
+    ).all()
+    entries = [
+        {"key": key, "spec": spec, **{f: getattr(m, f) for f in STAT_FIELDS}, "context": m.context}
+        for key, spec, m in rows
+    ]
+    return {
+        "device": {
+            "id": device.id,
+            "name": device.name,
+            "platform": device.platform,
+            "fingerprint": table.fingerprint,
+        }
+        if device
+        else {"id": table.device_id},
+        "version": table.version,
+        "created_at": as_utc(table.created_at).isoformat(),
+        "space_hash": table.space_hash,
+        "space": table.space,
+        "config_hash": table.config_hash,
+        "config": table.config,
+        "content_sha256": table.content_sha256,
+        "unit": "microseconds",
+        "entries": entries,
+    }
+
+
+def table_csv(payload: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["key", *STAT_FIELDS])
+    for e in payload["entries"]:
+        writer.writerow([e["key"], *(e[f] for f in STAT_FIELDS)])
+    return out.getvalue()
+
+
+def list_tables(session: Session, device_id: int, space_hash: str | None) -> list[LatencyTable]:
+    query = (
+        select(LatencyTable)
+        .options(selectinload(LatencyTable.entries))
+        .where(LatencyTable.device_id == device_id)
+        .order_by(LatencyTable.version)
+    )
+    if space_hash:
+        query = query.where(LatencyTable.space_hash == space_hash)
+    return list(session.scalars(query))
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two tables side by side (the paper's Fig. 5): per shared op, b's median over a's."""
+    am = {e["key"]: e["median_us"] for e in a["entries"]}
+    bm = {e["key"]: e["median_us"] for e in b["entries"]}
+    shared = sorted(set(am) & set(bm))
+    rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k]} for k in shared]
+    rows.sort(key=lambda r: -abs(math.log(r["ratio"])))
+    ratios = sorted(r["ratio"] for r in rows)
+    return {
+        "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"]},
+        "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"]},
+        "shared_ops": len(shared),
+        "only_in_a": sorted(set(am) - set(bm)),
+        "only_in_b": sorted(set(bm) - set(am)),
+        "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+        "ops": rows,
+    }
+
+
+def compare_png(result: dict[str, Any], top: int = 20) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["ops"][:top][::-1]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.35 * len(rows) + 1.5)))
+    labels = [r["key"].split("-b")[0] for r in rows]
+    ax.barh(labels, [math.log2(r["ratio"]) for r in rows], color=["#c44" if r["ratio"] > 1 else "#48c" for r in rows])
+    ax.axvline(0, color="black", lw=0.8)
+    name = lambda side: f"{result[side]['device'].get('name', result[side]['device']['id'])} v{result[side]['version']}"  # noqa: E731
+    ax.set_xlabel(f"log2 latency ratio ({name('b')} / {name('a')})")
+    ax.set_title(f"Ops that differ most between {name('a')} and {name('b')}")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

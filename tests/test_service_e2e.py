@@ -1,0 +1,62 @@
+"""Register, profile, lease, result, publish, fetch: real processes over real HTTP, on SQLite and PostgreSQL."""
+
+import pytest
+
+from search.enumerate import enumerate_ops
+from search.space import fbnet_space
+from tests.service_harness import SMALL_SPACE, register, running_service, start_agent, start_run, wait_for_run
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'service.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
+    expected_ops = len(enumerate_ops(fbnet_space(32, 0.25, num_classes=10, candidates=SMALL_SPACE["candidates"])))
+    with running_service(db_url, tmp_path) as svc, svc.client() as admin:
+        device = register(admin, "pixel-test")
+        run = start_run(admin, device["id"])
+        assert run["status"] == "running" and run["total"] == expected_ops and run["done"] == 0
+
+        agent = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "2")
+        assert agent.wait(timeout=300) == 0
+        run = wait_for_run(admin, run["id"])
+        assert run["status"] == "published", run
+        assert (run["done"], run["failed"], run["table_version"]) == (expected_ops, 0, 1)
+
+        resp = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest")
+        assert resp.status_code == 200
+        table = resp.json()
+        assert table["version"] == 1 and len(table["entries"]) == expected_ops
+        assert table["space_hash"] == run["space_hash"]
+        assert table["device"]["fingerprint"]["runtime"] == "onnxruntime"
+        assert all(0 < e["p10_us"] <= e["median_us"] <= e["p90_us"] for e in table["entries"])
+        assert all(e["n"] == 10 for e in table["entries"])
+        etag = resp.headers["etag"]
+        assert etag == f'"{table["content_sha256"]}"'
+
+        again = admin.get(f"/v1/devices/{device['id']}/latency-tables/1", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+
+        csv = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest", params={"format": "csv"})
+        assert csv.text.splitlines()[0] == "key,median_us,mean_us,p10_us,p90_us,std_us,n"
+        assert len(csv.text.splitlines()) == expected_ops + 1
+
+        # Profiling the same space again reuses every measurement: published at once as version 2, same content.
+        rerun = start_run(admin, device["id"])
+        assert rerun["status"] == "published" and rerun["table_version"] == 2
+        v2 = admin.get(f"/v1/devices/{device['id']}/latency-tables/2").json()
+        assert v2["content_sha256"] == table["content_sha256"]
+        versions = admin.get(f"/v1/devices/{device['id']}/latency-tables").json()
+        assert [v["version"] for v in versions] == [1, 2]
+
+        cmp = admin.get("/v1/latency-tables/compare", params={"a": f"{device['id']}:1", "b": f"{device['id']}:2"})
+        assert cmp.status_code == 200 and cmp.json()["shared_ops"] == expected_ops
+        assert cmp.json()["median_ratio"] == pytest.approx(1.0)
+        png = admin.get(
+            "/v1/latency-tables/compare", params={"a": f"{device['id']}:1", "b": f"{device['id']}:2", "format": "png"}
+        )
+        assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
