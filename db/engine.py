@@ -36,6 +36,8 @@ def make_engine(url: str) -> Engine:
             # WAL lets readers run beside the single writer; foreign keys are off by default in SQLite.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL survives any process crash; only an OS crash may drop the newest commits.
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()

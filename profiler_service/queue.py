@@ -33,18 +33,6 @@ def _claimable(device_id: int, now):  # type: ignore[no-untyped-def]
 def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:
     """Lease the oldest runnable job of one device, or return None. Safe with many workers and agents."""
     now = utcnow()
-    # A lease that expired on its last attempt ends the job: the device keeps dying on it.
-    session.execute(
-        update(Job)
-        .where(
-            Job.device_id == device_id,
-            Job.status == "leased",
-            Job.lease_expires_at < now,
-            Job.attempts >= Job.max_attempts,
-        )
-        .values(status="failed", finished_at=now, last_error="lease expired on the last attempt (agent lost?)")
-    )
-    session.commit()
     postgres = session.get_bind().dialect.name == "postgresql"
     for _ in range(CLAIM_RETRIES):
         query = select(Job.id).where(_claimable(device_id, now)).order_by(Job.id).limit(1)
@@ -52,7 +40,7 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
             query = query.with_for_update(skip_locked=True)
         job_id = session.scalar(query)
         if job_id is None:
-            session.commit()
+            _fail_exhausted_leases(session, device_id, now)
             return None
         token = secrets.token_hex(24)
         # The WHERE repeats the claim condition: on SQLite (no SKIP LOCKED) two workers may pick the same id,
@@ -73,6 +61,22 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
             return session.get(Job, job_id, populate_existing=True)
         session.rollback()
     return None
+
+
+def _fail_exhausted_leases(session: Session, device_id: int, now) -> None:  # type: ignore[no-untyped-def]
+    """A lease that expired on its last attempt ends the job: the device keeps dying on it. Checked only when
+    nothing is claimable, so the busy path stays one write per claim."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.device_id == device_id,
+            Job.status == "leased",
+            Job.lease_expires_at < now,
+            Job.attempts >= Job.max_attempts,
+        )
+        .values(status="failed", finished_at=now, last_error="lease expired on the last attempt (agent lost?)")
+    )
+    session.commit()
 
 
 def _job_of(session: Session, device_id: int, job_id: int) -> Job:
