@@ -1,0 +1,51 @@
+"""The service's CLI as a user drives it: register, profile --wait, table get, table compare."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.service_harness import running_service, start_agent
+
+
+def dnas(svc, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"DNAS_SERVER": svc.url, "DNAS_TOKEN": svc.admin_token}
+    return subprocess.run([sys.executable, "-m", "dnas", *args], env=env, capture_output=True, text=True,
+                          check=check, timeout=300)  # fmt: skip
+
+
+def test_register_profile_wait_get_compare(tmp_path):
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc:
+        device = json.loads(dnas(svc, "device", "register", "cli-phone", "--platform", "android",
+                                 "--prop", "owner=ml-team").stdout)  # fmt: skip
+        assert device["properties"] == {"owner": "ml-team"} and device["agent_token"].startswith("dnas_agent_")
+        assert "cli-phone" in dnas(svc, "device", "list").stdout
+        agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "2")
+        try:
+            out = dnas(svc, "profile", "--device", str(device["id"]), "--resolution", "32", "--width", "0.25",
+                       "--classes", "10", "--warmup", "1", "--runs", "5", "--wait")  # fmt: skip
+        finally:
+            agent.terminate()
+            agent.wait(timeout=60)
+        run = json.loads(out.stdout)
+        assert run["status"] == "published" and run["table_version"] == 1
+        assert f"run {run['id']}" in out.stderr  # the progress bar
+
+        target = tmp_path / "table.json"
+        dnas(svc, "table", "get", "--device", str(device["id"]), "-o", str(target))
+        table = json.loads(target.read_text())
+        assert len(table["entries"]) == run["total"]
+        csv = dnas(svc, "table", "get", "--device", str(device["id"]), "--csv").stdout
+        assert csv.startswith("key,median_us")
+
+        png = tmp_path / "cmp.png"
+        ref = f"{device['id']}:1"
+        out = dnas(svc, "table", "compare", ref, ref, "--png", str(png)).stdout
+        assert f"{run['total']} shared ops, median ratio b/a = 1.000" in out
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+        bad = dnas(svc, "table", "get", "--device", "999", check=False)
+        assert bad.returncode == 1 and bad.stderr.strip() == (
+            "error: GET /v1/devices/999/latency-tables/latest -> HTTP 404: device 999 does not exist"
+        )
+        assert agent.returncode == 0  # SIGTERM: finished cleanly
