@@ -13,8 +13,12 @@ class MeasurementError(Exception):
 
 @dataclass
 class Timing:
-    samples_us: list[float]
+    """Either every timed run (`samples_us`), or, from runners that print only statistics, a `summary` with
+    the statistics fields of a result (median_us, mean_us, p10_us, p90_us, std_us, n)."""
+
+    samples_us: list[float] | None
     context: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
 
 
 class Backend(Protocol):

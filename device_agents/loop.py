@@ -98,7 +98,8 @@ class Agent:
             self.stats.measure_s += time.perf_counter() - start
             if self.abort.is_set():
                 raise GiveBack()
-            stats = summarise(timing.samples_us) | {"context": timing.context | {"config": cfg}}
+            summary = timing.summary if timing.summary is not None else summarise(timing.samples_us or [])
+            stats = summary | {"context": timing.context | {"config": cfg}}
         except GiveBack:
             beat.stop()
             self._fail(job, "agent stopped before finishing; job given back")

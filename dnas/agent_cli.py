@@ -49,3 +49,56 @@ def local(
     agent.install_signal_handlers()
     stats = agent.run()
     typer.echo(f"done {stats.done}, failed {stats.failed}")
+
+
+@app.command()
+def android(
+    server: Server,
+    token: Token,
+    adb: Annotated[str | None, typer.Option("--adb", help="HOST:PORT of a device in adb-over-TCP mode.")] = None,
+    serial: Annotated[str | None, typer.Option("--serial", help="USB serial number of the device.")] = None,
+    runner: Annotated[str, typer.Option(help="'python' (device has Python + onnxruntime) or 'perf-test'.")] = "python",
+    perf_test_dir: Annotated[
+        Path | None, typer.Option(help="Folder with onnxruntime_perf_test and libonnxruntime.so built for Android.")
+    ] = None,
+    taskset: Annotated[
+        str | None, typer.Option(help="CPU mask to pin runs to, e.g. f0 (big cores; SoC-specific).")
+    ] = None,
+    cooldown: Annotated[float, typer.Option(help="Seconds to rest between operators.")] = 0.0,
+    key: Annotated[Path | None, typer.Option(help="adb RSA private key (generated on first use).")] = None,
+    wait: Wait = 20.0,
+    exit_when_idle: Once = False,
+    cache_dir: Cache = None,
+) -> None:
+    """Measure on an Android device over adb (TCP or USB), with no host adb server."""
+    from device_agents.android.backend import AndroidBackend
+    from device_agents.android.connection import AdbConnection
+    from device_agents.client import AgentClient
+    from device_agents.loop import Agent
+    from dnas.errors import UserError
+
+    if bool(adb) == bool(serial):
+        raise UserError("give exactly one of --adb HOST:PORT or --serial SERIAL")
+    if runner not in ("python", "perf-test"):
+        raise UserError(f"--runner must be 'python' or 'perf-test', not {runner!r}")
+    _logging()
+    try:
+        backend = AndroidBackend(
+            AdbConnection(tcp=adb, serial=serial, key_path=key),
+            runner=runner,  # type: ignore[arg-type]
+            taskset=taskset,
+            cooldown_s=cooldown,
+            perf_test_dir=perf_test_dir,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    agent = Agent(
+        AgentClient(server, token),
+        backend,
+        cache_dir=cache_dir or Path(user_cache_dir("dnas")) / "agent-models",
+        wait_seconds=wait,
+        exit_when_idle=exit_when_idle,
+    )
+    agent.install_signal_handlers()
+    stats = agent.run()
+    typer.echo(f"done {stats.done}, failed {stats.failed}")

@@ -1,0 +1,135 @@
+"""One adb connection to one device, over TCP or USB, with the RSA key kept between runs.
+
+adb-shell's traps are handled here: `shell()` gives up when no packet arrives within `read_timeout_s`, so all
+three timeouts are passed (transport <= read <= total); the plain `shell:` service returns no exit status,
+so every command ends with `; echo __RC=$?`, which is parsed and stripped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adb_shell.adb_device import AdbDevice, AdbDeviceTcp
+from adb_shell.auth.keygen import keygen
+from adb_shell.auth.sign_pythonrsa import PythonRSASigner
+from platformdirs import user_config_dir
+
+log = logging.getLogger("dnas.android")
+_RC = re.compile(r"\n?__RC=(\d+)\s*$")
+
+
+class AdbError(Exception):
+    """The device or the link failed; the message says which command and why."""
+
+
+@dataclass
+class ShellResult:
+    output: str
+    returncode: int
+
+
+def default_key_path() -> Path:
+    return Path(user_config_dir("dnas")) / "adbkey"
+
+
+def load_signer(key_path: Path) -> PythonRSASigner:
+    """Generate the key pair on first use; the phone then remembers it after one "Allow"."""
+    if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        keygen(str(key_path))
+        key_path.chmod(0o600)
+        log.info("generated adb key %s (accept it on the device once)", key_path)
+    return PythonRSASigner(Path(f"{key_path}.pub").read_text(), key_path.read_text())
+
+
+class AdbConnection:
+    def __init__(
+        self,
+        *,
+        tcp: str | None = None,
+        serial: str | None = None,
+        key_path: Path | None = None,
+        transport_timeout_s: float = 10.0,
+        auth_timeout_s: float = 30.0,
+    ) -> None:
+        if bool(tcp) == bool(serial):
+            raise ValueError("give exactly one of tcp='HOST:PORT' or serial='SERIAL'")
+        self.tcp, self.serial = tcp, serial
+        self.key_path = key_path or default_key_path()
+        self.transport_timeout_s = transport_timeout_s
+        self.auth_timeout_s = auth_timeout_s
+        self._device: AdbDevice | None = None
+
+    @property
+    def name(self) -> str:
+        return self.tcp or f"usb:{self.serial}"
+
+    def _open(self) -> AdbDevice:
+        if self._device is not None and self._device.available:
+            return self._device
+        if self.tcp:
+            host, _, port = self.tcp.rpartition(":")
+            device: AdbDevice = AdbDeviceTcp(host or self.tcp, int(port or 5555),
+                                             default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
+        else:
+            from adb_shell.adb_device_usb import AdbDeviceUsb  # needs libusb; only imported for USB
+
+            device = AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.transport_timeout_s)
+        try:
+            device.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s)
+        except Exception as exc:
+            raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
+        self._device = device
+        return device
+
+    def close(self) -> None:
+        if self._device is not None:
+            try:
+                self._device.close()
+            finally:
+                self._device = None
+
+    def shell(self, command: str, timeout_s: float = 60.0) -> ShellResult:
+        """Run a command and return its output and exit status (parsed from the appended marker)."""
+        device = self._open()
+        read_timeout = max(timeout_s, self.transport_timeout_s)
+        try:
+            raw = device.shell(
+                f"{command}; echo __RC=$?",
+                transport_timeout_s=self.transport_timeout_s,
+                read_timeout_s=read_timeout,
+                timeout_s=read_timeout + 5,
+                decode=True,
+            )
+        except Exception as exc:
+            self.close()
+            raise AdbError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        m = _RC.search(text)
+        if not m:
+            raise AdbError(f"{self.name}: no exit status from {command[:80]!r} (cut off?): {text[-200:]!r}")
+        return ShellResult(text[: m.start()], int(m.group(1)))
+
+    def check(self, command: str, timeout_s: float = 60.0) -> str:
+        result = self.shell(command, timeout_s)
+        if result.returncode != 0:
+            raise AdbError(f"{self.name}: {command[:80]!r} exited {result.returncode}: {result.output[-500:]}")
+        return result.output
+
+    def push(self, local: Path, remote: str, timeout_s: float = 120.0) -> None:
+        device = self._open()
+        try:
+            device.push(str(local), remote, transport_timeout_s=self.transport_timeout_s,
+                        read_timeout_s=timeout_s)  # fmt: skip
+        except Exception as exc:
+            self.close()
+            raise AdbError(f"{self.name}: push {local.name} -> {remote} failed: {type(exc).__name__}: {exc}") from exc
+
+    def exists(self, remote: str) -> bool:
+        return self.shell(f"test -e {remote}").returncode == 0
+
+    def getprop(self, name: str) -> str:
+        return self.check(f"getprop {name}").strip()

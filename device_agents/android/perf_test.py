@@ -1,0 +1,35 @@
+"""Parse `onnxruntime_perf_test` output, in every variant its builds print.
+
+It does one warm-up run itself, then `-r N` timed runs, and prints an average in milliseconds and
+percentiles in seconds, not the individual runs. An output with no latency in it is an error, never 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FLOAT = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+_AVERAGE = re.compile(rf"Average inference time cost(?: total)?:\s*{_FLOAT}\s*ms")
+_PCT_NEW = re.compile(rf"^(Min|Max|P50|P90|P95|P99|P999) Latency:\s*{_FLOAT}\s*s\b", re.M)
+_PCT_OLD = re.compile(rf"^(Min|Max|P50|P90|P95|P99|P999) Latency is\s*{_FLOAT}\s*sec", re.M)
+_RUNS = re.compile(r"(?:Total inference requests|Runs):\s*(\d+)")
+
+
+class PerfTestParseError(ValueError):
+    pass
+
+
+def parse_perf_test(text: str) -> dict[str, float]:
+    """Statistics in microseconds: median (P50), mean, p90, min, max, and n when printed."""
+    out: dict[str, float] = {}
+    if m := _AVERAGE.search(text):
+        out["mean_us"] = float(m.group(1)) * 1e3
+    for name, value in [*_PCT_NEW.findall(text), *_PCT_OLD.findall(text)]:
+        out[f"{name.lower()}_us"] = float(value) * 1e6
+    if m := _RUNS.search(text):
+        out["n"] = int(m.group(1))
+    if "p50_us" not in out or "mean_us" not in out:
+        raise PerfTestParseError(f"no latency in onnxruntime_perf_test output: {text[-300:]!r}")
+    if any(v <= 0 for k, v in out.items() if k.endswith("_us")):
+        raise PerfTestParseError(f"non-positive latency parsed from onnxruntime_perf_test: {out}")
+    return out

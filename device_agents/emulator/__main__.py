@@ -1,0 +1,42 @@
+"""python -m device_agents.emulator --port 5555 --sandbox DIR [--props props.json] [--no-auth]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from device_agents.emulator.device import EmulatedDevice
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="An ADB device over TCP, executing in a sandbox folder.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5555)
+    parser.add_argument("--sandbox", type=Path, required=True, help="Folder standing in for the device's disk.")
+    parser.add_argument("--props", type=Path, help="JSON object of getprop values to report.")
+    parser.add_argument("--no-auth", action="store_true", help="Skip RSA authentication (like ro.adb.secure=0).")
+    parser.add_argument("--refuse-new-keys", action="store_true", help="Only keys already in adb_keys get in.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    props = json.loads(args.props.read_text()) if args.props else None
+    device = EmulatedDevice(
+        args.sandbox, props=props, require_auth=not args.no_auth, accept_new_keys=not args.refuse_new_keys
+    )
+
+    async def run() -> None:
+        server = await device.serve(args.host, args.port)
+        port = server.sockets[0].getsockname()[1]
+        print(f"adb device emulator listening on {args.host}:{port}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
