@@ -98,7 +98,7 @@ class AdbConnection:
         read_timeout = max(timeout_s, self.transport_timeout_s)
         try:
             raw = device.shell(
-                f"{command}; echo __RC=$?",
+                f"({command}); echo __RC=$?",  # a subshell, so even `exit` reports its status
                 transport_timeout_s=self.transport_timeout_s,
                 read_timeout_s=read_timeout,
                 timeout_s=read_timeout + 5,
