@@ -16,7 +16,7 @@ from pathlib import Path
 from device_agents.client import AgentClient
 from device_agents.local.backend import LocalBackend
 from device_agents.loop import Agent
-from tests.service_harness import register, running_service, start_run, wait_for_run
+from profiler_service.local_server import register, running_service, start_run, wait_for_run
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ class Agent:
 
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
-        beat = _Heartbeat(self.client, job, interval=max(0.2, job["lease_seconds"] / 3))
+        beat = _Heartbeat(self.client, job, interval=job["lease_seconds"] / 3)
         beat.start()
         try:
             model = self.client.download(job, self.cache_dir)

@@ -1,89 +1,18 @@
-"""Start the real service (`python -m dnas serve`, uvicorn on loopback) and agents as separate processes."""
+"""Helpers for tests: the service runner lives in profiler_service.local_server; agents and runs here."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-ADMIN = "test-admin-token-0123456789"
+from profiler_service.local_server import Service, free_port, register, running_service, wait_for_run
+from profiler_service.local_server import start_run as _start_run
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Service:
-    url: str
-    admin_token: str
-    proc: subprocess.Popen
-    log: Path
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token or self.admin_token}"} if token != "" else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
-    """Readiness: poll the health endpoint until it answers, failing fast if the server process died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"service not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
-
-
-@contextmanager
-def running_service(
-    db_url: str, workdir: Path, *, workers: int = 1, lease_seconds: float = 30, port: int | None = None, **env: str
-) -> Iterator[Service]:
-    port = port or free_port()
-    log = workdir / f"service-{port}.log"
-    environ = os.environ | {
-        "DNAS_SERVICE_DATABASE_URL": db_url,
-        "DNAS_SERVICE_ADMIN_TOKEN": ADMIN,
-        "DNAS_SERVICE_ARTIFACT_DIR": str(workdir / "artifacts"),
-        "DNAS_SERVICE_HOST": "127.0.0.1",
-        "DNAS_SERVICE_PORT": str(port),
-        "DNAS_SERVICE_WORKERS": str(workers),
-        "DNAS_SERVICE_LEASE_SECONDS": str(lease_seconds),
-        **env,
-    }
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dnas", "serve"], env=environ, stdout=fh, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, proc, log)
-        yield Service(url, ADMIN, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["Service", "free_port", "register", "running_service", "start_agent", "start_run", "wait_for_run"]
 
 
 def start_agent(service: Service, token: str, workdir: Path, *extra: str) -> subprocess.Popen:
@@ -95,27 +24,10 @@ def start_agent(service: Service, token: str, workdir: Path, *extra: str) -> sub
     )  # fmt: skip
 
 
-def wait_for_run(client: httpx.Client, run_id: int, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()
-        if run["status"] in ("published", "failed") or time.monotonic() > deadline:
-            return run
-        time.sleep(0.2)
-
-
 SMALL_SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "ir_k5_e6", "skip"]}
 FAST_CONFIG = {"threads": 1, "warmup": 2, "runs": 10}
 
 
-def register(client: httpx.Client, name: str, platform: str = "linux") -> dict:
-    resp = client.post("/v1/devices", json={"name": name, "platform": platform})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
 def start_run(client: httpx.Client, device_id: int, space: dict | None = None, config: dict | None = None) -> dict:
-    body = {"device_id": device_id, "space": space or SMALL_SPACE, "config": config or FAST_CONFIG}
-    resp = client.post("/v1/profiling-runs", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    """A run of the small test space unless told otherwise."""
+    return _start_run(client, device_id, space or SMALL_SPACE, config or FAST_CONFIG)

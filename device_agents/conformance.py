@@ -1,0 +1,202 @@
+"""Agent conformance suite: checks any agent (Python, Android, the iOS app) against PROTOCOL.md.
+
+It starts its own service, registers a device, starts the agent under test with a command template, and
+checks what a user relies on. Run it against any agent:
+
+    python -m device_agents.conformance --agent "dnas agent local --server {server} --token {token} --wait 2"
+
+The agent must keep running until it is sent SIGTERM (it may be an app you start by hand: use --manual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from profiler_service.local_server import Service, register, running_service, start_run, wait_for_run
+from search.enumerate import enumerate_ops
+from search.space import get_space
+
+TINY_SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
+CONFIG = {"threads": 1, "warmup": 2, "runs": 15}
+# A config that makes one measurement outlast several leases: only a heartbeating agent keeps its jobs.
+SLOW_SPACE = {"resolution": 64, "width": 0.25, "num_classes": 10, "candidates": ["ir_k5_e6"]}
+SLOW_CONFIG = {"threads": 1, "warmup": 0, "runs": 10000}
+HEARTBEAT_LEASE_S = 1.0
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append(Check(name, bool(ok), detail))
+
+
+class AgentUnderTest:
+    def __init__(self, template: str, workdir: Path) -> None:
+        self.template, self.workdir = template, workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, svc: Service, token: str) -> None:
+        cmd = self.template.format(server=svc.url, token=token)
+        log = open(self.workdir / f"agent-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(shlex.split(cmd), stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def check_completes_a_run(svc: Service, agent: AgentUnderTest, report: Report) -> None:
+    with svc.client() as admin:
+        device = register(admin, "conformance-run")
+        run = start_run(admin, device["id"], TINY_SPACE, CONFIG)
+        agent.start(svc, device["agent_token"])
+        run = wait_for_run(admin, run["id"], timeout_s=600)
+        stopped = agent.stop()
+        report.add("publishes a table", run["status"] == "published", json.dumps(run)[:300])
+        fp = admin.get(f"/v1/devices/{device['id']}").json().get("fingerprint") or {}
+        missing = [k for k in ("model", "os", "runtime", "runtime_version", "cores") if not fp.get(k)]
+        report.add("reports a fingerprint", not missing, f"missing: {missing}" if missing else json.dumps(fp)[:200])
+        report.add("exits cleanly on SIGTERM", stopped == 0, f"exit status {stopped}")
+        if run["status"] != "published":
+            return
+        entries = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json()["entries"]
+        bad = [e["key"] for e in entries if not (0 < e["p10_us"] <= e["median_us"] <= e["p90_us"])]
+        report.add("results are ordered and positive", not bad, f"bad: {bad[:3]}")
+        wrong_n = [e["key"] for e in entries if e["n"] != CONFIG["runs"]]
+        report.add("honours the run count", not wrong_n, f"n != {CONFIG['runs']}: {wrong_n[:3]}")
+        no_ctx = [
+            e["key"] for e in entries if not e["context"].get("runtime_version") and not e["context"].get("runner")
+        ]
+        report.add("records the measurement context", not no_ctx, f"no context: {no_ctx[:3]}")
+
+
+def check_heartbeats(svc: Service, agent: AgentUnderTest, report: Report, db_url: str) -> None:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import Job
+
+    with svc.client() as admin:
+        device = register(admin, "conformance-heartbeat")
+        run = start_run(admin, device["id"], SLOW_SPACE, SLOW_CONFIG)
+        agent.start(svc, device["agent_token"])
+        run = wait_for_run(admin, run["id"], timeout_s=900)
+        agent.stop()
+        entries = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json().get("entries", [])
+    longest_s = max((e["median_us"] * e["n"] / 1e6 for e in entries), default=0.0)
+    report.add(
+        "the heartbeat check outlasted a lease",
+        longest_s > 2 * HEARTBEAT_LEASE_S,
+        f"longest measurement {longest_s:.1f}s vs lease {HEARTBEAT_LEASE_S}s",
+    )
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        jobs = s.execute(
+            select(Job.op_key, Job.attempts, Job.heartbeat_at, Job.finished_at).where(Job.device_id == device["id"])
+        ).all()
+    engine.dispose()
+    # The last heartbeat of a job that outlasted its lease must fall within one lease of its end; without
+    # heartbeats it stays at the claim time, a whole measurement earlier.
+    silent = [
+        key for key, _, beat, done in jobs
+        if beat is not None and done is not None and (done - beat).total_seconds() > HEARTBEAT_LEASE_S
+    ]  # fmt: skip
+    report.add(
+        "keeps its lease with heartbeats",
+        run["status"] == "published" and not silent and max(a for _, a, _, _ in jobs) == 1,
+        f"status {run['status']}, jobs without a heartbeat near their end: {silent[:3]}",
+    )
+
+
+def check_refuses_corrupt_models(svc: Service, agent: AgentUnderTest, report: Report, artifacts: Path) -> None:
+    with svc.client() as admin:
+        device = register(admin, "conformance-checksum")
+        # A resolution no other check uses: the agent cannot have this model cached already.
+        space = {**TINY_SPACE, "resolution": 48, "candidates": ["skip"]}
+        run = start_run(admin, device["id"], space, CONFIG)
+        request = {k: space[k] for k in ("resolution", "width", "num_classes")}
+        stem_key = enumerate_ops(get_space(candidates=("skip",), **request)).fixed_keys["stem"]
+        model = artifacts / "onnx" / f"{stem_key}.onnx"
+        data = model.read_bytes()
+        model.write_bytes(data[: len(data) // 2])  # a download cut off halfway
+        agent.start(svc, device["agent_token"])
+        run = wait_for_run(admin, run["id"], timeout_s=600)
+        agent.stop()
+        table = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest")
+        report.add(
+            "never measures a corrupt model",
+            run["status"] == "failed" and table.status_code == 404 and run["failed"] == 1,
+            f"status {run['status']}, failed {run['failed']}, errors {run['errors'][:1]}",
+        )
+        model.write_bytes(data)
+
+
+def run_suite(template: str, *, quick: bool = False) -> Report:
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="dnas-conformance-") as tmp:
+        work = Path(tmp)
+        db_url = f"sqlite:///{work / 'conformance.db'}"
+        agent = AgentUnderTest(template, work)
+        with running_service(db_url, work, lease_seconds=30) as svc:
+            check_completes_a_run(svc, agent, report)
+            check_refuses_corrupt_models(svc, agent, report, work / "artifacts")
+        if not quick:  # its own service: a lease far shorter than one measurement
+            hb_url = f"sqlite:///{work / 'heartbeat.db'}"
+            with running_service(hb_url, work / "hb", lease_seconds=HEARTBEAT_LEASE_S) as svc:
+                check_heartbeats(svc, agent, report, hb_url)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", required=True, help="Command template with {server} and {token}.")
+    parser.add_argument("--quick", action="store_true", help="Skip the slow heartbeat check.")
+    args = parser.parse_args()
+    report = run_suite(args.agent, quick=args.quick)
+    for check in report.checks:
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}  {check.detail if not check.passed else ''}")
+    passed = sum(c.passed for c in report.checks)
+    print(f"{passed} passed, {len(report.checks) - passed} failed")
+    raise SystemExit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    main()

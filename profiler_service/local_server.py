@@ -1,0 +1,121 @@
+"""Run the real service (`python -m dnas serve`: migrations, then uvicorn) on loopback as a child process.
+
+Used by the tests, the benches, the agent conformance suite and the quickstart's embedded service.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ADMIN = "local-admin-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    admin_token: str
+    proc: subprocess.Popen
+    log: Path
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"} if token != "" else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    """Readiness: poll the health endpoint until it answers, failing fast if the server process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"service not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running_service(
+    db_url: str,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    lease_seconds: float = 30,
+    port: int | None = None,
+    admin_token: str = ADMIN,
+    **env: str,
+) -> Iterator[Service]:
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"service-{port}.log"
+    environ = os.environ | {
+        "DNAS_SERVICE_DATABASE_URL": db_url,
+        "DNAS_SERVICE_ADMIN_TOKEN": admin_token,
+        "DNAS_SERVICE_ARTIFACT_DIR": str(workdir / "artifacts"),
+        "DNAS_SERVICE_HOST": "127.0.0.1",
+        "DNAS_SERVICE_PORT": str(port),
+        "DNAS_SERVICE_WORKERS": str(workers),
+        "DNAS_SERVICE_LEASE_SECONDS": str(lease_seconds),
+        **env,
+    }
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dnas", "serve"], env=environ, stdout=fh, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, proc, log)
+        yield Service(url, admin_token, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_run(client: httpx.Client, run_id: int, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()
+        if run["status"] in ("published", "failed") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def register(client: httpx.Client, name: str, platform: str = "linux") -> dict:
+    resp = client.post("/v1/devices", json={"name": name, "platform": platform})
+    if resp.status_code != 201:
+        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text}")
+    return resp.json()
+
+
+def start_run(client: httpx.Client, device_id: int, space: dict, config: dict | None = None) -> dict:
+    body = {"device_id": device_id, "space": space, "config": config or {}}
+    resp = client.post("/v1/profiling-runs", json=body)
+    if resp.status_code != 201:
+        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text}")
+    return resp.json()
