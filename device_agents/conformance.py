@@ -5,7 +5,8 @@ checks what a user relies on. Run it against any agent:
 
     python -m device_agents.conformance --agent "dnas agent local --server {server} --token {token} --wait 2"
 
-The agent must keep running until it is sent SIGTERM (it may be an app you start by hand: use --manual).
+The command must start an agent that keeps leasing until it is sent SIGTERM (for the iOS app, a command that
+launches it on a device, e.g. through `xcrun devicectl`, with the server and token as launch arguments).
 """
 
 from __future__ import annotations

@@ -102,3 +102,25 @@ def android(
     agent.install_signal_handlers()
     stats = agent.run()
     typer.echo(f"done {stats.done}, failed {stats.failed}")
+
+
+@app.command()
+def fleet(
+    config: Annotated[Path, typer.Argument(help="JSON list of workers: backend, server, token, adb/serial, ...")],
+    wait: Wait = 20.0,
+    exit_when_idle: Once = False,
+    cache_dir: Cache = None,
+) -> None:
+    """Serve several devices from this host: one worker per device, each with its own token."""
+    from device_agents.fleet import load_fleet, run_fleet
+    from dnas.errors import UserError
+
+    _logging()
+    try:
+        workers = load_fleet(config)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    stats = run_fleet(workers, cache_dir or Path(user_cache_dir("dnas")) / "agent-models", wait=wait,
+                      exit_when_idle=exit_when_idle)  # fmt: skip
+    for w, s in zip(workers, stats, strict=True):
+        typer.echo(f"{w['backend']:8s} done {s.done}, failed {s.failed}")
