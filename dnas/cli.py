@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dnas import agent_cli, db_cli, models_cli, service_cli, space_cli
+from dnas import agent_cli, db_cli, models_cli, search_cli, service_cli, space_cli
 from dnas.errors import UserError
 from search.opspec import OpSpecError
 
@@ -24,6 +24,8 @@ app.add_typer(service_cli.table_app, name="table")
 app.add_typer(agent_cli.app, name="agent")
 app.command()(service_cli.serve)
 app.command()(service_cli.profile)
+app.command()(search_cli.search)
+app.command()(search_cli.train)
 
 
 @app.command()

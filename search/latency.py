@@ -1,0 +1,138 @@
+"""Latency tables on the search side: fetch over REST (cached on disk by ETag and content hash, so a second
+run works offline), or read a file; check the table prices the whole space; turn it into a tensor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from platformdirs import user_cache_dir
+
+from search.enumerate import enumerate_ops
+from search.space import SearchSpace
+
+log = logging.getLogger("dnas.search")
+
+
+class TableError(ValueError):
+    """The table cannot drive this search; the message names what is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    payload: dict[str, Any]
+
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace.from_dict(self.payload["space"])
+
+    @property
+    def medians(self) -> dict[str, float]:
+        return {e["key"]: float(e["median_us"]) for e in self.payload["entries"]}
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What every output records, so an architecture can be traced to the measurements behind it."""
+        p = self.payload
+        return {
+            "device": p.get("device"),
+            "version": p.get("version"),
+            "content_sha256": p.get("content_sha256"),
+            "space_hash": p.get("space_hash"),
+            "config": p.get("config"),
+        }
+
+    @classmethod
+    def from_file(cls, path: Path) -> LatencyTable:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise TableError(f"cannot read latency table {path}: {exc}") from None
+        if not isinstance(payload, dict) or "entries" not in payload or "space" not in payload:
+            raise TableError(f"{path} is not a latency table (needs 'space' and 'entries', as the service serves)")
+        return cls(payload)
+
+
+@dataclass(frozen=True)
+class LatencyLUT:
+    """LUT[l, k]: microseconds of candidate k at searchable layer l; `fixed_us`: stem, head conv, pool, fc."""
+
+    table: torch.Tensor
+    fixed_us: float
+
+    def expected(self, probs: torch.Tensor) -> torch.Tensor:
+        """E[LAT] under per-layer probabilities [..., L, K] (eq. 9 with m = P)."""
+        return (probs * self.table).sum(dim=(-2, -1)) + self.fixed_us
+
+    def of_arch(self, indices: list[int]) -> float:
+        return float(sum(self.table[layer, k] for layer, k in enumerate(indices))) + self.fixed_us
+
+
+def build_lut(space: SearchSpace, table: LatencyTable) -> LatencyLUT:
+    """Every (layer, candidate) and fixed layer must be priced; a missing op is named, not guessed."""
+    if table.payload.get("space_hash") and table.payload["space_hash"] != space.hash:
+        log.warning(
+            "table was measured for space %s; searching space %s", table.payload["space_hash"][:12], space.hash[:12]
+        )
+    medians = table.medians
+    en = enumerate_ops(space)
+    missing = [k for k in en.ops if k not in medians]
+    if missing:
+        raise TableError(
+            f"the latency table does not price {len(missing)} op(s) of this space, e.g. {missing[0]}; "
+            "profile this space on the device first (dnas profile)"
+        )
+    lut = torch.tensor([[medians[k] for k in row] for row in en.layer_keys], dtype=torch.float64)
+    return LatencyLUT(table=lut.float(), fixed_us=sum(medians[k] for k in en.fixed_keys.values()))
+
+
+class TableClient:
+    """GET a table version; keep it on disk by content hash and remember the ETag, so repeat fetches are 304s
+    and a search can run with the service unreachable."""
+
+    def __init__(self, server: str, token: str | None, cache_dir: Path | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        key = hashlib.sha256(self.server.encode()).hexdigest()[:16]
+        self.cache = (cache_dir or Path(user_cache_dir("dnas")) / "tables") / key
+
+    def _paths(self, device: int, version: str) -> tuple[Path, Path]:
+        ref = self.cache / f"device-{device}" / f"{version}.ref"
+        return ref, self.cache / "by-hash"
+
+    def fetch(self, device: int, version: str = "latest", space_hash: str | None = None) -> LatencyTable:
+        ref, blobs = self._paths(device, f"{version}-{space_hash or 'any'}")
+        cached = json.loads(ref.read_text()) if ref.exists() else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if cached:
+            headers["If-None-Match"] = cached["etag"]
+        params = {"space_hash": space_hash} if space_hash else {}
+        url = f"{self.server}/v1/devices/{device}/latency-tables/{version}"
+        try:
+            resp = httpx.get(url, headers=headers, params=params, timeout=60)
+        except httpx.TransportError as exc:
+            if cached:
+                log.warning("service unreachable (%s); using cached table %s", exc, cached["sha256"][:12])
+                return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+            raise TableError(f"cannot reach {self.server} and no cached copy of device {device} {version}") from None
+        if resp.status_code == 304 and cached:
+            return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+        if resp.status_code != 200:
+            try:
+                detail = resp.json().get("detail")
+            except ValueError:
+                detail = resp.text
+            raise TableError(f"GET {url} -> HTTP {resp.status_code}: {detail}")
+        payload = resp.json()
+        sha = payload["content_sha256"]
+        blobs.mkdir(parents=True, exist_ok=True)
+        (blobs / f"{sha}.json").write_text(json.dumps(payload))
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(json.dumps({"etag": resp.headers.get("etag", f'"{sha}"'), "sha256": sha}))
+        return LatencyTable(payload)

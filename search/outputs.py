@@ -1,0 +1,58 @@
+"""What a search leaves behind: architectures as JSON (timm-style strings) and ONNX, theta as a picture,
+each stamped with the latency table it was searched against."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from search.config import SearchConfig
+from search.decode import decode_within, describe, most_likely, sample
+from search.export import atomic_write, export_network
+from search.latency import LatencyLUT, LatencyTable
+from search.model import build_model
+from search.supernet import SuperNet
+from search.trainer import theta_png
+
+
+def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: LatencyTable, kind: str) -> dict[str, Any]:
+    space = net.space
+    return {
+        "kind": kind,
+        **describe(space, lut, net.theta.detach(), indices),
+        "space": space.to_dict(),
+        "latency_table": table.provenance,
+    }
+
+
+def write_outputs(net: SuperNet, lut: LatencyLUT, table: LatencyTable, cfg: SearchConfig, out: Path) -> dict[str, Any]:
+    theta = net.theta.detach()
+    docs: dict[str, dict[str, Any]] = {"most_likely": arch_document(net, lut, most_likely(theta), table, "most_likely")}
+    if cfg.target_latency_ms is not None:
+        chosen = decode_within(theta, lut, cfg.target_latency_ms * 1e3, cfg.target_tolerance)
+        docs["target"] = arch_document(net, lut, chosen, table, f"within {cfg.target_tolerance:.0%} of target")
+        docs["target"]["target_latency_ms"] = cfg.target_latency_ms
+    for i, idx in enumerate(sample(theta, cfg.samples, seed=cfg.seed)):
+        docs[f"sample_{i}"] = arch_document(net, lut, idx, table, "sample from P_theta")
+    space = net.space
+    for name, doc in docs.items():
+        (out / f"{name}.json").write_text(json.dumps(doc, indent=2))
+        model = build_model(space, doc["arch"])
+        atomic_write(
+            out / f"{name}.onnx", export_network(model, (1, space.in_channels, space.resolution, space.resolution))
+        )
+    theta_png(net, out / "theta.png", f"P(theta) per layer: {table.provenance.get('device', {}) or ''}".rstrip(": "))
+    best = docs.get("target", docs["most_likely"])
+    summary = {
+        "chosen": {k: best[k] for k in ("arch", "predicted_latency_ms", "flops", "params")},
+        "chosen_file": "target.json" if "target" in docs else "most_likely.json",
+        "architectures": {
+            name: {k: d[k] for k in ("predicted_latency_ms", "flops", "params")} for name, d in docs.items()
+        },
+        "expected_latency_ms": net.expected_latency_us() / 1e3,
+        "latency_table": table.provenance,
+        "config": cfg.to_dict(),
+    }
+    (out / "search.json").write_text(json.dumps(summary, indent=2))
+    return summary

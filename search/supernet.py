@@ -1,0 +1,109 @@
+"""The stochastic super net (paper section 3.3): the space's macro-architecture with every candidate at every
+searchable layer, mixed by Gumbel-softmax masks drawn per sample from theta.
+
+The same masks weight the outputs (eq. 5) and the latency (eq. 9): one draw per forward pass, so the loss
+prices exactly the network that produced the prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from search.blocks import build_op
+from search.latency import LatencyLUT
+from search.space import SearchSpace
+
+Mode = Literal["soft", "hard"]
+_EPS = 1e-6
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+    """Eq. 8 in a numerically safe form: the uniform noise is clamped away from 0 and 1 (so no inf), and the
+    softmax runs on max-subtracted logits. With `hard`, a straight-through one-hot: the forward pass sees
+    {0, 1}, the gradient is the soft one's."""
+    u = torch.rand_like(logits).clamp_(_EPS, 1.0 - _EPS)
+    gumbel = -torch.log(-torch.log(u))
+    soft = torch.softmax((logits + gumbel) / max(tau, 1e-4), dim=-1)
+    if not hard:
+        return soft
+    index = soft.argmax(dim=-1, keepdim=True)
+    one_hot = torch.zeros_like(soft).scatter_(-1, index, 1.0)
+    return one_hot - soft.detach() + soft
+
+
+class MixedLayer(nn.Module):
+    def __init__(self, candidates: list[nn.Module]) -> None:
+        super().__init__()
+        self.candidates = nn.ModuleList(candidates)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mode: Mode) -> torch.Tensor:
+        """`mask`: [B, K]. Soft: every candidate on the whole batch. Hard: each sample runs only its own
+        candidate (samples grouped by choice); the output is scaled by the straight-through mask, which is 1
+        in value and carries theta's gradient."""
+        if mode == "soft":
+            out = 0
+            for k, op in enumerate(self.candidates):
+                out = out + mask[:, k].view(-1, 1, 1, 1) * op(x)
+            return out
+        choice = mask.argmax(dim=1)
+        pieces, order = [], []
+        for k in choice.unique().tolist():
+            idx = (choice == k).nonzero(as_tuple=True)[0]
+            pieces.append(self.candidates[k](x.index_select(0, idx)) * mask[idx, k].view(-1, 1, 1, 1))
+            order.append(idx)
+        out = torch.cat(pieces)
+        return out.index_select(0, torch.argsort(torch.cat(order)))
+
+
+class SuperNet(nn.Module):
+    def __init__(self, space: SearchSpace, lut: LatencyLUT) -> None:
+        super().__init__()
+        self.space = space
+        fixed = space.fixed_ops()
+        self.stem = build_op(fixed["stem"])
+        self.layers = nn.ModuleList(
+            MixedLayer([build_op(slot.op(c, space.batch)) for c in space.candidates]) for slot in space.slots
+        )
+        self.head = nn.Sequential(build_op(fixed["head"]), build_op(fixed["pool"]), build_op(fixed["fc"]))
+        # theta starts uniform: every candidate equally likely.
+        self.theta = nn.Parameter(torch.zeros(len(space.slots), len(space.candidates)))
+        self.register_buffer("lut", lut.table.clone())
+        self.fixed_us = lut.fixed_us
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name != "theta"]
+
+    def sample_masks(self, batch: int, tau: float, mode: Mode) -> torch.Tensor:
+        """[B, L, K]: an independent Gumbel draw for every sample and layer."""
+        logits = self.theta.unsqueeze(0).expand(batch, -1, -1)
+        return gumbel_softmax(logits, tau, hard=mode == "hard")
+
+    def forward(self, x: torch.Tensor, tau: float, mode: Mode = "soft") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and each sample's latency in microseconds, both from the same masks."""
+        masks = self.sample_masks(x.shape[0], tau, mode)
+        x = self.stem(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, masks[:, i], mode)
+        latency = (masks * self.lut).sum(dim=(1, 2)) + self.fixed_us
+        return self.head(x), latency
+
+    @torch.no_grad()
+    def probabilities(self) -> torch.Tensor:
+        return torch.softmax(self.theta, dim=-1)
+
+    @torch.no_grad()
+    def expected_latency_us(self) -> float:
+        return float((self.probabilities() * self.lut).sum()) + self.fixed_us
+
+    @torch.no_grad()
+    def entropy(self) -> float:
+        p = self.probabilities()
+        return float(-(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean())
+
+
+def fbnet_loss(ce: torch.Tensor, latency_us: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Eq. 2 per sample, then the batch mean: CE * alpha * log(LAT)^beta (LAT in microseconds)."""
+    return (ce * alpha * torch.log(latency_us.clamp_min(1.0 + 1e-3)) ** beta).mean()
