@@ -135,9 +135,9 @@ class Searcher:
             loss.backward()
             opt.step()
             n = len(y)
-            totals["loss"] += float(loss) * n
-            totals["ce"] += float(ce.mean()) * n
-            totals["latency_us"] += float(latency.mean()) * n
+            totals["loss"] += float(loss.detach()) * n
+            totals["ce"] += float(ce.detach().mean()) * n
+            totals["latency_us"] += float(latency.detach().mean()) * n
             totals["correct"] += float((logits.argmax(1) == y).sum())
             totals["n"] += n
         if self.rank.world > 1:

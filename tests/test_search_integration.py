@@ -1,0 +1,72 @@
+"""The search against the real service (REST, then offline from the cache), under torchrun, and via the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from search.config import SearchConfig
+from search.latency import TableClient, TableError
+from search.run import run_search
+from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
+from tests.tables import MINI, measured_table
+
+
+def test_search_against_a_table_fetched_over_rest_then_offline(tmp_path):
+    cache = tmp_path / "cache"
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
+        device = register(admin, "search-target")
+        run = start_run(admin, device["id"], space=MINI.to_dict(), config={"warmup": 2, "runs": 10})
+        agent = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "2")
+        assert agent.wait(timeout=300) == 0
+        assert wait_for_run(admin, run["id"])["status"] == "published"
+        reader = admin.post("/v1/tokens", json={"name": "search"}).json()["token"]
+        client = TableClient(svc.url, reader, cache)
+        table = client.fetch(device["id"])
+        assert client.fetch(device["id"]).payload == table.payload  # second fetch: a 304 answered from cache
+    # The service is gone: the cached copy keeps the search going.
+    offline = TableClient(svc.url, reader, cache).fetch(device["id"])
+    assert offline.payload["content_sha256"] == table.payload["content_sha256"]
+    summary = run_search(offline, "digits", SearchConfig(epochs=1, warmup_epochs=0, batch_size=64, threads=2,
+                                                          samples=1), tmp_path / "out")  # fmt: skip
+    assert summary["latency_table"]["device"]["name"] == "search-target"
+    with pytest.raises(TableError, match="no cached copy"):
+        TableClient(svc.url, reader, cache).fetch(device["id"], version="7")
+
+
+def test_ddp_two_processes_keep_theta_identical(tmp_path):
+    table = measured_table(MINI, tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "search.run", "--table", str(table), "--out", str(tmp_path / "ddp"), "--epochs", "1",
+           "--warmup-epochs", "0", "--batch-size", "32", "--threads", "1", "--samples", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # rank 0 writes once
+    assert rows[0]["theta_rank_divergence"] == 0.0
+    assert rows[0]["ce_theta"] is not None  # theta did train (and moved) in that epoch
+    summary = json.loads((tmp_path / "ddp" / "search.json").read_text())
+    assert summary["expected_latency_ms"] > 0
+
+
+def test_cli_search_then_train(tmp_path):
+    table = measured_table(MINI, tmp_path)
+    out = tmp_path / "cli"
+    search = subprocess.run(
+        [sys.executable, "-m", "dnas", "search", "--table", str(table), "--out", str(out), "--epochs", "2",
+         "--warmup-epochs", "1", "--batch-size", "32", "--threads", "2", "--samples", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert search.returncode == 0, search.stderr[-2000:]
+    train = subprocess.run(
+        [sys.executable, "-m", "dnas", "train", "--arch", str(out / "most_likely.json"), "--epochs", "4",
+         "-o", str(tmp_path / "trained.json")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-2000:]
+    result = json.loads((tmp_path / "trained.json").read_text())
+    assert result["val_accuracy"] > 0.8  # digits, 4 epochs from scratch
+    bad = subprocess.run([sys.executable, "-m", "dnas", "search", "--out", str(tmp_path / "x")], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "give --table FILE, or --server URL and --device ID" in bad.stderr
