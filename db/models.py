@@ -194,3 +194,20 @@ class LatencyTableEntry(Base):
     measurement_id: Mapped[int] = mapped_column(ForeignKey("measurements.id"))
     table: Mapped[LatencyTable] = relationship(back_populates="entries")
     measurement: Mapped[Measurement] = relationship()
+
+
+class Calibration(Base):
+    """A per-device correction fitted on whole networks measured end to end, kept beside the raw table it
+    corrects: raw measurements stay raw, and a client chooses to apply it."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    version: Mapped[int]
+    table_id: Mapped[int] = mapped_column(ForeignKey("latency_tables.id"))
+    space_hash: Mapped[str] = mapped_column(String(HASH_LEN), index=True)
+    model: Mapped[dict[str, Any]]  # {"kind": "linear", "scale": a, "offset_us": b}
+    metrics: Mapped[dict[str, Any]]  # MAPE before / after (leave-one-out), n networks, Kendall tau
+    fitted_on: Mapped[list[Any]]  # [{"key", "predicted_us", "measured_us"}]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,6 +26,7 @@ app.command()(service_cli.serve)
 app.command()(service_cli.profile)
 app.command()(search_cli.search)
 app.command()(search_cli.train)
+app.command()(service_cli.validate)
 
 
 @app.command()
@@ -39,6 +40,20 @@ def demo(
 
     summary = run_demo(resolution, width, out)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Where the report, pictures and models go.")] = Path("dnas-quickstart"),
+    search_epochs: Annotated[int, typer.Option(help="Search epochs (first one trains weights only).")] = 3,
+    train_epochs: Annotated[int, typer.Option(help="Retraining epochs for each network.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The whole job on this host: profile, fetch the table, search, retrain, measure, report."""
+    from dnas.quickstart import print_summary, run_quickstart
+
+    report = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed)
+    print_summary(report, out)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ def search(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads per process.")] = None,
     nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun; gloo on CPU).")] = 1,
+    calibrated: Annotated[bool, typer.Option(help="Apply the device's latest calibration (dnas validate).")] = False,
 ) -> None:
     """Search the table's space for the architecture that is accurate and fast on that device."""
     if mode not in ("soft", "hard"):
@@ -57,6 +58,8 @@ def search(
                         ("--target-latency-ms", target_latency_ms), ("--threads", threads)):  # fmt: skip
         if value is not None:
             args += [flag, str(value)]
+    if calibrated:
+        args.append("--calibrated")
     env = os.environ | ({"DNAS_TOKEN": token} if token else {})  # never on the command line: `ps` shows it
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -174,3 +174,34 @@ def table_compare(
             client.request("GET", "/v1/latency-tables/compare", params={"a": a, "b": b, "format": "png"}).content
         )
         typer.echo(f"wrote {png}", err=True)
+
+
+def validate(
+    device: Annotated[int, typer.Option("--device", help="Device id (an agent must be serving it).")],
+    samples: Annotated[int, typer.Option(help="Random architectures to measure end to end.")] = 20,
+    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
+    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
+    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
+    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
+    seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
+    out: Annotated[Path, typer.Option(help="Where fidelity.json and fidelity.png go.")] = Path("fidelity"),
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """How far the device's latest table is from whole networks measured end to end: MAPE, worst, Kendall tau."""
+    from dnas.fidelity import validate as run_validate
+    from search.space import get_space
+
+    target = get_space(space, resolution=resolution, width=width, num_classes=classes)
+    report = run_validate(ServiceClient(server, token), device, target, samples, out, calibrate=calibrate, seed=seed)
+    raw = report["raw"]
+    typer.echo(f"{samples} networks on device {device}, table v{report['table_version']}:")
+    typer.echo(f"  raw sum     MAPE {raw['mape_pct']:5.2f}%  worst {raw['worst_error_pct']:+6.2f}%  "
+               f"Kendall tau {raw['kendall_tau']:.3f}")  # fmt: skip
+    if "calibrated_leave_one_out" in report:
+        cal = report["calibrated_leave_one_out"]
+        typer.echo(f"  calibrated  MAPE {cal['mape_pct']:5.2f}%  worst {cal['worst_error_pct']:+6.2f}%  "
+                   f"Kendall tau {cal['kendall_tau']:.3f}  (leave-one-out; stored as calibration "
+                   f"v{report['calibration']['version']})")  # fmt: skip
+    typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")

@@ -136,3 +136,23 @@ class TableClient:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(json.dumps({"etag": resp.headers.get("etag", f'"{sha}"'), "sha256": sha}))
         return LatencyTable(payload)
+
+
+def apply_calibration(lut: LatencyLUT, model: dict[str, Any]) -> LatencyLUT:
+    """A linear calibration `measured = scale * sum + offset`, spread over the LUT: every op scaled, the
+    offset added to the fixed part. Raw tables are never changed; this is applied on the client."""
+    if model.get("kind") != "linear":
+        raise TableError(f"unknown calibration kind {model.get('kind')!r}")
+    scale, offset = float(model["scale"]), float(model["offset_us"])
+    if not 0 < scale < 100:
+        raise TableError(f"calibration scale {scale} is not plausible")
+    return LatencyLUT(table=lut.table * scale, fixed_us=lut.fixed_us * scale + offset)
+
+
+def fetch_calibration(server: str, token: str | None, device: int, space_hash: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = httpx.get(f"{server.rstrip('/')}/v1/devices/{device}/calibrations/latest", headers=headers,
+                     params={"space_hash": space_hash}, timeout=60)  # fmt: skip
+    if resp.status_code != 200:
+        raise TableError(f"no calibration for device {device}: HTTP {resp.status_code} {resp.text[:200]}")
+    return resp.json()

@@ -42,7 +42,12 @@ def write_outputs(net: SuperNet, lut: LatencyLUT, table: LatencyTable, cfg: Sear
         atomic_write(
             out / f"{name}.onnx", export_network(model, (1, space.in_channels, space.resolution, space.resolution))
         )
-    theta_png(net, out / "theta.png", f"P(theta) per layer: {table.provenance.get('device', {}) or ''}".rstrip(": "))
+    device = table.provenance.get("device") or {}
+    theta_png(
+        net,
+        out / "theta.png",
+        f"P(theta) per layer: {device.get('name', 'device')}, table v{table.provenance.get('version')}",
+    )
     best = docs.get("target", docs["most_likely"])
     summary = {
         "chosen": {k: best[k] for k in ("arch", "predicted_latency_ms", "flops", "params")},

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from search.config import SearchConfig
 from search.data import DataError, load_data
-from search.latency import LatencyTable, TableClient, TableError, build_lut
+from search.latency import LatencyTable, TableClient, TableError, apply_calibration, build_lut, fetch_calibration
 from search.outputs import write_outputs
 from search.trainer import Searcher
 
@@ -27,9 +27,12 @@ def load_table(table: Path | None, server: str | None, device: int | None, versi
     return TableClient(server, token, cache_dir).fetch(device, version)
 
 
-def run_search(table: LatencyTable, data_spec: str, cfg: SearchConfig, out: Path) -> dict[str, Any]:
+def run_search(table: LatencyTable, data_spec: str, cfg: SearchConfig, out: Path,
+               calibration: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     space = table.space
     lut = build_lut(space, table)
+    if calibration is not None:
+        lut = apply_calibration(lut, calibration["model"])
     data = load_data(data_spec, space.resolution, seed=cfg.seed)
     if data.num_classes != space.num_classes:
         raise TableError(
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", default="latest")
     parser.add_argument("--token", default=os.environ.get("DNAS_TOKEN"))
     parser.add_argument("--data", default="digits")
+    parser.add_argument("--calibrated", action="store_true", help="Apply the device's latest calibration.")
     parser.add_argument("--out", type=Path, required=True)
     add_search_args(parser)
     args = parser.parse_args(argv)
@@ -75,7 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = SearchConfig(**{k: getattr(args, k) for k in SearchConfig().to_dict() if k != "beta_range"})
     try:
         table = load_table(args.table, args.server, args.device, args.version, args.token)
-        summary = run_search(table, args.data, cfg, args.out)
+        calibration = None
+        if args.calibrated:
+            if not (args.server and args.device is not None):
+                raise TableError("--calibrated needs --server and --device")
+            calibration = fetch_calibration(args.server, args.token, args.device, table.space.hash)
+        summary = run_search(table, args.data, cfg, args.out, calibration)
     except (TableError, DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     if summary:

@@ -215,12 +215,21 @@ def theta_png(net: SuperNet, path: Path, title: str = "") -> None:
 
     probs = net.probabilities().numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * probs.shape[1], 1.2 + 0.32 * probs.shape[0]))
-    im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    # Scaled to the largest probability: early in a search theta is near uniform and a 0..1 scale hides it.
+    im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=float(probs.max()))
     ax.set_xticks(range(probs.shape[1]), net.space.candidates, rotation=45, ha="right")
     ax.set_yticks(range(probs.shape[0]), [f"layer {i}" for i in range(probs.shape[0])])
     for (i, j), p in __import__("numpy").ndenumerate(probs):
-        if p >= 0.2:
-            ax.text(j, i, f"{p:.2f}", ha="center", va="center", fontsize=7, color="black" if p > 0.6 else "white")
+        if p >= 1.5 / probs.shape[1]:
+            ax.text(
+                j,
+                i,
+                f"{p:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if p > 0.6 * probs.max() else "white",
+            )
     ax.set_title(title or "P(theta) per layer")
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()

@@ -9,7 +9,7 @@ from db.models import Base
 
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
-    "latency_tables", "latency_table_entries", "service_settings", "api_tokens",
+    "latency_tables", "latency_table_entries", "service_settings", "api_tokens", "calibrations",
 }  # fmt: skip
 
 

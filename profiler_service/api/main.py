@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from profiler_service.api.routes import agent, devices, runs, tables, tokens
+from profiler_service.api.routes import agent, devices, networks, runs, tables, tokens
 
 api_router = APIRouter(prefix="/v1")
-for module in (devices, tokens, runs, agent, tables):
+for module in (devices, tokens, runs, agent, tables, networks):
     api_router.include_router(module.router)
 
 

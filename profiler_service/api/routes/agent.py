@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from db.models import Job, Operator
 from profiler_service.api.deps import AgentDep, SessionDep
 from profiler_service.errors import NotFound
+from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
 from profiler_service.queue import claim_next, heartbeat, record_failure, record_result
 from profiler_service.schemas import Ack, FailureIn, Fingerprint, LeasedJob, LeaseProof, LeaseRequest, ResultIn
@@ -34,8 +35,9 @@ def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep)
 
 
 def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
-    spec = OpSpec.from_dict(op.spec)
     settings = request.app.state.settings
+    is_network = op.spec.get("kind") == "network"
+    input_shape = op.spec["input_shape"] if is_network else list(OpSpec.from_dict(op.spec).input_shape)
     return LeasedJob(
         job_id=job.id,
         lease_token=job.lease_token or "",
@@ -47,7 +49,7 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
         model_url=str(request.url_for("download_model", op_key=job.op_key)),
         model_sha256=op.onnx_sha256 or "",
         model_bytes=op.onnx_bytes or 0,
-        input_shape=list(spec.input_shape),
+        input_shape=input_shape,
         config=job.config,
     )
 
@@ -78,6 +80,13 @@ async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> Lease
 @router.get("/models/{op_key}", name="download_model", response_class=FileResponse)
 def download_model(op_key: str, device: AgentDep, session: SessionDep, request: Request) -> FileResponse:
     """The op's ONNX file. Keys are parsed, never used as paths, so no name can escape the artifact dir."""
+    if NETWORK_KEY.fullmatch(op_key):
+        if session.get(Operator, op_key) is None:
+            raise NotFound(f"network {op_key} is not registered with this service")
+        path = network_path(request.app.state.settings.artifact_dir, op_key)
+        if not path.exists():
+            raise NotFound(f"network {op_key}'s model file is missing from the artifact directory")
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{op_key}.onnx")
     try:
         spec = OpSpec.from_key(op_key)
     except OpSpecError:

@@ -1,0 +1,166 @@
+"""`dnas quickstart`: from a fresh machine to a device-specific architecture, end to end on this host.
+
+Embedded service (SQLite) -> register this host -> local agent -> profile a small space -> fetch the table over
+REST -> search on the built-in digits -> retrain the chosen architecture and a fixed baseline -> export both to
+ONNX -> measure both end to end on the same device through the agent -> report.json and PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dnas.api_client import ServiceClient
+from dnas.fidelity import measure_networks, predict_us
+from dnas.service_cli import wait_for_run
+from profiler_service.local_server import running_service
+from search.config import SearchConfig
+from search.cost import network_cost
+from search.data import load_data
+from search.latency import TableClient
+from search.retrain import TrainConfig, train_architecture
+from search.run import run_search
+
+SPACE = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
+MEASURE = {"threads": 1, "warmup": 10, "runs": 50}
+BASELINE = "ir_k3_e6"  # every layer: the MobileNetV2-like baseline
+
+
+def _step(n: int, text: str) -> None:
+    print(f"\n[{n}/8] {text}", flush=True)
+
+
+def _start_agent(url: str, token: str, cache: Path) -> tuple[threading.Thread, Any]:
+    from device_agents.client import AgentClient
+    from device_agents.local.backend import LocalBackend
+    from device_agents.loop import Agent
+
+    agent = Agent(AgentClient(url, token), LocalBackend(), cache_dir=cache, wait_seconds=1)
+    thread = threading.Thread(target=agent.run, name="local-agent", daemon=True)
+    thread.start()
+    return thread, agent
+
+
+def accuracy_latency_png(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row, color in zip(rows, ("#c44", "#48c", "#888", "#888"), strict=False):
+        ax.scatter(row["measured_latency_ms"], row["val_accuracy"] * 100, s=70, color=color, zorder=3)
+        ax.scatter(row["predicted_latency_ms"], row["val_accuracy"] * 100, s=40, facecolors="none",
+                   edgecolors=color, zorder=3)  # fmt: skip
+        ax.annotate(row["name"], (row["measured_latency_ms"], row["val_accuracy"] * 100),
+                    textcoords="offset points", xytext=(6, 6))  # fmt: skip
+    ax.set_xlabel("latency on this device (ms): filled = measured end to end, open = table prediction")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_quickstart(out: Path, *, search_epochs: int = 3, train_epochs: int = 8, target_fraction: float = 0.7,
+                   seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    if (out / "service").exists():
+        shutil.rmtree(out / "service")  # a fresh embedded service each time: the agent token is shown once
+    out.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{out / 'service' / 'dnas.db'}"
+    (out / "service").mkdir(parents=True)
+
+    _step(1, "starting the embedded profiler service (SQLite, uvicorn on loopback)")
+    with running_service(db_url, out / "service", lease_seconds=60) as svc:
+        admin = ServiceClient(svc.url, svc.admin_token)
+        _step(2, "registering this host and starting its local agent")
+        device = admin.json("POST", "/v1/devices", json={"name": "this-host", "platform": "linux"})
+        thread, agent = _start_agent(svc.url, device["agent_token"], out / "agent-cache")
+        try:
+            _step(3, f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host")
+            run = admin.json("POST", "/v1/profiling-runs", json={"device_id": device["id"], "space": SPACE,
+                                                                  "config": MEASURE})  # fmt: skip
+            run = wait_for_run(admin, run["id"], timeout_s=900)
+            if run["status"] != "published":
+                raise RuntimeError(f"profiling failed: {run['errors'][:3]}")
+
+            _step(4, "fetching the latency table over REST")
+            reader = admin.json("POST", "/v1/tokens", json={"name": "quickstart"})["token"]
+            table = TableClient(svc.url, reader, out / "table-cache").fetch(device["id"])
+            space = table.space
+            medians = table.medians
+            baseline_arch = [BASELINE] * len(space.slots)
+            baseline_pred = predict_us(space, medians, baseline_arch)
+            target_ms = target_fraction * baseline_pred / 1e3
+
+            _step(5, f"searching on digits (target {target_ms:.3f} ms = {target_fraction:.0%} of the baseline's)")
+            cfg = SearchConfig(epochs=search_epochs, warmup_epochs=1, batch_size=64, mode="soft", lr_theta=0.2,
+                               target_latency_ms=target_ms, samples=3, seed=seed)  # fmt: skip
+            summary = run_search(table, "digits", cfg, out / "search")
+            searched_arch = summary["chosen"]["arch"]
+
+            _step(6, f"retraining the searched architecture and the baseline ({train_epochs} epochs each)")
+            data = load_data("digits", space.resolution, seed=seed)
+            trained = {}
+            for name, arch in (("searched", searched_arch), ("baseline", baseline_arch)):
+                _, result = train_architecture(space, arch, data, TrainConfig(epochs=train_epochs, seed=seed))
+                trained[name] = result["val_accuracy"]
+
+            _step(7, "measuring both networks end to end on this host, through the agent")
+            measured = measure_networks(
+                admin, device["id"], space, [searched_arch, baseline_arch], table.payload["config"]
+            )
+        finally:
+            agent.stopping.set()
+            thread.join(timeout=60)
+
+    _step(8, "writing the report")
+    rows = []
+    for (name, arch), m in zip((("searched", searched_arch), ("baseline", baseline_arch)), measured, strict=True):
+        cost = network_cost(space, arch)
+        rows.append({
+            "name": name,
+            "arch": arch,
+            "val_accuracy": trained[name],
+            "predicted_latency_ms": predict_us(space, medians, arch) / 1e3,
+            "measured_latency_ms": m["measurement"]["median_us"] / 1e3,
+            "params": cost.params,
+            "flops": cost.macs,
+        })  # fmt: skip
+    searched, baseline = rows
+    report = {
+        "device": table.payload["device"],
+        "table": table.provenance,
+        "space": {k: space.to_dict()[k] for k in ("resolution", "width", "num_classes", "hash")},
+        "search": {"epochs": search_epochs, "target_latency_ms": target_ms,
+                   "expected_latency_ms": summary["expected_latency_ms"]},
+        "retrain_epochs": train_epochs,
+        "networks": rows,
+        "speedup_measured": baseline["measured_latency_ms"] / searched["measured_latency_ms"],
+        "accuracy_delta_points": (searched["val_accuracy"] - baseline["val_accuracy"]) * 100,
+        "wall_s": time.perf_counter() - started,
+    }  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    shutil.copy(out / "search" / "theta.png", out / "theta.png")
+    accuracy_latency_png(out / "accuracy_vs_latency.png", rows, "searched vs baseline on this host")
+    return report
+
+
+def print_summary(report: dict[str, Any], out: Path) -> None:
+    print("\n" + "=" * 78)
+    print(f"{'':10s} {'accuracy':>9s} {'predicted':>10s} {'measured':>9s} {'params':>8s} {'MACs':>8s}")
+    for r in report["networks"]:
+        print(f"{r['name']:10s} {r['val_accuracy'] * 100:8.2f}% {r['predicted_latency_ms']:8.3f}ms "
+              f"{r['measured_latency_ms']:7.3f}ms {r['params'] / 1e3:7.1f}K {r['flops'] / 1e6:7.2f}M")  # fmt: skip
+    print(f"searched is {report['speedup_measured']:.2f}x faster measured, "
+          f"{report['accuracy_delta_points']:+.2f} accuracy points vs the baseline "
+          f"({report['wall_s'] / 60:.1f} min)")  # fmt: skip
+    print(f"report: {out / 'report.json'}; pictures: {out / 'theta.png'}, {out / 'accuracy_vs_latency.png'}")

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
+from sqlalchemy import func, select
+
+from db.models import Calibration, LatencyTable
+from profiler_service.api.deps import AdminDep, ReaderDep, SessionDep
+from profiler_service.api.routes.devices import get_device
+from profiler_service.errors import NotFound
+from profiler_service.networks import ensure_network, network_status, request_measurement
+from profiler_service.runs import resolve_space
+from profiler_service.schemas import MeasureConfig, Strict
+from profiler_service.timeutil import as_utc
+
+router = APIRouter(prefix="/devices/{device_id}", tags=["networks"])
+
+
+class NetworkRequest(Strict):
+    space: dict[str, Any]
+    arch: list[str] = Field(min_length=1, max_length=64)
+    config: MeasureConfig = Field(default_factory=MeasureConfig)
+
+
+class CalibrationCreate(Strict):
+    table_version: int = Field(ge=1)
+    model: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    fitted_on: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+
+@router.post("/network-measurements", status_code=201, dependencies=[AdminDep])
+def measure_network(device_id: int, body: NetworkRequest, session: SessionDep, request: Request) -> dict:
+    """Measure a whole architecture end to end on the device (to check what the table predicts)."""
+    device = get_device(session, device_id)
+    settings = request.app.state.settings
+    op = ensure_network(session, settings.artifact_dir, resolve_space(body.space), body.arch)
+    return request_measurement(session, device=device, op=op, config=body.config, max_attempts=settings.max_attempts)
+
+
+@router.get("/network-measurements/{key}", dependencies=[ReaderDep])
+def network_result(device_id: int, key: str, session: SessionDep,
+                   config_hash: str = Query(pattern=r"^[0-9a-f]{64}$")) -> dict:  # fmt: skip
+    get_device(session, device_id)
+    return network_status(session, device_id=device_id, key=key, config_hash=config_hash)
+
+
+@router.post("/calibrations", status_code=201, dependencies=[AdminDep])
+def store_calibration(device_id: int, body: CalibrationCreate, session: SessionDep) -> dict:
+    """A correction beside a raw table version; the table itself never changes."""
+    get_device(session, device_id)
+    table = session.scalar(
+        select(LatencyTable).where(LatencyTable.device_id == device_id, LatencyTable.version == body.table_version)
+    )
+    if table is None:
+        raise NotFound(f"device {device_id} has no latency table version {body.table_version}")
+    version = (session.scalar(select(func.max(Calibration.version)).where(Calibration.device_id == device_id)) or 0) + 1
+    row = Calibration(device_id=device_id, version=version, table_id=table.id, space_hash=table.space_hash,
+                      model=body.model, metrics=body.metrics, fitted_on=body.fitted_on)  # fmt: skip
+    session.add(row)
+    session.commit()
+    return _public(row, table.version)
+
+
+@router.get("/calibrations/latest", dependencies=[ReaderDep])
+def latest_calibration(device_id: int, session: SessionDep,
+                       space_hash: str | None = Query(default=None, pattern=r"^[0-9a-f]{6,64}$")) -> dict:  # fmt: skip
+    get_device(session, device_id)
+    query = select(Calibration, LatencyTable.version).join(LatencyTable, LatencyTable.id == Calibration.table_id)
+    query = query.where(Calibration.device_id == device_id)
+    if space_hash:
+        query = query.where(Calibration.space_hash == space_hash)
+    found = session.execute(query.order_by(Calibration.version.desc()).limit(1)).first()
+    if found is None:
+        raise NotFound(f"device {device_id} has no calibration" + (f" for space {space_hash}" if space_hash else ""))
+    return _public(found[0], found[1])
+
+
+def _public(row: Calibration, table_version: int) -> dict:
+    return {"device_id": row.device_id, "version": row.version, "table_version": table_version,
+            "space_hash": row.space_hash, "model": row.model, "metrics": row.metrics,
+            "created_at": as_utc(row.created_at).isoformat()}  # fmt: skip

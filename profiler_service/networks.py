@@ -1,0 +1,101 @@
+"""Whole networks measured end to end on a device, through the same jobs and agents as operators.
+
+A network is registered as an operator of kind `network` with a key derived from its space and
+architecture; its measurement is what the table's sum of operators is checked against (`dnas validate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Device, Job, Measurement, Operator
+from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.operators import insert_ignore
+from profiler_service.schemas import MeasureConfig
+from search.export import atomic_write, export_network, sha256_file
+from search.model import build_model
+from search.opspec import OpSpecError
+from search.space import SearchSpace
+
+NETWORK_KEY = re.compile(r"net-[0-9a-f]{24}")
+
+
+def network_key(space: SearchSpace, arch: list[str]) -> str:
+    blob = json.dumps({"space": space.content(), "arch": list(arch)}, sort_keys=True, separators=(",", ":"))
+    return "net-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def network_path(artifact_dir: Path, key: str) -> Path:
+    if not NETWORK_KEY.fullmatch(key):
+        raise NotFound(f"{key!r} is not a network key")
+    return artifact_dir / "networks" / f"{key}.onnx"
+
+
+def ensure_network(session: Session, artifact_dir: Path, space: SearchSpace, arch: list[str]) -> Operator:
+    try:
+        names = list(space.check_arch(arch))
+    except OpSpecError as exc:
+        raise Invalid(f"arch: {exc}") from None
+    key = network_key(space, names)
+    path = network_path(artifact_dir, key)
+    if not path.exists():
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)  # weights do not change latency; fixing them makes the file reproducible
+        model = build_model(space, names)
+        torch.random.set_rng_state(state)
+        shape = (space.batch, space.in_channels, space.resolution, space.resolution)
+        atomic_write(path, export_network(model, shape))
+    op = session.get(Operator, key)
+    if op is None:
+        spec = {"kind": "network", "arch": names, "space": space.to_dict(),
+                "input_shape": [space.batch, space.in_channels, space.resolution, space.resolution]}  # fmt: skip
+        insert_ignore(session, Operator, [{"key": key, "spec": spec, "onnx_sha256": sha256_file(path),
+                                            "onnx_bytes": path.stat().st_size}])  # fmt: skip
+        session.commit()
+        op = session.get(Operator, key)
+    assert op is not None
+    return op
+
+
+def request_measurement(session: Session, *, device: Device, op: Operator, config: MeasureConfig,
+                        max_attempts: int) -> dict[str, Any]:  # fmt: skip
+    """Queue the network on the device unless it was measured (or is queued) under this config already."""
+    if device.retired_at is not None:
+        raise Conflict(f"device {device.id} ({device.name}) is retired")
+    existing = session.scalar(
+        select(Job).where(Job.device_id == device.id, Job.op_key == op.key, Job.config_hash == config.hash)
+        .order_by(Job.generation.desc()).limit(1)
+    )  # fmt: skip
+    if existing is None or existing.status == "failed":
+        generation = 0 if existing is None else existing.generation + 1
+        insert_ignore(session, Job, [{"device_id": device.id, "op_key": op.key, "config_hash": config.hash,
+                                      "config": config.model_dump(), "generation": generation,
+                                      "max_attempts": max_attempts}])  # fmt: skip
+        session.commit()
+    return network_status(session, device_id=device.id, key=op.key, config_hash=config.hash)
+
+
+def network_status(session: Session, *, device_id: int, key: str, config_hash: str) -> dict[str, Any]:
+    job = session.scalar(
+        select(Job).where(Job.device_id == device_id, Job.op_key == key, Job.config_hash == config_hash)
+        .order_by(Job.generation.desc()).limit(1)
+    )  # fmt: skip
+    if job is None:
+        raise NotFound(f"network {key} was never queued on device {device_id} under config {config_hash[:12]}")
+    m = session.scalar(
+        select(Measurement).where(Measurement.device_id == device_id, Measurement.op_key == key,
+                                  Measurement.config_hash == config_hash).order_by(Measurement.id.desc()).limit(1)
+    )  # fmt: skip
+    out: dict[str, Any] = {"key": key, "job_id": job.id, "status": "done" if m else job.status,
+                           "config_hash": config_hash, "error": job.last_error}  # fmt: skip
+    if m is not None:
+        out["measurement"] = {f: getattr(m, f) for f in ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")}
+    return out
