@@ -22,7 +22,7 @@ system-deps:
 		echo "note: Debian's adb not installed; its test is skipped outside CI (apt-get install adb)"; }
 
 demo: $(STAMP)
-	$(BIN)/dnas demo
+	$(BIN)/dnas quickstart
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .

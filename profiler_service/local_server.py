@@ -41,6 +41,15 @@ class Service:
         return self.log.read_text(errors="replace")
 
 
+def _die_with_parent() -> None:
+    """If whoever started the service is killed outright, the service goes too instead of lingering."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
     """Readiness: poll the health endpoint until it answers, failing fast if the server process died."""
     deadline = time.monotonic() + timeout_s

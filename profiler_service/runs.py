@@ -13,6 +13,7 @@ from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.operators import ensure_operators, insert_ignore
 from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
 from profiler_service.tables import publish_complete_runs
+from search.cost import op_cost
 from search.enumerate import enumerate_ops
 from search.export import ExportCache
 from search.opspec import OpSpecError
@@ -39,6 +40,26 @@ def resolve_space(data: dict[str, Any]) -> SearchSpace:
         raise Invalid(f"space: {exc}") from None
 
 
+# What one op may cost before the service refuses to export it: far above any phone-sized op, far below
+# what would tie a worker up for minutes or exhaust its memory.
+MAX_OP_MACS = 4_000_000_000
+MAX_OP_ELEMENTS = 50_000_000
+
+
+def check_budget(ops: dict) -> None:  # type: ignore[type-arg]
+    for key, spec in ops.items():
+        macs = op_cost(spec).macs
+        elements = spec.batch * (spec.cin * spec.h * spec.w + spec.cin * spec.expansion * spec.h * spec.w)
+        if macs > MAX_OP_MACS:
+            raise Invalid(
+                f"space: op {key} needs {macs / 1e9:.1f} G multiply-adds, above the {MAX_OP_MACS / 1e9:.0f} G limit"
+            )
+        if elements > MAX_OP_ELEMENTS:
+            raise Invalid(
+                f"space: op {key} has {elements / 1e6:.0f} M activations, above the {MAX_OP_ELEMENTS / 1e6:.0f} M limit"
+            )
+
+
 def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_attempts: int) -> ProfilingRun:
     device = session.get(Device, body.device_id)
     if device is None:
@@ -47,6 +68,7 @@ def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_att
         raise Conflict(f"device {device.id} ({device.name}) is retired; register it again to profile it")
     space = resolve_space(body.space)
     ops = enumerate_ops(space).ops
+    check_budget(ops)
     config, config_hash = body.config.model_dump(), body.config.hash
 
     ensure_operators(session, cache, list(ops.values()))

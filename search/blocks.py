@@ -22,6 +22,13 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
     return nn.Sequential(*layers)
 
 
+def _zero_init_last_bn(block: nn.Module) -> None:
+    """A residual block starts as the identity: without this, 22 stacked blocks add up their branches'
+    variance and a fresh (super) net diverges in its first steps."""
+    if block.residual:
+        nn.init.zeros_(block.project[1].weight)
+
+
 class ChannelShuffle(nn.Module):
     """ShuffleNet's shuffle: lets information cross the groups of a grouped 1x1 conv."""
 
@@ -49,6 +56,7 @@ class InvertedResidual(nn.Module):
         self.depthwise = _conv_bn(mid, mid, kernel, stride=stride, groups=mid)
         self.project = _conv_bn(mid, cout, 1, groups=groups, relu=False)
         self.residual = stride == 1 and cin == cout
+        _zero_init_last_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.depthwise(self.shuffle(self.expand(x))))
@@ -63,6 +71,7 @@ class DepthwiseSeparable(nn.Module):
         self.depthwise = _conv_bn(cin, cin, kernel, stride=stride, groups=cin)
         self.project = _conv_bn(cin, cout, 1, relu=False)
         self.residual = stride == 1 and cin == cout
+        _zero_init_last_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.depthwise(x))

@@ -1,0 +1,30 @@
+"""The README's main job, at reduced epochs: every stage runs for real, the report and pictures are written."""
+
+import json
+import subprocess
+import sys
+
+
+def test_quickstart_end_to_end(tmp_path):
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnas", "quickstart", "--out", str(out), "--search-epochs", "2", "--train-epochs", "3"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in range(1, 9):
+        assert f"[{step}/8]" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    searched, baseline = report["networks"]
+    assert (searched["name"], baseline["name"]) == ("searched", "baseline")
+    assert baseline["arch"] == ["ir_k3_e6"] * 22
+    # The search was steered to 70% of the baseline's predicted latency, within 10%:
+    assert abs(searched["predicted_latency_ms"] / report["search"]["target_latency_ms"] - 1) <= 0.10
+    assert searched["measured_latency_ms"] < baseline["measured_latency_ms"]
+    assert searched["flops"] < baseline["flops"]
+    assert 0 < searched["val_accuracy"] <= 1 and 0 < baseline["val_accuracy"] <= 1
+    assert report["table"]["device"]["name"] == "this-host"
+    for picture in ("theta.png", "accuracy_vs_latency.png"):
+        assert (out / picture).read_bytes().startswith(b"\x89PNG")
+    assert (out / "search" / "target.onnx").exists()
+    assert "faster measured" in proc.stdout
