@@ -90,7 +90,7 @@ class SpaceRequest(Strict):
 
 
 class RunCreate(Strict):
-    device_id: int
+    device_id: int = Field(ge=1, le=2**31 - 1)
     space: dict[str, Any] = Field(description="SpaceRequest fields, or a full space with 'stages'.")
     config: MeasureConfig = Field(default_factory=MeasureConfig)
 

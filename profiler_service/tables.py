@@ -124,10 +124,9 @@ def find_table(session: Session, device_id: int, version: str, space_hash: str |
     if version == "latest":
         query = query.order_by(LatencyTable.version.desc()).limit(1)
     else:
-        try:
-            number = int(version)
-        except ValueError:
-            raise Invalid(f"version must be a number or 'latest', got {version!r}") from None
+        if not version.isdigit() or not 1 <= int(version) <= 2**31 - 1:
+            raise Invalid(f"version must be a positive number or 'latest', got {version!r}")
+        number = int(version)
         query = query.where(LatencyTable.version == number)
     table = session.scalar(query)
     if table is None:

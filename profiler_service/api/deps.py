@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -81,3 +81,8 @@ def require_agent(session: SessionDep, creds: Credentials) -> Device:
 AdminDep = Depends(require_admin)
 ReaderDep = Depends(require_reader)
 AgentDep = Annotated[Device, Depends(require_agent)]
+
+
+MAX_ID = 2**31 - 1
+# Ids beyond what the database stores are refused as 422, never passed to SQL (they overflow).
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive id.")]

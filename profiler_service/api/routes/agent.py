@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from db.models import Job, Operator
-from profiler_service.api.deps import AgentDep, SessionDep
+from profiler_service.api.deps import AgentDep, Id, SessionDep
 from profiler_service.errors import NotFound
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
@@ -98,14 +98,14 @@ def download_model(op_key: str, device: AgentDep, session: SessionDep, request: 
 
 
 @router.post("/jobs/{job_id}/heartbeat", response_model=Ack)
-def job_heartbeat(job_id: int, body: LeaseProof, device: AgentDep, session: SessionDep, request: Request) -> Ack:
+def job_heartbeat(job_id: Id, body: LeaseProof, device: AgentDep, session: SessionDep, request: Request) -> Ack:
     seconds = request.app.state.settings.lease_seconds
     job = heartbeat(session, device_id=device.id, job_id=job_id, lease_token=body.lease_token, lease_seconds=seconds)
     return Ack(job_id=job.id, status=job.status)
 
 
 @router.post("/jobs/{job_id}/result", response_model=Ack)
-def job_result(job_id: int, body: ResultIn, device: AgentDep, session: SessionDep) -> Ack:
+def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep) -> Ack:
     """Store the statistics once; a replayed POST is answered 200 with `replayed: true`."""
     ack = record_result(session, device_id=device.id, job_id=job_id, body=body)
     job = session.get(Job, job_id)
@@ -115,6 +115,6 @@ def job_result(job_id: int, body: ResultIn, device: AgentDep, session: SessionDe
 
 
 @router.post("/jobs/{job_id}/failure", response_model=Ack)
-def job_failure(job_id: int, body: FailureIn, device: AgentDep, session: SessionDep) -> Ack:
+def job_failure(job_id: Id, body: FailureIn, device: AgentDep, session: SessionDep) -> Ack:
     """Give the job back with a reason: requeued while attempts remain, failed after."""
     return record_failure(session, device_id=device.id, job_id=job_id, body=body)

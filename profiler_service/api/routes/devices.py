@@ -5,7 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Device
-from profiler_service.api.deps import AdminDep, ReaderDep, SessionDep
+from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.errors import Conflict, NotFound
 from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
 from profiler_service.security import hash_token, new_token
@@ -18,7 +18,7 @@ def public(device: Device) -> DevicePublic:
     return DevicePublic.model_validate(device, from_attributes=True)
 
 
-def get_device(session, device_id: int) -> Device:  # type: ignore[no-untyped-def]
+def get_device(session, device_id: Id) -> Device:  # type: ignore[no-untyped-def]
     device = session.get(Device, device_id)
     if device is None:
         raise NotFound(f"device {device_id} does not exist")
@@ -48,12 +48,12 @@ def list_devices(session: SessionDep, include_retired: bool = False) -> list[Dev
 
 
 @router.get("/{device_id}", response_model=DevicePublic, dependencies=[ReaderDep])
-def show(device_id: int, session: SessionDep) -> DevicePublic:
+def show(device_id: Id, session: SessionDep) -> DevicePublic:
     return public(get_device(session, device_id))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic, dependencies=[AdminDep])
-def update(device_id: int, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+def update(device_id: Id, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
     device = get_device(session, device_id)
     if body.name is not None:
         device.name = body.name
@@ -68,7 +68,7 @@ def update(device_id: int, body: DeviceUpdate, session: SessionDep) -> DevicePub
 
 
 @router.post("/{device_id}/retire", response_model=DevicePublic, dependencies=[AdminDep])
-def retire(device_id: int, session: SessionDep) -> DevicePublic:
+def retire(device_id: Id, session: SessionDep) -> DevicePublic:
     """Stop a device taking jobs; its measurements and tables stay readable."""
     device = get_device(session, device_id)
     if device.retired_at is None:

@@ -7,7 +7,7 @@ from pydantic import Field
 from sqlalchemy import func, select
 
 from db.models import Calibration, LatencyTable
-from profiler_service.api.deps import AdminDep, ReaderDep, SessionDep
+from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.routes.devices import get_device
 from profiler_service.errors import NotFound
 from profiler_service.networks import ensure_network, network_status, request_measurement
@@ -25,14 +25,14 @@ class NetworkRequest(Strict):
 
 
 class CalibrationCreate(Strict):
-    table_version: int = Field(ge=1)
+    table_version: int = Field(ge=1, le=2**31 - 1)
     model: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
     fitted_on: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
 
 
 @router.post("/network-measurements", status_code=201, dependencies=[AdminDep])
-def measure_network(device_id: int, body: NetworkRequest, session: SessionDep, request: Request) -> dict:
+def measure_network(device_id: Id, body: NetworkRequest, session: SessionDep, request: Request) -> dict:
     """Measure a whole architecture end to end on the device (to check what the table predicts)."""
     device = get_device(session, device_id)
     settings = request.app.state.settings
@@ -41,14 +41,14 @@ def measure_network(device_id: int, body: NetworkRequest, session: SessionDep, r
 
 
 @router.get("/network-measurements/{key}", dependencies=[ReaderDep])
-def network_result(device_id: int, key: str, session: SessionDep,
+def network_result(device_id: Id, key: str, session: SessionDep,
                    config_hash: str = Query(pattern=r"^[0-9a-f]{64}$")) -> dict:  # fmt: skip
     get_device(session, device_id)
     return network_status(session, device_id=device_id, key=key, config_hash=config_hash)
 
 
 @router.post("/calibrations", status_code=201, dependencies=[AdminDep])
-def store_calibration(device_id: int, body: CalibrationCreate, session: SessionDep) -> dict:
+def store_calibration(device_id: Id, body: CalibrationCreate, session: SessionDep) -> dict:
     """A correction beside a raw table version; the table itself never changes."""
     get_device(session, device_id)
     table = session.scalar(
@@ -65,7 +65,7 @@ def store_calibration(device_id: int, body: CalibrationCreate, session: SessionD
 
 
 @router.get("/calibrations/latest", dependencies=[ReaderDep])
-def latest_calibration(device_id: int, session: SessionDep,
+def latest_calibration(device_id: Id, session: SessionDep,
                        space_hash: str | None = Query(default=None, pattern=r"^[0-9a-f]{6,64}$")) -> dict:  # fmt: skip
     get_device(session, device_id)
     query = select(Calibration, LatencyTable.version).join(LatencyTable, LatencyTable.id == Calibration.table_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from profiler_service.api.deps import AdminDep, ReaderDep, SessionDep
+from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.runs import create_run, run_status
 from profiler_service.schemas import RunCreate, RunPublic
 
@@ -19,5 +19,5 @@ def start(body: RunCreate, session: SessionDep, request: Request) -> RunPublic:
 
 
 @router.get("/{run_id}", response_model=RunPublic, dependencies=[ReaderDep])
-async def status(run_id: int, session: SessionDep) -> RunPublic:
+async def status(run_id: Id, session: SessionDep) -> RunPublic:
     return await run_in_threadpool(run_status, session, run_id)

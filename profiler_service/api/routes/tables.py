@@ -5,7 +5,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from profiler_service.api.deps import ReaderDep, SessionDep
+from profiler_service.api.deps import Id, ReaderDep, SessionDep
 from profiler_service.api.routes.devices import get_device
 from profiler_service.errors import Invalid
 from profiler_service.schemas import TableSummary
@@ -18,7 +18,7 @@ SpaceHash = Query(default=None, pattern=r"^[0-9a-f]{6,64}$", description="Only t
 
 
 @router.get("/devices/{device_id}/latency-tables", response_model=list[TableSummary])
-def versions(device_id: int, session: SessionDep, space_hash: str | None = SpaceHash) -> list[TableSummary]:
+def versions(device_id: Id, session: SessionDep, space_hash: str | None = SpaceHash) -> list[TableSummary]:
     get_device(session, device_id)
     return [
         TableSummary(
@@ -43,7 +43,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 @router.get("/devices/{device_id}/latency-tables/{version}")
 def get_table(
-    device_id: int,
+    device_id: Id,
     version: str,
     request: Request,
     session: SessionDep,
@@ -65,7 +65,7 @@ def get_table(
 
 def _ref(text: str) -> tuple[int, str]:
     device, sep, version = text.partition(":")
-    if not sep or not device.isdigit():
+    if not sep or not device.isdigit() or not 1 <= int(device) <= 2**31 - 1:
         raise Invalid(f"table reference {text!r} must look like DEVICE_ID:VERSION (e.g. 3:latest)")
     return int(device), version
 
