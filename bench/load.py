@@ -71,7 +71,11 @@ def run_load(db_url: str, work: Path, agents: int, fetchers: int, fetches: int, 
                               timeout=60) as c:  # fmt: skip
                 for _ in range(fetches):
                     start = time.perf_counter()
-                    note(c.get(f"/v1/devices/{device['id']}/latency-tables/latest"))
+                    try:
+                        note(c.get(f"/v1/devices/{device['id']}/latency-tables/latest"))
+                    except httpx.TransportError:
+                        with lock:
+                            statuses[-1] += 1  # a transport error counts as a failed request, not a crash
                     with lock:
                         latencies.append(time.perf_counter() - start)
 
@@ -95,6 +99,7 @@ def run_load(db_url: str, work: Path, agents: int, fetchers: int, fetches: int, 
         "requests": sum(statuses.values()),
         "status_counts": dict(statuses),
         "server_errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
+        "transport_errors": statuses.get(-1, 0),
         "leased_twice": len(leased) - len(set(leased)),
         "results_reported": reported,
         "results_stored": measurements,

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
@@ -59,6 +60,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
+    app.state.table_cache = LruCache(64)
     app.include_router(api_router)
 
     @app.middleware("http")
@@ -88,4 +90,34 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         log.warning("database unavailable: %s", exc.orig)
         return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503)
 
+    @app.exception_handler(PoolTimeout)
+    async def overloaded(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database pool exhausted: %s", exc)
+        return JSONResponse({"detail": "the service is overloaded; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})  # fmt: skip
+
     return app
+
+
+class LruCache:
+    """A small thread-safe LRU for immutable things (published tables) within one worker process."""
+
+    def __init__(self, size: int) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key, value) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)

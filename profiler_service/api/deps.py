@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
 
@@ -20,9 +20,14 @@ from profiler_service.timeutil import as_utc, utcnow
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessionmaker() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """Closed on the event loop, not in the thread pool: a request that finished must be able to return its
+    connection even when every pool thread is busy, or the pool and the threads wait on each other."""
+    session = request.app.state.sessionmaker()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 def get_settings(request: Request) -> ServiceSettings:
@@ -47,19 +52,20 @@ def _is_admin(session: Session, token: str) -> bool:
 
 def require_admin(session: SessionDep, creds: Credentials) -> None:
     token = _token(creds, "admin")
-    if not _is_admin(session, token):
+    allowed = _is_admin(session, token)
+    session.rollback()  # end the read: no connection is held while the request waits for its next thread
+    if not allowed:
         raise Forbidden("this call needs the admin token; the token sent is not it")
 
 
 def require_reader(session: SessionDep, creds: Credentials) -> None:
     """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
     token = _token(creds, "reader or admin")
-    if _is_admin(session, token):
-        return
-    found = session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    allowed = _is_admin(session, token) or session.scalar(
+        select(ApiToken.id).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
     )
-    if found is None:
+    session.rollback()  # end the read before the next thread hop
+    if not allowed:
         raise Forbidden("this call needs a reader or admin token; the token sent is neither (agent tokens can't read)")
 
 
@@ -74,7 +80,7 @@ def require_agent(session: SessionDep, creds: Credentials) -> Device:
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=30):  # bounded write rate from polling agents
         device.last_seen_at = now
-        session.commit()
+    session.commit()  # ends the transaction either way: no connection held between thread hops
     return device
 
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 
 from profiler_service.api.deps import Id, ReaderDep, SessionDep
 from profiler_service.api.routes.devices import get_device
@@ -57,10 +58,14 @@ def get_table(
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Table-Version": str(table.version)}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    payload = table_payload(session, table)
-    if format == "csv":
-        return PlainTextResponse(table_csv(payload), media_type="text/csv", headers=headers)
-    return JSONResponse(payload, headers=headers)
+    cache = request.app.state.table_cache
+    body = cache.get(table.id)
+    if body is None:  # versions never change, so their serialised form can be kept
+        payload = table_payload(session, table)
+        body = {"json": json.dumps(payload).encode(), "csv": table_csv(payload).encode()}
+        cache.put(table.id, body)
+    media = "text/csv" if format == "csv" else "application/json"
+    return Response(body[format], media_type=media, headers=headers)
 
 
 def _ref(text: str) -> tuple[int, str]:
