@@ -23,6 +23,22 @@ def _logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would print URLs, never tokens
 
 
+def _default_cache() -> Path:
+    return Path(user_cache_dir("dnas")) / "agent-models"
+
+
+def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float, exit_when_idle: bool) -> None:  # type: ignore[no-untyped-def]
+    """The one loop every backend runs, with SIGINT/SIGTERM handling, until stopped or idle."""
+    from device_agents.client import AgentClient
+    from device_agents.loop import Agent
+
+    agent = Agent(AgentClient(server, token), backend, cache_dir=cache_dir or _default_cache(), wait_seconds=wait,
+                  exit_when_idle=exit_when_idle)  # fmt: skip
+    agent.install_signal_handlers()
+    stats = agent.run()
+    typer.echo(f"done {stats.done}, failed {stats.failed}")
+
+
 @app.command()
 def local(
     server: Server,
@@ -33,22 +49,11 @@ def local(
     cache_dir: Cache = None,
 ) -> None:
     """Measure on this host's CPU with onnxruntime."""
-    from device_agents.client import AgentClient
     from device_agents.local.backend import LocalBackend
-    from device_agents.loop import Agent
 
     _logging()
     backend = LocalBackend(cpus=[int(c) for c in cpus.split(",")] if cpus else None)
-    agent = Agent(
-        AgentClient(server, token),
-        backend,
-        cache_dir=cache_dir or Path(user_cache_dir("dnas")) / "agent-models",
-        wait_seconds=wait,
-        exit_when_idle=exit_when_idle,
-    )
-    agent.install_signal_handlers()
-    stats = agent.run()
-    typer.echo(f"done {stats.done}, failed {stats.failed}")
+    _serve(server, token, backend, cache_dir, wait, exit_when_idle)
 
 
 @app.command()
@@ -73,8 +78,6 @@ def android(
     """Measure on an Android device over adb (TCP or USB), with no host adb server."""
     from device_agents.android.backend import AndroidBackend
     from device_agents.android.connection import AdbConnection
-    from device_agents.client import AgentClient
-    from device_agents.loop import Agent
     from dnas.errors import UserError
 
     if bool(adb) == bool(serial):
@@ -92,16 +95,7 @@ def android(
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    agent = Agent(
-        AgentClient(server, token),
-        backend,
-        cache_dir=cache_dir or Path(user_cache_dir("dnas")) / "agent-models",
-        wait_seconds=wait,
-        exit_when_idle=exit_when_idle,
-    )
-    agent.install_signal_handlers()
-    stats = agent.run()
-    typer.echo(f"done {stats.done}, failed {stats.failed}")
+    _serve(server, token, backend, cache_dir, wait, exit_when_idle)
 
 
 @app.command()
@@ -120,7 +114,7 @@ def fleet(
         workers = load_fleet(config)
     except (OSError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    stats = run_fleet(workers, cache_dir or Path(user_cache_dir("dnas")) / "agent-models", wait=wait,
+    stats = run_fleet(workers, cache_dir or _default_cache(), wait=wait,
                       exit_when_idle=exit_when_idle)  # fmt: skip
     for w, s in zip(workers, stats, strict=True):
         typer.echo(f"{w['backend']:8s} done {s.done}, failed {s.failed}")
