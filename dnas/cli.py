@@ -35,7 +35,7 @@ def demo(
     width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: a temp dir).")] = None,
 ) -> None:
-    """Run what exists end to end: expand the default space, export and run every op, show the zoo."""
+    """Smoke-test the toolchain: expand a space, export and run every op once, show the zoo."""
     from dnas.demo import run_demo
 
     summary = run_demo(resolution, width, out)

@@ -1,7 +1,7 @@
-"""`dnas demo`: what exists so far, end to end on this host, in about half a minute.
+"""`dnas demo`: a half-minute smoke test of the toolchain on this host.
 
-Expands a space into operators, exports each to ONNX, runs each once in onnxruntime and prints the zoo; the
-end-to-end quickstart (profile, search, retrain, measure) replaces it as the other parts land.
+Expands a space into operators, exports each to ONNX, runs each once in onnxruntime and prints the zoo. The
+main job is `dnas quickstart`.
 """
 
 from __future__ import annotations
