@@ -53,5 +53,8 @@ def test_space_ops_lists_the_unique_operators():
 
 
 def test_db_upgrade(tmp_path):
+    from db.migrate import current_revision, head_revision
+
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    assert "database at 0001" in run("db", "upgrade", "--db", url).stdout
+    assert f"database at {head_revision()}" in run("db", "upgrade", "--db", url).stdout
+    assert current_revision(url) == head_revision() == "0002"
