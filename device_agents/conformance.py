@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler_service.local_server import Service, register, running_service, start_run, wait_for_run
+from profiler_service.local_server import Service, register, running_service, start_run, stop_process, wait_for_run
 from search.enumerate import enumerate_ops
 from search.space import get_space
 
@@ -64,15 +63,7 @@ class AgentUnderTest:
         self.proc = subprocess.Popen(shlex.split(cmd), stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, timeout_s: float = 60) -> int | None:
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        return None if self.proc is None else stop_process(self.proc, timeout_s)
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:

@@ -98,12 +98,18 @@ def running_service(
         wait_until_healthy(url, proc, log)
         yield Service(url, admin_token, proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """SIGTERM, then SIGKILL if it has not exited in time. Returns the exit status, or None if it was killed."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def wait_for_run(client: httpx.Client, run_id: int, timeout_s: float = 300) -> dict:

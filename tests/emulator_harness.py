@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiler_service.local_server import stop_process
+
 
 @dataclass
 class Emulator:
@@ -39,9 +41,4 @@ def running_emulator(sandbox: Path, *extra: str) -> Iterator[Emulator]:
             raise RuntimeError(f"emulator did not start: {line}{proc.stdout.read() if proc.poll() is not None else ''}")
         yield Emulator(m.group(1), int(m.group(2)), sandbox, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
