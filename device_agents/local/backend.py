@@ -1,5 +1,5 @@
-"""This host's CPU: onnxruntime in a long-lived child process, so a model that crashes the runtime fails one
-job and the agent carries on with a fresh child."""
+"""This host's CPU: onnxruntime in a long-lived child process, so a model that crashes the runtime fails its
+job(s) and the agent carries on with a fresh child."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from device_agents.backend import MeasurementError, Timing
+from device_agents.backend import BatchPlan, MeasurementError, Timing
 
 RUNNER = "device_agents.runners.ort_runner"
 
@@ -55,16 +55,24 @@ class LocalBackend:
             )
         return self._child
 
-    def measure(self, model: Path, *, threads: int, warmup: int, runs: int) -> Timing:
+    def _send(self, request: dict[str, Any]) -> subprocess.Popen[str]:
         child = self._start()
-        assert child.stdin and child.stdout
-        request = {"model": str(model), "threads": threads, "warmup": warmup, "runs": runs}
+        assert child.stdin
         try:
             child.stdin.write(json.dumps(request) + "\n")
             child.stdin.flush()
         except BrokenPipeError:
             self._reap()
             raise MeasurementError("the runner process died before the job started") from None
+        return child
+
+    def _died(self, doing: str) -> MeasurementError:
+        stderr = self._reap()
+        return MeasurementError(f"the runner process died while {doing}: {stderr[-500:] or 'no output'}")
+
+    def measure(self, model: Path, *, threads: int, warmup: int, runs: int) -> Timing:
+        child = self._send({"model": str(model), "threads": threads, "warmup": warmup, "runs": runs})
+        assert child.stdout
         timer = threading.Timer(self.timeout_s, child.kill)
         timer.start()
         try:
@@ -72,13 +80,72 @@ class LocalBackend:
         finally:
             timer.cancel()
         if not line:
-            stderr = self._reap()
-            raise MeasurementError(f"the runner process died while measuring: {stderr[-500:] or 'no output'}")
+            raise self._died("measuring")
         out = json.loads(line)
         if "error" in out:
             raise MeasurementError(out["error"])
-        context = out["context"] | {"backend": "local", "cpus": self.cpus}
-        return Timing(samples_us=out["samples_us"], context=context)
+        return Timing(samples_us=out["samples_us"], context=out["context"] | self._context())
+
+    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+        """All models open in one child, measured in interleaved rounds. A model that fails to load fails
+        alone. A child that dies while loading a model is blamed on that model, and the rest of the batch is
+        measured again in a fresh child. A child that dies during the rounds fails the whole batch (every
+        model had run its warm-up by then, so this is rare)."""
+        failed: dict[str, Timing | MeasurementError] = {}
+        todo = dict(models)
+        while todo:
+            try:
+                return failed | self._run_batch(todo, plan)
+            except _CrashedLoading as crash:
+                failed[crash.key] = crash.error
+                del todo[crash.key]
+        return failed
+
+    def _run_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+        request = {
+            "batch": [{"id": key, "model": str(path)} for key, path in models.items()],
+            "threads": plan.threads,
+            "warmup": plan.warmup,
+            "rounds": plan.rounds,
+            "runs_per_round": plan.runs_per_round,
+            "seed": plan.seed,
+        }
+        child = self._send(request)
+        assert child.stdout
+        out: dict[str, Timing | MeasurementError] = {}
+        settled: set[str] = set()
+        timer = threading.Timer(self.timeout_s * max(1.0, len(models) / 50), child.kill)
+        timer.start()
+        try:
+            while True:
+                line = child.stdout.readline()
+                if not line:
+                    loading = next((k for k in models if k not in settled), None)
+                    if loading is not None:
+                        raise _CrashedLoading(loading, self._died(f"loading {models[loading].name}"))
+                    err = self._died("measuring the batch in rounds")
+                    return {key: err for key in models}
+                msg = json.loads(line)
+                if "ready" in msg:
+                    settled.add(msg["ready"])
+                elif "error" in msg and "id" in msg:
+                    settled.add(msg["id"])
+                    out[msg["id"]] = MeasurementError(msg["error"])
+                elif "error" in msg:
+                    raise MeasurementError(msg["error"])
+                elif "round_samples_us" in msg:
+                    out[msg["id"]] = Timing(round_samples_us=msg["round_samples_us"])
+                elif msg.get("done"):
+                    context = msg["context"] | self._context()
+                    for timing in out.values():
+                        if isinstance(timing, Timing):
+                            timing.context = dict(context)
+                    return out
+        finally:
+            timer.cancel()
+
+    def _context(self) -> dict[str, Any]:
+        return {"backend": "local", "cpus": self.cpus}
 
     def _reap(self) -> str:
         child, self._child = self._child, None
@@ -97,6 +164,12 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self._child.kill()
         self._child = None
+
+
+class _CrashedLoading(Exception):
+    def __init__(self, key: str, error: MeasurementError) -> None:
+        super().__init__(str(error))
+        self.key, self.error = key, error
 
 
 def _cpu_model() -> str:
