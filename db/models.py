@@ -80,6 +80,7 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
+    agent_protocol: Mapped[int | None]  # the protocol version its agent last spoke (1: single jobs, 2: batches)
 
 
 class Operator(Base):
@@ -125,6 +126,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("device_id", "op_key", "config_hash", "generation"),
         Index("ix_jobs_claim", "device_id", "status", "lease_expires_at"),
+        Index("ix_jobs_batch", "device_id", "batch_group"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
@@ -139,6 +141,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Jobs measured together: one profiling run, or one set of networks. A batch lease hands out jobs of one
+    # group, so everything a prediction compares was measured in the same interleaved rounds.
+    batch_group: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -161,6 +166,9 @@ class Measurement(Base):
     std_us: Mapped[float] = mapped_column(Float)
     n: Mapped[int]
     samples_us: Mapped[list[Any] | None]
+    rounds: Mapped[int | None]  # interleaved rounds (None: one block of runs, protocol 1)
+    round_medians_us: Mapped[list[Any] | None]  # kept so even rounds can be checked against odd ones
+    estimator: Mapped[str | None] = mapped_column(String(100))
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -182,6 +190,9 @@ class LatencyTable(Base):
     config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     config: Mapped[dict[str, Any]]
     fingerprint: Mapped[dict[str, Any] | None]
+    # How the table predicts a network: per-shape call overhead and the network constant from anchor
+    # networks measured in the same rounds (search/predict.py). None: a plain sum (tables before 0003).
+    prediction: Mapped[dict[str, Any] | None]
     content_sha256: Mapped[str] = mapped_column(String(HASH_LEN))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     entries: Mapped[list[LatencyTableEntry]] = relationship(back_populates="table", order_by="LatencyTableEntry.op_key")

@@ -6,9 +6,8 @@ architecture; its measurement is what the table's sum of operators is checked ag
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ NETWORK_KEY = re.compile(r"net-[0-9a-f]{24}")
 
 
 def network_key(space: SearchSpace, arch: list[str]) -> str:
-    blob = json.dumps({"space": space.content(), "arch": list(arch)}, sort_keys=True, separators=(",", ":"))
-    return "net-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return space.network_key(arch)
 
 
 def network_path(artifact_dir: Path, key: str) -> Path:
@@ -83,6 +81,66 @@ def request_measurement(session: Session, *, device: Device, op: Operator, confi
     return network_status(session, device_id=device.id, key=op.key, config_hash=config.hash)
 
 
+def request_set(session: Session, *, device: Device, ops: list[Operator], config: MeasureConfig,
+                max_attempts: int, remeasure: bool) -> str:  # fmt: skip
+    """Queue several networks as one batch group, so an agent measures them together in interleaved rounds
+    (and the noise ceiling, even rounds against odd, compares like with like). With `remeasure`, networks
+    already measured get a fresh job: validation wants numbers from now, next to each other."""
+    if device.retired_at is not None:
+        raise Conflict(f"device {device.id} ({device.name}) is retired")
+    set_id = secrets.token_hex(8)
+    group = f"net:{set_id}"
+    keys = list(dict.fromkeys(op.key for op in ops))
+    latest = {
+        key: (generation, status)
+        for key, generation, status in session.execute(
+            select(Job.op_key, Job.generation, Job.status)
+            .where(Job.device_id == device.id, Job.config_hash == config.hash, Job.op_key.in_(keys))
+            .order_by(Job.generation)
+        )
+    }
+    rows = []
+    for key in keys:
+        generation, status = latest.get(key, (-1, "failed"))
+        if status in ("queued", "leased") and not remeasure:
+            raise Conflict(f"network {key} is already queued on device {device.id}; wait for it or remeasure")
+        rows.append({"device_id": device.id, "op_key": key, "config_hash": config.hash, "config": config.model_dump(),
+                     "generation": generation + 1, "max_attempts": max_attempts, "batch_group": group})  # fmt: skip
+    insert_ignore(session, Job, rows)
+    session.commit()
+    return set_id
+
+
+def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, Any]:
+    jobs = list(
+        session.scalars(
+            select(Job).where(Job.device_id == device_id, Job.batch_group == f"net:{set_id}").order_by(Job.id)
+        )
+    )
+    if not jobs:
+        raise NotFound(f"device {device_id} has no network set {set_id}")
+    by_job = {
+        m.job_id: m for m in session.scalars(select(Measurement).where(Measurement.job_id.in_([j.id for j in jobs])))
+    }
+    networks = []
+    for job in jobs:
+        m = by_job.get(job.id)
+        row: dict[str, Any] = {"key": job.op_key, "job_id": job.id, "status": "done" if m else job.status,
+                               "error": job.last_error}  # fmt: skip
+        if m is not None:
+            row["measurement"] = _measurement(m)
+        networks.append(row)
+    states = {n["status"] for n in networks}
+    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed"} else "running"
+    return {"set": set_id, "status": status, "config_hash": jobs[0].config_hash, "networks": networks}
+
+
+def _measurement(m: Measurement) -> dict[str, Any]:
+    out = {f: getattr(m, f) for f in ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")}
+    return out | {"rounds": m.rounds, "round_medians_us": m.round_medians_us, "estimator": m.estimator,
+                  "context": m.context}  # fmt: skip
+
+
 def network_status(session: Session, *, device_id: int, key: str, config_hash: str) -> dict[str, Any]:
     job = session.scalar(
         select(Job).where(Job.device_id == device_id, Job.op_key == key, Job.config_hash == config_hash)
@@ -97,5 +155,5 @@ def network_status(session: Session, *, device_id: int, key: str, config_hash: s
     out: dict[str, Any] = {"key": key, "job_id": job.id, "status": "done" if m else job.status,
                            "config_hash": config_hash, "error": job.last_error}  # fmt: skip
     if m is not None:
-        out["measurement"] = {f: getattr(m, f) for f in ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")}
+        out["measurement"] = _measurement(m)
     return out

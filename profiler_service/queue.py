@@ -8,14 +8,14 @@ back inside the normal claim, so no janitor process is needed.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Job, Measurement
 from profiler_service.errors import Conflict, NotFound
-from profiler_service.schemas import Ack, FailureIn, ResultIn
+from profiler_service.schemas import Ack, BatchResultsIn, FailureIn, ResultIn, ResultStats
 from profiler_service.security import same
 from profiler_service.timeutil import utcnow
 
@@ -63,6 +63,55 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
     return None
 
 
+def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_jobs: int) -> list[Job]:
+    """Lease up to `max_jobs` runnable jobs of one group (the oldest runnable job's run or network set) and
+    one config, under one token: an agent measures them together, in the same interleaved rounds."""
+    now = utcnow()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for _ in range(CLAIM_RETRIES):
+        first = session.execute(
+            select(Job.id, Job.batch_group, Job.config_hash).where(_claimable(device_id, now)).order_by(Job.id).limit(1)
+        ).first()
+        if first is None:
+            _fail_exhausted_leases(session, device_id, now)
+            return []
+        same_group = Job.batch_group == first.batch_group if first.batch_group is not None else Job.id == first.id
+        query = (
+            select(Job.id)
+            .where(_claimable(device_id, now), Job.config_hash == first.config_hash, same_group)
+            .order_by(Job.id)
+            .limit(max_jobs)
+        )
+        if postgres:
+            query = query.with_for_update(skip_locked=True)
+        ids = list(session.scalars(query))
+        if not ids:
+            session.rollback()
+            continue
+        token = secrets.token_hex(24)
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), _claimable(device_id, now))  # on SQLite, a concurrent claim may win some
+            .values(
+                status="leased",
+                lease_token=token,
+                attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now,
+            )
+        )
+        won = list(
+            session.scalars(
+                select(Job).where(Job.lease_token == token).order_by(Job.id).execution_options(populate_existing=True)
+            )
+        )
+        if won:
+            session.commit()
+            return won
+        session.rollback()
+    return []
+
+
 def _fail_exhausted_leases(session: Session, device_id: int, now) -> None:  # type: ignore[no-untyped-def]
     """A lease that expired on its last attempt ends the job: the device keeps dying on it. Checked only when
     nothing is claimable, so the busy path stays one write per claim."""
@@ -100,6 +149,23 @@ def heartbeat(session: Session, *, device_id: int, job_id: int, lease_token: str
     return _job_of(session, device_id, job_id)
 
 
+def heartbeat_batch(
+    session: Session, *, device_id: int, lease_token: str, lease_seconds: float
+) -> tuple[int, datetime]:
+    """Extend every job still held under this token (a batch, or a single job)."""
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    extended = session.execute(
+        update(Job)
+        .where(Job.device_id == device_id, Job.status == "leased", Job.lease_token == lease_token)
+        .values(lease_expires_at=expires, heartbeat_at=now)
+    ).rowcount
+    session.commit()
+    if not extended:
+        raise Conflict("no job is held under this lease token any more (expired and re-leased, or finished); stop work")
+    return extended, expires
+
+
 def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
     if job.status == "done" and job.lease_token and same(job.lease_token, lease_token):
         m_id = session.scalar(select(Measurement.id).where(Measurement.job_id == job.id))
@@ -109,20 +175,19 @@ def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
     )
 
 
-def record_result(session: Session, *, device_id: int, job_id: int, body: ResultIn) -> Ack:
-    """Store one measurement, once. A replay of the same POST gets the same answer and writes nothing."""
+def _store_result(session: Session, *, device_id: int, job_id: int, lease_token: str, body: ResultStats) -> Ack:
+    """Write one measurement in the caller's transaction, once. A replay gets the same answer, writes nothing."""
     job = _job_of(session, device_id, job_id)
-    if job.status != "leased" or not job.lease_token or not same(job.lease_token, body.lease_token):
-        return _replay_or_conflict(session, job, body.lease_token)
+    if job.status != "leased" or not job.lease_token or not same(job.lease_token, lease_token):
+        return _replay_or_conflict(session, job, lease_token)
     now = utcnow()
     finished = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == body.lease_token)
+        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == lease_token)
         .values(status="done", finished_at=now, lease_expires_at=None)
     ).rowcount
     if finished != 1:  # a concurrent replay got there first
-        session.rollback()
-        return _replay_or_conflict(session, _job_of(session, device_id, job_id), body.lease_token)
+        raise Conflict(f"job {job_id}: finished concurrently by a replay of this result")
     measurement = Measurement(
         job_id=job.id,
         attempt=job.attempts,
@@ -136,12 +201,42 @@ def record_result(session: Session, *, device_id: int, job_id: int, body: Result
         std_us=body.std_us,
         n=body.n,
         samples_us=body.samples_us,
+        rounds=body.rounds,
+        round_medians_us=body.round_medians_us,
+        estimator=body.estimator,
         context=body.context,
         created_at=now,
     )
     session.add(measurement)
-    session.commit()
+    session.flush()
     return Ack(job_id=job.id, status="done", measurement_id=measurement.id)
+
+
+def record_result(session: Session, *, device_id: int, job_id: int, body: ResultIn) -> Ack:
+    """Store one measurement, once. A replay of the same POST gets the same answer and writes nothing."""
+    try:
+        ack = _store_result(session, device_id=device_id, job_id=job_id, lease_token=body.lease_token, body=body)
+    except Conflict:
+        session.rollback()
+        return _replay_or_conflict(session, _job_of(session, device_id, job_id), body.lease_token)
+    session.commit()
+    return ack
+
+
+def record_results(session: Session, *, device_id: int, body: BatchResultsIn) -> list[Ack]:
+    """A batch's results in one transaction. Each item is answered on its own: stored, replayed, or refused
+    (a stale token or another device's job), so one bad item never costs the others."""
+    acks = []
+    token = body.lease_token
+    for item in body.results:
+        try:  # every refusal below happens before that item wrote anything
+            acks.append(_store_result(session, device_id=device_id, job_id=item.job_id, lease_token=token, body=item))
+        except Conflict as exc:
+            acks.append(Ack(job_id=item.job_id, status="conflict", detail=str(exc.detail)))
+        except NotFound as exc:
+            acks.append(Ack(job_id=item.job_id, status="not_found", detail=str(exc.detail)))
+    session.commit()
+    return acks
 
 
 def record_failure(session: Session, *, device_id: int, job_id: int, body: FailureIn) -> Ack:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, Measurement, ProfilingRun, RunOperator
 from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.networks import ensure_network
 from profiler_service.operators import ensure_operators, insert_ignore
 from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
 from profiler_service.tables import publish_complete_runs
@@ -17,6 +19,7 @@ from search.cost import op_cost
 from search.enumerate import enumerate_ops
 from search.export import ExportCache
 from search.opspec import OpSpecError
+from search.predict import anchor_archs, probe_specs
 from search.space import SearchSpace, get_space
 
 
@@ -60,7 +63,12 @@ def check_budget(ops: dict) -> None:  # type: ignore[type-arg]
             )
 
 
-def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_attempts: int) -> ProfilingRun:
+def create_run(
+    session: Session, *, body: RunCreate, cache: ExportCache, artifact_dir: Path, max_attempts: int
+) -> ProfilingRun:
+    """Queue the space's ops, a call-overhead probe per input shape and the space's anchor networks as one
+    batch group: an agent measures them together, so the table's prediction rule (search/predict.py) is
+    fitted on numbers taken in the same rounds as the ops it corrects."""
     device = session.get(Device, body.device_id)
     if device is None:
         raise NotFound(f"device {body.device_id} does not exist")
@@ -71,16 +79,19 @@ def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_att
     check_budget(ops)
     config, config_hash = body.config.model_dump(), body.config.hash
 
-    ensure_operators(session, cache, list(ops.values()))
+    probes = probe_specs(ops.values())
+    ensure_operators(session, cache, [*ops.values(), *probes.values()])
+    anchors = [ensure_network(session, artifact_dir, space, arch).key for arch in anchor_archs(space, body.anchors)]
+    keys = list(dict.fromkeys([*ops, *probes, *anchors]))
     run = ProfilingRun(
         device_id=device.id,
         space_hash=space.hash,
         space=space.to_dict(),
         config_hash=config_hash,
         config=config,
-        total=len(ops),
+        total=len(keys),
     )
-    run.operators = [RunOperator(op_key=k) for k in ops]
+    run.operators = [RunOperator(op_key=k) for k in keys]
     session.add(run)
     session.flush()
 
@@ -89,7 +100,7 @@ def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_att
             select(Measurement.op_key).where(
                 Measurement.device_id == device.id,
                 Measurement.config_hash == config_hash,
-                Measurement.op_key.in_(list(ops)),
+                Measurement.op_key.in_(keys),
             )
         )
     )
@@ -97,12 +108,12 @@ def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_att
         key: (generation, status)
         for key, generation, status in session.execute(
             select(Job.op_key, Job.generation, Job.status)
-            .where(Job.device_id == device.id, Job.config_hash == config_hash, Job.op_key.in_(list(ops)))
+            .where(Job.device_id == device.id, Job.config_hash == config_hash, Job.op_key.in_(keys))
             .order_by(Job.generation)
         )
     }
     new_jobs = []
-    for key in ops:
+    for key in keys:
         if key in measured:
             continue
         generation, status = latest.get(key, (-1, "failed"))
@@ -115,6 +126,7 @@ def create_run(session: Session, *, body: RunCreate, cache: ExportCache, max_att
                     "config": config,
                     "generation": generation + 1,
                     "max_attempts": max_attempts,
+                    "batch_group": f"run:{run.id}",
                 }
             )
     insert_ignore(session, Job, new_jobs)

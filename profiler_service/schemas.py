@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from datetime import datetime
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ class DevicePublic(BaseModel):
     created_at: datetime
     last_seen_at: datetime | None
     retired_at: datetime | None
+    agent_protocol: int | None = Field(default=None, description="Protocol version its agent last spoke (1 or 2).")
 
 
 class DeviceCreated(DevicePublic):
@@ -64,13 +66,42 @@ class Fingerprint(Strict):
 
 # ---- measurement config -----------------------------------------------------------------------------------
 class MeasureConfig(Strict):
-    """How an op is measured. Two tables are comparable only when their configs hash equal."""
+    """How an op is measured. Two tables are comparable only when their configs hash equal.
+
+    A batch agent (protocol 2) opens every model of a batch, runs `warmup` untimed inferences on each, then
+    measures `rounds` interleaved rounds of `runs_per_round` timed runs (device_agents/runners/rounds.py).
+    A single-job agent (protocol 1) times `runs` = rounds x runs_per_round runs in one block. A request that
+    gives only `runs` (the protocol-1 form) is spread over min(20, runs) rounds; the stored config always
+    holds all three, consistent."""
 
     runtime: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=64)
     precision: Literal["fp32"] = "fp32"
     warmup: int = Field(default=10, ge=0, le=1000)
-    runs: int = Field(default=50, ge=1, le=10_000)
+    runs: int = Field(default=60, ge=1, le=10_000)
+    rounds: int = Field(default=20, ge=1, le=1000)
+    runs_per_round: int = Field(default=3, ge=1, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spread_runs(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        runs = data.get("runs")
+        if isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1:
+            data.setdefault("rounds", min(20, runs))
+            rounds = data["rounds"]
+            if isinstance(rounds, int) and rounds >= 1:
+                data.setdefault("runs_per_round", max(1, runs // rounds))
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeasureConfig:
+        if self.rounds * self.runs_per_round > 10_000:
+            raise ValueError("rounds x runs_per_round must be at most 10000 timed runs")
+        self.runs = self.rounds * self.runs_per_round
+        return self
 
     @property
     def hash(self) -> str:
@@ -93,6 +124,9 @@ class RunCreate(Strict):
     device_id: int = Field(ge=1, le=2**31 - 1)
     space: dict[str, Any] = Field(description="SpaceRequest fields, or a full space with 'stages'.")
     config: MeasureConfig = Field(default_factory=MeasureConfig)
+    anchors: int = Field(
+        default=3, ge=0, le=10, description="Whole networks of the space measured with the ops to fit the table's rule."
+    )
 
 
 class RunPublic(BaseModel):
@@ -114,6 +148,10 @@ class RunPublic(BaseModel):
 # ---- agent protocol ---------------------------------------------------------------------------------------
 class LeaseRequest(Strict):
     wait_seconds: float = Field(default=20.0, ge=0, le=120)
+    max_jobs: int | None = Field(
+        default=None, ge=1, le=1000, description="Ask for a batch of up to this many jobs (protocol 2)."
+    )
+    protocol: int = Field(default=1, ge=1, le=2, description="The agent's protocol version (PROTOCOL.md).")
 
 
 class LeasedJob(BaseModel):
@@ -131,6 +169,19 @@ class LeasedJob(BaseModel):
     config: dict[str, Any]
 
 
+class LeasedBatch(BaseModel):
+    """Jobs of one group (a profiling run, or a set of networks), to be measured together in interleaved
+    rounds. They share one lease token: one heartbeat keeps them all, one POST reports them all."""
+
+    lease_token: str
+    lease_expires_at: datetime
+    lease_seconds: float
+    batch_group: str | None
+    seed: int = Field(description="Seeds the rounds' visit orders; recorded in each result's context.")
+    config: dict[str, Any]
+    jobs: list[LeasedJob]
+
+
 class LeaseProof(Strict):
     lease_token: str = Field(min_length=8, max_length=128)
 
@@ -138,7 +189,7 @@ class LeaseProof(Strict):
 PositiveUs = Field(gt=0, le=3.6e9, allow_inf_nan=False)
 
 
-class ResultIn(LeaseProof):
+class ResultStats(Strict):
     median_us: float = PositiveUs
     mean_us: float = PositiveUs
     p10_us: float = PositiveUs
@@ -146,15 +197,38 @@ class ResultIn(LeaseProof):
     std_us: float = Field(ge=0, le=3.6e9, allow_inf_nan=False)
     n: int = Field(ge=1, le=1_000_000)
     samples_us: list[float] | None = Field(default=None, max_length=100_000)
+    rounds: int | None = Field(default=None, ge=1, le=10_000)
+    round_medians_us: list[float] | None = Field(default=None, max_length=10_000)
+    estimator: str | None = Field(default=None, max_length=100)
     context: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _ordered(self) -> ResultIn:
+    def _ordered(self) -> ResultStats:
         if not self.p10_us <= self.median_us <= self.p90_us:
             raise ValueError("expected p10_us <= median_us <= p90_us")
         if self.samples_us is not None and not all(0 < s < 3.6e9 for s in self.samples_us):
             raise ValueError("samples_us must be finite and positive")
+        if self.round_medians_us is not None:
+            medians = self.round_medians_us
+            if not all(0 < s < 3.6e9 for s in medians):
+                raise ValueError("round_medians_us must be finite and positive")
+            if self.rounds is not None and len(medians) != self.rounds:
+                raise ValueError(f"round_medians_us has {len(medians)} values for rounds={self.rounds}")
+            if medians and abs(statistics.median(medians) - self.median_us) > 1e-6 * self.median_us + 1e-9:
+                raise ValueError("median_us must be the median of round_medians_us (the estimator)")
         return self
+
+
+class ResultIn(LeaseProof, ResultStats):
+    pass
+
+
+class BatchResult(ResultStats):
+    job_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class BatchResultsIn(LeaseProof):
+    results: list[BatchResult] = Field(min_length=1, max_length=1000)
 
 
 class FailureIn(LeaseProof):
@@ -166,6 +240,16 @@ class Ack(BaseModel):
     status: str
     replayed: bool = False
     measurement_id: int | None = None
+    detail: str | None = None
+
+
+class BatchAck(BaseModel):
+    acks: list[Ack]
+
+
+class BatchHeartbeat(BaseModel):
+    extended: int
+    lease_expires_at: datetime
 
 
 # ---- tables ----------------------------------------------------------------------------------------------

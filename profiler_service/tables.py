@@ -16,15 +16,38 @@ from sqlalchemy.orm import Session, selectinload
 from db.models import Device, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc, utcnow
+from search.predict import fit_rule
+from search.space import SearchSpace
 
 STAT_FIELDS = ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")
 
 
-def content_hash(space_hash: str, config_hash: str, entries: dict[str, dict[str, Any]]) -> str:
-    blob = json.dumps(
-        {"space": space_hash, "config": config_hash, "entries": entries}, sort_keys=True, separators=(",", ":")
-    )
+def content_hash(
+    space_hash: str, config_hash: str, entries: dict[str, dict[str, Any]], prediction: dict[str, Any] | None = None
+) -> str:
+    body: dict[str, Any] = {"space": space_hash, "config": config_hash, "entries": entries}
+    if prediction is not None:
+        body["prediction"] = prediction
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _role(spec: dict[str, Any]) -> str:
+    """Entries are ops; probes and anchor networks are measured with them to fit the prediction rule."""
+    kind = spec.get("kind")
+    return "probe" if kind == "probe" else "anchor" if kind == "network" else "op"
+
+
+def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dict[str, dict[str, Any]]) -> dict:
+    """The table's prediction rule (search/predict.py), fitted on the run's probes and anchor networks."""
+    space = SearchSpace.from_dict(run.space)
+    medians = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "op"}
+    probes = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "probe"}
+    anchor_rows = [m for m in measurements if _role(specs[m.op_key]) == "anchor"]
+    _, published = fit_rule(space, medians, probes, [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows])
+    for row, m in zip(published.get("anchors", []), anchor_rows, strict=True):
+        row["key"] = m.op_key
+    return published
 
 
 def complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[int]:
@@ -78,6 +101,8 @@ def publish_run(session: Session, run_id: int) -> LatencyTable | None:
         if len(measurements) != len(keys):
             session.rollback()
             return None
+        specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
+        prediction = prediction_of(run, measurements, specs)
         stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
         device = session.get(Device, run.device_id)
         version = (
@@ -92,7 +117,8 @@ def publish_run(session: Session, run_id: int) -> LatencyTable | None:
             config_hash=run.config_hash,
             config=run.config,
             fingerprint=device.fingerprint if device else None,
-            content_sha256=content_hash(run.space_hash, run.config_hash, stats),
+            prediction=prediction,
+            content_sha256=content_hash(run.space_hash, run.config_hash, stats, prediction),
         )
         session.add(table)
         try:
@@ -148,6 +174,7 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
     entries = [
         {"key": key, "spec": spec, **{f: getattr(m, f) for f in STAT_FIELDS}, "context": m.context}
         for key, spec, m in rows
+        if _role(spec) == "op"
     ]
     return {
         "device": {
@@ -166,6 +193,7 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
         "config": table.config,
         "content_sha256": table.content_sha256,
         "unit": "microseconds",
+        "prediction": table.prediction or {"rule": "sum", "description": "plain sum of the ops' medians"},
         "entries": entries,
     }
 

@@ -43,7 +43,7 @@ def op_cost(spec: OpSpec) -> Cost:
         return _conv(spec.cin, spec.cin, spec.kernel, out_px, groups=spec.cin) + _conv(spec.cin, spec.cout, 1, out_px)
     if spec.kind == "skip":
         return Cost(0, 0) if spec.is_identity else _conv(spec.cin, spec.cout, 1, out_px)
-    if spec.kind == "pool":
+    if spec.kind in ("pool", "probe"):
         return Cost(0, 0)
     if spec.kind == "fc":
         return Cost(params=spec.cin * spec.cout + spec.cout, macs=spec.cin * spec.cout)

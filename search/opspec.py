@@ -14,8 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-OpKind = Literal["conv", "ir", "ds", "skip", "pool", "fc"]
-KINDS: tuple[str, ...] = ("conv", "ir", "ds", "skip", "pool", "fc")
+OpKind = Literal["conv", "ir", "ds", "skip", "pool", "fc", "probe"]
+KINDS: tuple[str, ...] = ("conv", "ir", "ds", "skip", "pool", "fc", "probe")
 DTYPES: tuple[str, ...] = ("float32",)
 
 # Bounds that keep a spec within what a phone can plausibly run; anything outside is a typo or an attack,
@@ -45,6 +45,8 @@ class OpSpec:
       skip  identity when shapes match, else 1x1 conv + BN + ReLU with the stride (as the authors' code does)
       pool  global average pooling, NCHW -> NC
       fc    linear classifier over NC (h = w = 1)
+      probe a trivial graph (one ReLU) at an input shape: what calling the runtime costs at that shape, so
+            a table can tell an op's work from the per-call overhead a network pays only once
     """
 
     kind: str
@@ -92,14 +94,14 @@ class OpSpec:
                     raise OpSpecError(f"{name}={channels} is not divisible by groups={self.groups}")
         elif self.groups != 1:
             raise OpSpecError(f"groups apply only to 'ir' operators, not {self.kind!r}")
-        if self.kind in ("pool", "fc", "skip", "ds") and self.expansion != 1:
+        if self.kind in ("pool", "fc", "skip", "ds", "probe") and self.expansion != 1:
             raise OpSpecError(f"expansion applies only to 'ir' operators, not {self.kind!r}")
-        if self.kind in ("pool", "fc", "skip") and self.kernel != 1:
+        if self.kind in ("pool", "fc", "skip", "probe") and self.kernel != 1:
             raise OpSpecError(f"kernel does not apply to {self.kind!r} operators; leave it at 1")
-        if self.kind in ("pool", "fc") and self.stride != 1:
+        if self.kind in ("pool", "fc", "probe") and self.stride != 1:
             raise OpSpecError(f"stride does not apply to {self.kind!r} operators; leave it at 1")
-        if self.kind == "pool" and self.cin != self.cout:
-            raise OpSpecError("pool keeps the channel count: cin must equal cout")
+        if self.kind in ("pool", "probe") and self.cin != self.cout:
+            raise OpSpecError(f"{self.kind} keeps the channel count: cin must equal cout")
         if self.kind == "fc" and (self.h, self.w) != (1, 1):
             raise OpSpecError("fc takes a flat vector: h and w must be 1")
 
@@ -124,6 +126,18 @@ class OpSpec:
         return (self.batch, self.cout, *self.out_hw)
 
     @property
+    def call_shape(self) -> tuple[int, int, int, int]:
+        """The input as a 4-d shape (an fc's flat input as C x 1 x 1): where its call-overhead probe runs."""
+        return (self.batch, self.cin, self.h, self.w)
+
+    @classmethod
+    def probe_at(cls, shape: tuple[int, ...], dtype: str = "float32") -> OpSpec:
+        """The call-overhead probe for an input of this (N, C[, H, W]) shape."""
+        n, c, *hw = shape
+        h, w = [*hw, 1, 1][:2]
+        return cls("probe", c, c, h, w, batch=n, dtype=dtype)
+
+    @property
     def is_identity(self) -> bool:
         return self.kind == "skip" and self.cin == self.cout and self.stride == 1
 
@@ -145,6 +159,7 @@ class OpSpec:
             "skip": "skip",
             "pool": "pool",
             "fc": "fc",
+            "probe": "probe",
         }[self.kind]
         return f"{block}-cin{self.cin}-cout{self.cout}-s{self.stride}-h{self.h}-w{self.w}-b{self.batch}-{self.dtype}"
 
@@ -195,7 +210,7 @@ class OpSpec:
             args.update(kind="ir", kernel=int(bm[1]), expansion=int(bm[2]), groups=int(bm[3]))
         elif bm := re.fullmatch(r"(conv|ds)_k(\d+)", block):
             args.update(kind=bm[1], kernel=int(bm[2]))
-        elif block in ("skip", "pool", "fc"):
+        elif block in ("skip", "pool", "fc", "probe"):
             args.update(kind=block)
         else:
             raise OpSpecError(f"{key!r} names an unknown block {block!r}")

@@ -199,6 +199,12 @@ class SearchSpace:
         blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def network_key(self, arch: list[str] | tuple[str, ...]) -> str:
+        """The key of one whole architecture of this space, as the service registers it (`net-<24 hex>`)."""
+        blob = json.dumps({"space": self.content(), "arch": list(self.check_arch(arch))}, sort_keys=True,
+                          separators=(",", ":"))  # fmt: skip
+        return "net-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
         """Read a fully resolved space (as `to_dict` writes it); a stale `hash` field is refused."""

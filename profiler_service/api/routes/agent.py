@@ -7,15 +7,36 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
-from db.models import Job, Operator
+from db.models import Device, Job, Operator
 from profiler_service.api.deps import AgentDep, Id, SessionDep
 from profiler_service.errors import NotFound
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
-from profiler_service.queue import claim_next, heartbeat, record_failure, record_result
-from profiler_service.schemas import Ack, FailureIn, Fingerprint, LeasedJob, LeaseProof, LeaseRequest, ResultIn
+from profiler_service.queue import (
+    claim_batch,
+    claim_next,
+    heartbeat,
+    heartbeat_batch,
+    record_failure,
+    record_result,
+    record_results,
+)
+from profiler_service.schemas import (
+    Ack,
+    BatchAck,
+    BatchHeartbeat,
+    BatchResultsIn,
+    FailureIn,
+    Fingerprint,
+    LeasedBatch,
+    LeasedJob,
+    LeaseProof,
+    LeaseRequest,
+    ResultIn,
+)
 from profiler_service.tables import publish_complete_runs
 from profiler_service.timeutil import as_utc
 from search.opspec import OpSpec, OpSpecError
@@ -54,19 +75,48 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
     )
 
 
-@router.post("/lease", response_model=LeasedJob, responses={204: {"description": "No job within the wait."}})
-async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> LeasedJob | Response:
-    """Long poll: answers with a job as soon as one is runnable for this device, or 204 after the wait."""
+def _batch(jobs: list[Job], session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
+    first = jobs[0]
+    return LeasedBatch(
+        lease_token=first.lease_token or "",
+        lease_expires_at=as_utc(first.lease_expires_at),
+        lease_seconds=request.app.state.settings.lease_seconds,
+        batch_group=first.batch_group,
+        seed=int(first.lease_token[:8], 16) if first.lease_token else 0,
+        config=first.config,
+        jobs=[_leased(job, session.get(Operator, job.op_key), request) for job in jobs],
+    )
+
+
+@router.post(
+    "/lease",
+    response_model=LeasedJob | LeasedBatch,
+    responses={204: {"description": "No job within the wait."}},
+)
+async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> LeasedJob | LeasedBatch | Response:
+    """Long poll: answers as soon as work is runnable for this device, or 204 after the wait. Without
+    `max_jobs`, one job (protocol 1); with it, a batch of jobs of one group under one token (protocol 2)."""
     state = request.app.state
     wait = min(body.wait_seconds, state.settings.long_poll_seconds)
     deadline = time.monotonic() + wait
 
-    def attempt() -> LeasedJob | None:
+    def attempt() -> LeasedJob | LeasedBatch | None:
         with state.sessionmaker() as session:
-            job = claim_next(session, device_id=device.id, lease_seconds=state.settings.lease_seconds)
-            if job is None:
-                return None
-            return _leased(job, session.get(Operator, job.op_key), request)
+            seconds = state.settings.lease_seconds
+            if body.max_jobs is None:
+                job = claim_next(session, device_id=device.id, lease_seconds=seconds)
+                return None if job is None else _leased(job, session.get(Operator, job.op_key), request)
+            jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
+            return _batch(jobs, session, request) if jobs else None
+
+    if device.agent_protocol != body.protocol:  # recorded once per change, not on every poll
+
+        def record_protocol() -> None:
+            with state.sessionmaker() as session:
+                session.execute(update(Device).where(Device.id == device.id).values(agent_protocol=body.protocol))
+                session.commit()
+
+        await run_in_threadpool(record_protocol)
 
     while True:
         leased = await run_in_threadpool(attempt)
@@ -102,6 +152,24 @@ def job_heartbeat(job_id: Id, body: LeaseProof, device: AgentDep, session: Sessi
     seconds = request.app.state.settings.lease_seconds
     job = heartbeat(session, device_id=device.id, job_id=job_id, lease_token=body.lease_token, lease_seconds=seconds)
     return Ack(job_id=job.id, status=job.status)
+
+
+@router.post("/heartbeat", response_model=BatchHeartbeat)
+def batch_heartbeat(body: LeaseProof, device: AgentDep, session: SessionDep, request: Request) -> BatchHeartbeat:
+    """Extend every job held under this lease token (a whole batch with one call)."""
+    seconds = request.app.state.settings.lease_seconds
+    n, expires = heartbeat_batch(session, device_id=device.id, lease_token=body.lease_token, lease_seconds=seconds)
+    return BatchHeartbeat(extended=n, lease_expires_at=expires)
+
+
+@router.post("/results", response_model=BatchAck)
+def batch_results(body: BatchResultsIn, device: AgentDep, session: SessionDep) -> BatchAck:
+    """A batch's results in one call; each is acknowledged on its own (done, replayed, conflict, not_found)."""
+    acks = record_results(session, device_id=device.id, body=body)
+    configs = {job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == "done") if job}
+    for config_hash in configs:
+        publish_complete_runs(session, device_id=device.id, config_hash=config_hash)
+    return BatchAck(acks=acks)
 
 
 @router.post("/jobs/{job_id}/result", response_model=Ack)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import Field
 from sqlalchemy import func, select
 
@@ -10,7 +10,7 @@ from db.models import Calibration, LatencyTable
 from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.routes.devices import get_device
 from profiler_service.errors import NotFound
-from profiler_service.networks import ensure_network, network_status, request_measurement
+from profiler_service.networks import ensure_network, network_status, request_measurement, request_set, set_status
 from profiler_service.runs import resolve_space
 from profiler_service.schemas import MeasureConfig, Strict
 from profiler_service.timeutil import as_utc
@@ -22,6 +22,13 @@ class NetworkRequest(Strict):
     space: dict[str, Any]
     arch: list[str] = Field(min_length=1, max_length=64)
     config: MeasureConfig = Field(default_factory=MeasureConfig)
+
+
+class NetworkSetRequest(Strict):
+    space: dict[str, Any]
+    archs: list[list[str]] = Field(min_length=1, max_length=200)
+    config: MeasureConfig = Field(default_factory=MeasureConfig)
+    remeasure: bool = Field(default=True, description="Measure again even if measured before under this config.")
 
 
 class CalibrationCreate(Strict):
@@ -45,6 +52,24 @@ def network_result(device_id: Id, key: str, session: SessionDep,
                    config_hash: str = Query(pattern=r"^[0-9a-f]{64}$")) -> dict:  # fmt: skip
     get_device(session, device_id)
     return network_status(session, device_id=device_id, key=key, config_hash=config_hash)
+
+
+@router.post("/network-sets", status_code=201, dependencies=[AdminDep])
+def measure_network_set(device_id: Id, body: NetworkSetRequest, session: SessionDep, request: Request) -> dict:
+    """Measure several architectures together, in the same interleaved rounds (what `dnas validate` does)."""
+    device = get_device(session, device_id)
+    settings = request.app.state.settings
+    space = resolve_space(body.space)
+    ops = [ensure_network(session, settings.artifact_dir, space, arch) for arch in body.archs]
+    set_id = request_set(session, device=device, ops=ops, config=body.config, max_attempts=settings.max_attempts,
+                         remeasure=body.remeasure)  # fmt: skip
+    return set_status(session, device_id=device.id, set_id=set_id)
+
+
+@router.get("/network-sets/{set_id}", dependencies=[ReaderDep])
+def network_set(device_id: Id, session: SessionDep, set_id: str = Path(pattern=r"^[0-9a-f]{16}$")) -> dict:
+    get_device(session, device_id)
+    return set_status(session, device_id=device_id, set_id=set_id)
 
 
 @router.post("/calibrations", status_code=201, dependencies=[AdminDep])

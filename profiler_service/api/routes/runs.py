@@ -14,7 +14,13 @@ router = APIRouter(prefix="/profiling-runs", tags=["profiling-runs"])
 def start(body: RunCreate, session: SessionDep, request: Request) -> RunPublic:
     """Expand the space, reuse this device's measurements under the same config, queue the rest."""
     state = request.app.state
-    run = create_run(session, body=body, cache=state.cache, max_attempts=state.settings.max_attempts)
+    run = create_run(
+        session,
+        body=body,
+        cache=state.cache,
+        artifact_dir=state.settings.artifact_dir,
+        max_attempts=state.settings.max_attempts,
+    )
     return run_status(session, run.id)
 
 
