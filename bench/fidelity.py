@@ -1,66 +1,96 @@
-"""Table fidelity on this host: profile a space, measure N sampled networks end to end through the service
-and the local agent, compare with the table's plain sum, fit a calibration (leave-one-out). Prints JSON.
+"""Table fidelity on this host, the way a user checks a table: profile a space through the service with the
+local agent (one batch, interleaved rounds), then measure N sampled networks end to end in their own set
+(with the table's anchors), and compare with the table's rule. Prints JSON; writes the scatter PNG.
 
-    python -m bench.fidelity [--resolution 224] [--width 1.0] [--samples 20] [--runs 60] [--repeats 1]
+Every figure comes with its noise from the same run: the networks' even rounds against their odd rounds
+(noise ceiling), and the anchors' drift between profiling and validation.
+
+    python -m bench.fidelity [--resolution 224] [--width 1.0] [--classes 1000] [--samples 30] [--cpus 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from device_agents.client import AgentClient
 from device_agents.local.backend import LocalBackend
 from device_agents.loop import Agent
 from dnas.api_client import ServiceClient
-from dnas.fidelity import validate
-from dnas.service_cli import wait_for_run
-from profiler_service.local_server import running_service
+from profiler_service.local_server import running_service, wait_for_run
+from search.fidelity import validate
 from search.space import get_space
+
+KEYS = ("within_5_pct", "within_10_pct", "mape_pct", "worst_error_pct", "mean_signed_error_pct", "kendall_tau")
+
+
+def _short(metrics: dict | None) -> dict | None:
+    return None if metrics is None else {k: round(metrics[k], 4) for k in KEYS}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--runs-per-round", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus", default=None, help="pin the measuring agent, e.g. '0'")
+    parser.add_argument("--png", type=Path, default=None, help="copy the scatter plot here")
     args = parser.parse_args()
-    space = get_space(resolution=args.resolution, width=args.width)
+    space = get_space(resolution=args.resolution, width=args.width, num_classes=args.classes)
+    config = {"threads": 1, "warmup": 10, "rounds": args.rounds, "runs_per_round": args.runs_per_round}
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with running_service(f"sqlite:///{work / 'f.db'}", work) as svc:
             admin = ServiceClient(svc.url, svc.admin_token)
             device = admin.json("POST", "/v1/devices", json={"name": "this-host", "platform": "linux"})
-            agent = Agent(AgentClient(svc.url, device["agent_token"]), LocalBackend(), cache_dir=work / "m",
+            agent = Agent(AgentClient(svc.url, device["agent_token"]), LocalBackend(cpus=cpus), cache_dir=work / "m",
                           wait_seconds=1)  # fmt: skip
             thread = threading.Thread(target=agent.run, daemon=True)
             thread.start()
             try:
-                run = admin.json("POST", "/v1/profiling-runs", json={
-                    "device_id": device["id"], "space": {"resolution": args.resolution, "width": args.width},
-                    "config": {"threads": 1, "warmup": args.warmup, "runs": args.runs}})  # fmt: skip
-                assert wait_for_run(admin, run["id"])["status"] == "published"
+                t0 = time.perf_counter()
+                space_req = {"resolution": args.resolution, "width": args.width, "num_classes": args.classes}
+                body = {"device_id": device["id"], "config": config, "space": space_req}
+                run = admin.json("POST", "/v1/profiling-runs", json=body)
+                assert wait_for_run(admin.http, run["id"], timeout_s=1800)["status"] == "published"
+                profile_s = time.perf_counter() - t0
+                t1 = time.perf_counter()
                 report = validate(admin, device["id"], space, args.samples, work / "out", calibrate=True,
                                   seed=args.seed)  # fmt: skip
+                validate_s = time.perf_counter() - t1
+                if args.png:
+                    shutil.copy(work / "out" / "fidelity.png", args.png)
             finally:
                 agent.stopping.set()
-                thread.join(timeout=120)
+                thread.join(timeout=300)
+    rows = report["rows"]
     print(json.dumps({
         "bench": "fidelity",
-        "space": {"resolution": args.resolution, "width": args.width, "hash": space.hash[:12]},
+        "space": {"resolution": args.resolution, "width": args.width, "classes": args.classes,
+                  "hash": space.hash[:12]},
         "networks": args.samples,
-        "config": {"threads": 1, "warmup": args.warmup, "runs": args.runs},
-        "raw": report["raw"],
-        "calibrated_leave_one_out": report.get("calibrated_leave_one_out"),
-        "calibration": report.get("calibration"),
-        "measured_ms_range": [min(r["measured_us"] for r in report["rows"]) / 1e3,
-                              max(r["measured_us"] for r in report["rows"]) / 1e3],
+        "config": config,
+        "cpus": cpus,
+        "measured_ms_range": [round(min(r["measured_us"] for r in rows) / 1e3, 3),
+                              round(max(r["measured_us"] for r in rows) / 1e3, 3)],
+        "table_rule": _short(report["raw"]),
+        "drift": round(report["drift"]["ratio"], 4) if "drift" in report else None,
+        "drift_adjusted": _short(report.get("drift_adjusted")),
+        "calibrated_held_out": _short(report.get("calibrated_held_out")),
+        "noise_ceiling": _short(report.get("noise_ceiling")),
+        "calibration": {k: v for k, v in report.get("calibration", {}).items() if k != "version"},
+        "profile_s": round(profile_s, 1),
+        "validate_s": round(validate_s, 1),
     }, indent=2))  # fmt: skip
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,14 @@ class AgentClient:
         self._call("PUT", "/v1/agent/fingerprint", json=fingerprint)
 
     def lease(self, wait_seconds: float = 20.0) -> dict[str, Any] | None:
+        """Protocol 1: one job at a time."""
         resp = self._call("POST", "/v1/agent/lease", json={"wait_seconds": wait_seconds})
+        return None if resp.status_code == 204 else resp.json()
+
+    def lease_batch(self, wait_seconds: float = 20.0, max_jobs: int = 500) -> dict[str, Any] | None:
+        """Protocol 2: up to `max_jobs` jobs of one group under one lease token, measured together."""
+        body = {"wait_seconds": wait_seconds, "max_jobs": max_jobs, "protocol": 2}
+        resp = self._call("POST", "/v1/agent/lease", json=body)
         return None if resp.status_code == 204 else resp.json()
 
     def download(self, job: dict[str, Any], cache_dir: Path) -> Path:
@@ -84,13 +93,22 @@ class AgentClient:
             raise ValueError(
                 f"model download for job {job['job_id']} is corrupt: sha256 {digest[:12]} != {job['model_sha256'][:12]}"
             )
-        tmp = target.with_suffix(".part")
+        # A name of its own: fleet workers share the cache and may fetch the same model at once.
+        tmp = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.part")
         tmp.write_bytes(resp.content)
         tmp.replace(target)
         return target
 
     def heartbeat(self, job: dict[str, Any]) -> None:
         self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]})
+
+    def heartbeat_batch(self, lease_token: str) -> None:
+        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token})
+
+    def results(self, lease_token: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A batch's results in one call; each item is acknowledged on its own."""
+        body = {"lease_token": lease_token, "results": results}
+        return self._call("POST", "/v1/agent/results", json=body).json()["acks"]
 
     def result(self, job: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         body = {"lease_token": job["lease_token"], **stats}

@@ -3,7 +3,10 @@
 It starts its own service, registers a device, starts the agent under test with a command template, and
 checks what a user relies on. Run it against any agent:
 
-    python -m device_agents.conformance --agent "dnas agent local --server {server} --token {token} --wait 2"
+    python -m device_agents.conformance --agent "dnas agent local --wait 2"
+
+The agent gets the service URL and its token as DNAS_AGENT_SERVER and DNAS_AGENT_TOKEN (the `dnas agent`
+commands read them); a template may also use {server} and {token}.
 
 The command must start an agent that keeps leasing until it is sent SIGTERM (for the iOS app, a command that
 launches it on a device, e.g. through `xcrun devicectl`, with the server and token as launch arguments).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import tempfile
@@ -26,10 +30,10 @@ from search.enumerate import enumerate_ops
 from search.space import get_space
 
 TINY_SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
-CONFIG = {"threads": 1, "warmup": 2, "runs": 15}
+CONFIG = {"threads": 1, "warmup": 2, "rounds": 5, "runs_per_round": 3}
 # A config that makes one measurement outlast several leases: only a heartbeating agent keeps its jobs.
 SLOW_SPACE = {"resolution": 64, "width": 0.25, "num_classes": 10, "candidates": ["ir_k5_e6"]}
-SLOW_CONFIG = {"threads": 1, "warmup": 0, "runs": 10000}
+SLOW_CONFIG = {"threads": 1, "warmup": 0, "rounds": 20, "runs_per_round": 500}
 HEARTBEAT_LEASE_S = 1.0
 
 
@@ -58,9 +62,12 @@ class AgentUnderTest:
         self.proc: subprocess.Popen | None = None
 
     def start(self, svc: Service, token: str) -> None:
+        """The server and token reach the agent as DNAS_AGENT_SERVER / DNAS_AGENT_TOKEN (never argv, where
+        other users of the machine can read it), or through {server} / {token} for agents that need them."""
         cmd = self.template.format(server=svc.url, token=token)
+        env = os.environ | {"DNAS_AGENT_SERVER": svc.url, "DNAS_AGENT_TOKEN": token}
         log = open(self.workdir / f"agent-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(shlex.split(cmd), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(shlex.split(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self, timeout_s: float = 60) -> int | None:
         return None if self.proc is None else stop_process(self.proc, timeout_s)
@@ -75,7 +82,7 @@ def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
-def check_completes_a_run(svc: Service, agent: AgentUnderTest, report: Report) -> None:
+def check_completes_a_run(svc: Service, agent: AgentUnderTest, report: Report, db_url: str) -> None:
     with svc.client() as admin:
         device = register(admin, "conformance-run")
         run = start_run(admin, device["id"], TINY_SPACE, CONFIG)
@@ -92,12 +99,41 @@ def check_completes_a_run(svc: Service, agent: AgentUnderTest, report: Report) -
         entries = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json()["entries"]
         bad = [e["key"] for e in entries if not (0 < e["p10_us"] <= e["median_us"] <= e["p90_us"])]
         report.add("results are ordered and positive", not bad, f"bad: {bad[:3]}")
-        wrong_n = [e["key"] for e in entries if e["n"] != CONFIG["runs"]]
-        report.add("honours the run count", not wrong_n, f"n != {CONFIG['runs']}: {wrong_n[:3]}")
+        runs = CONFIG["rounds"] * CONFIG["runs_per_round"]
+        wrong_n = [e["key"] for e in entries if e["n"] != runs]
+        report.add("honours the run count", not wrong_n, f"n != {runs}: {wrong_n[:3]}")
         no_ctx = [
             e["key"] for e in entries if not e["context"].get("runtime_version") and not e["context"].get("runner")
         ]
         report.add("records the measurement context", not no_ctx, f"no context: {no_ctx[:3]}")
+        protocol = admin.get(f"/v1/devices/{device['id']}").json().get("agent_protocol")
+        report.add("declares its protocol version", protocol in (1, 2), f"agent_protocol = {protocol!r}")
+        if protocol == 2:
+            check_batches_and_rounds(db_url, device["id"], run["total"], report)
+
+
+def check_batches_and_rounds(db_url: str, device_id: int, total: int, report: Report) -> None:
+    """Protocol 2: the run's jobs were leased as one batch, and every result carries its rounds."""
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import Job, Measurement
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        tokens = set(s.scalars(select(Job.lease_token).where(Job.device_id == device_id)))
+        rows = s.execute(
+            select(Measurement.op_key, Measurement.rounds, Measurement.round_medians_us, Measurement.context)
+            .where(Measurement.device_id == device_id)
+        ).all()  # fmt: skip
+    engine.dispose()
+    report.add("leases a run as one batch", len(tokens) == 1 and len(rows) == total,
+               f"{len(tokens)} lease tokens for {len(rows)} of {total} jobs")  # fmt: skip
+    bad = [key for key, rounds, medians, _ in rows if rounds != CONFIG["rounds"] or len(medians or []) != rounds]
+    report.add("measures in the configured rounds", not bad, f"wrong rounds or round medians: {bad[:3]}")
+    methods = {(ctx or {}).get("method") for *_, ctx in rows}
+    report.add("says how it measured", methods <= {"interleaved", "separate visits"} and None not in methods,
+               f"context methods: {sorted(map(str, methods))}")  # fmt: skip
 
 
 def check_heartbeats(svc: Service, agent: AgentUnderTest, report: Report, db_url: str) -> None:
@@ -108,12 +144,16 @@ def check_heartbeats(svc: Service, agent: AgentUnderTest, report: Report, db_url
 
     with svc.client() as admin:
         device = register(admin, "conformance-heartbeat")
-        run = start_run(admin, device["id"], SLOW_SPACE, SLOW_CONFIG)
+        body = {"device_id": device["id"], "space": SLOW_SPACE, "config": SLOW_CONFIG, "anchors": 0}
+        run = admin.post("/v1/profiling-runs", json=body).raise_for_status().json()
         agent.start(svc, device["agent_token"])
         run = wait_for_run(admin, run["id"], timeout_s=900)
         agent.stop()
         entries = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json().get("entries", [])
-    longest_s = max((e["median_us"] * e["n"] / 1e6 for e in entries), default=0.0)
+        batched = admin.get(f"/v1/devices/{device['id']}").json().get("agent_protocol") == 2
+    # What must outlast the lease: one job's block of runs (protocol 1), or the whole batch (protocol 2).
+    per_job = [e["median_us"] * e["n"] / 1e6 for e in entries]
+    longest_s = sum(per_job) if batched else max(per_job, default=0.0)
     report.add(
         "the heartbeat check outlasted a lease",
         longest_s > 2 * HEARTBEAT_LEASE_S,
@@ -168,7 +208,7 @@ def run_suite(template: str, *, quick: bool = False) -> Report:
         db_url = f"sqlite:///{work / 'conformance.db'}"
         agent = AgentUnderTest(template, work)
         with running_service(db_url, work, lease_seconds=30) as svc:
-            check_completes_a_run(svc, agent, report)
+            check_completes_a_run(svc, agent, report, db_url)
             check_refuses_corrupt_models(svc, agent, report, work / "artifacts")
         if not quick:  # its own service: a lease far shorter than one measurement
             hb_url = f"sqlite:///{work / 'heartbeat.db'}"
@@ -179,7 +219,7 @@ def run_suite(template: str, *, quick: bool = False) -> Report:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agent", required=True, help="Command template with {server} and {token}.")
+    parser.add_argument("--agent", required=True, help="Command (may use {server} and {token}; both also in env).")
     parser.add_argument("--quick", action="store_true", help="Skip the slow heartbeat check.")
     args = parser.parse_args()
     report = run_suite(args.agent, quick=args.quick)

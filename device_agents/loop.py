@@ -1,7 +1,11 @@
 """The one agent loop every backend runs: fingerprint, lease, download, measure (with heartbeats), report.
 
-Stopping: the first SIGINT/SIGTERM lets the current job finish and report; a second one gives the job back
-(reported as a failure, so it is requeued at once instead of waiting for the lease to expire).
+Backends that can hold many models open (`measure_batch`) speak protocol 2: they lease a batch of jobs of one
+group (a profiling run, or a set of networks) and measure them together in interleaved rounds
+(device_agents/runners/rounds.py). Others speak protocol 1: one job, one block of runs.
+
+Stopping: the first SIGINT/SIGTERM lets the current job or batch finish and report; a second one gives it
+back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire).
 """
 
 from __future__ import annotations
@@ -10,21 +14,27 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agents.backend import Backend, MeasurementError
+from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing
 from device_agents.client import AgentClient, ProtocolError
+from device_agents.runners.rounds import summarise_rounds
 from device_agents.stats import summarise
 
 log = logging.getLogger("dnas.agent")
+
+# Errors that end one job or batch but not the agent: the service or network went away, the device refused.
+JOB_ERRORS = (MeasurementError, ValueError, ProtocolError, ConnectionError, OSError)
 
 
 @dataclass
 class AgentStats:
     done: int = 0
     failed: int = 0
+    batches: int = 0
     measure_s: float = 0.0  # time spent inside the backend measuring, for overhead benches
 
 
@@ -36,12 +46,14 @@ class Agent:
     def __init__(
         self,
         client: AgentClient,
-        backend: Backend,
+        backend: Any,
         *,
         cache_dir: Path,
         wait_seconds: float = 20.0,
         max_jobs: int | None = None,
         exit_when_idle: bool = False,
+        batch_size: int = 500,
+        protocol: int = 2,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -49,6 +61,8 @@ class Agent:
         self.wait_seconds = wait_seconds
         self.max_jobs = max_jobs
         self.exit_when_idle = exit_when_idle
+        self.batch_size = batch_size
+        self.batches = protocol >= 2 and isinstance(backend, BatchBackend)
         self.stopping = threading.Event()
         self.abort = threading.Event()
         self.stats = AgentStats()
@@ -56,10 +70,10 @@ class Agent:
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             if self.stopping.is_set():
-                log.warning("second %s: giving the current job back", signal.Signals(signum).name)
+                log.warning("second %s: giving the current work back", signal.Signals(signum).name)
                 self.abort.set()
             else:
-                log.warning("%s: finishing the current job, then exiting", signal.Signals(signum).name)
+                log.warning("%s: finishing the current work, then exiting", signal.Signals(signum).name)
                 self.stopping.set()
 
         signal.signal(signal.SIGINT, handler)
@@ -68,92 +82,162 @@ class Agent:
     def run(self) -> AgentStats:
         fingerprint = self.backend.fingerprint()
         self.client.report_fingerprint(fingerprint)
-        log.info("agent %s ready: %s", self.backend.name, fingerprint.get("model"))
+        log.info(
+            "agent %s ready (protocol %d): %s", self.backend.name, 2 if self.batches else 1, fingerprint.get("model")
+        )
         try:
             while not self.stopping.is_set():
-                if self.max_jobs is not None and self.stats.done + self.stats.failed >= self.max_jobs:
+                remaining = None if self.max_jobs is None else self.max_jobs - self.stats.done - self.stats.failed
+                if remaining is not None and remaining <= 0:
                     break
-                job = self.client.lease(self.wait_seconds)
-                if job is None:
+                if self.batches:
+                    size = self.batch_size if remaining is None else min(self.batch_size, remaining)
+                    work = self.client.lease_batch(self.wait_seconds, size)
+                else:
+                    work = self.client.lease(self.wait_seconds)
+                if work is None:
                     if self.exit_when_idle:
                         break
                     continue
-                self.run_job(job)
+                if self.batches:
+                    self.run_batch(work)
+                else:
+                    self.run_job(work)
         finally:
             self.backend.close()
         log.info("agent stopped: %d done, %d failed", self.stats.done, self.stats.failed)
         return self.stats
 
+    # ---- protocol 2: a batch in interleaved rounds ---------------------------------------------------------
+    def run_batch(self, batch: dict[str, Any]) -> None:
+        jobs = {str(job["job_id"]): job for job in batch["jobs"]}
+        token = batch["lease_token"]
+        log.info("batch of %d jobs (%s)", len(jobs), batch.get("batch_group"))
+        failures: dict[str, str] = {}
+        results: list[dict[str, Any]] = []
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token), batch["lease_seconds"] / 3) as beat:
+            try:
+                models = {}
+                for key, job in jobs.items():
+                    if self.abort.is_set():
+                        raise GiveBack()
+                    try:
+                        models[key] = self.client.download(job, self.cache_dir)
+                    except ValueError as exc:  # corrupt download: never measured
+                        failures[key] = str(exc)
+                plan = BatchPlan.from_config(batch["config"], batch["seed"])
+                start = time.perf_counter()
+                timings = self.backend.measure_batch(models, plan) if models else {}
+                self.stats.measure_s += time.perf_counter() - start
+                if self.abort.is_set():
+                    raise GiveBack()
+                for key, timing in timings.items():
+                    if isinstance(timing, MeasurementError):
+                        failures[key] = str(timing)
+                        continue
+                    batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]}}
+                    results.append({"job_id": int(key), **_statistics(timing), "context": timing.context | batch_ctx})
+            except GiveBack:
+                self._give_back(jobs.values(), "agent stopped before finishing; batch given back")
+                return
+            except JOB_ERRORS as exc:
+                log.error("batch failed: %s", exc)
+                failures |= {key: str(exc) for key in jobs if key not in failures}
+                results = []
+        if beat.lost:
+            log.warning("batch lease lost while measuring; %d results discarded", len(results))
+            return
+        self.stats.batches += 1
+        if results:
+            try:
+                acks = self.client.results(token, results)
+            except (ProtocolError, ConnectionError) as exc:
+                log.warning("batch results refused: %s", exc)
+                return
+            done = sum(1 for a in acks if a["status"] == "done")
+            self.stats.done += done
+            log.info("batch done: %d stored, %d refused", done, len(acks) - done)
+        for key, reason in failures.items():
+            log.error("job %s failed: %s", key, reason)
+            self._fail(jobs[key], reason)
+            self.stats.failed += 1
+
+    def _give_back(self, jobs: Any, reason: str) -> None:
+        for job in jobs:
+            self._fail(job, reason)
+
+    # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
-        beat = _Heartbeat(self.client, job, interval=job["lease_seconds"] / 3)
-        beat.start()
-        try:
-            model = self.client.download(job, self.cache_dir)
-            if self.abort.is_set():
-                raise GiveBack()
-            cfg = job["config"]
-            start = time.perf_counter()
-            timing = self.backend.measure(model, threads=cfg["threads"], warmup=cfg["warmup"], runs=cfg["runs"])
-            self.stats.measure_s += time.perf_counter() - start
-            if self.abort.is_set():
-                raise GiveBack()
-            summary = timing.summary if timing.summary is not None else summarise(timing.samples_us or [])
-            stats = summary | {"context": timing.context | {"config": cfg}}
-        except GiveBack:
-            beat.stop()
-            self._fail(job, "agent stopped before finishing; job given back")
-            return
-        except (MeasurementError, ValueError) as exc:
-            beat.stop()
-            log.error("job %s failed: %s", job["job_id"], exc)
-            self._fail(job, str(exc))
-            self.stats.failed += 1
-            return
-        beat.stop()
+        with _Heartbeat(lambda: self.client.heartbeat(job), job["lease_seconds"] / 3) as beat:
+            try:
+                model = self.client.download(job, self.cache_dir)
+                if self.abort.is_set():
+                    raise GiveBack()
+                cfg = job["config"]
+                start = time.perf_counter()
+                timing = self.backend.measure(model, threads=cfg["threads"], warmup=cfg["warmup"], runs=cfg["runs"])
+                self.stats.measure_s += time.perf_counter() - start
+                if self.abort.is_set():
+                    raise GiveBack()
+                stats = _statistics(timing) | {"context": timing.context | {"config": cfg}}
+            except GiveBack:
+                self._fail(job, "agent stopped before finishing; job given back")
+                return
+            except JOB_ERRORS as exc:
+                log.error("job %s failed: %s", job["job_id"], exc)
+                self._fail(job, str(exc))
+                self.stats.failed += 1
+                return
         if beat.lost:
             log.warning("job %s: lease lost while measuring; result discarded", job["job_id"])
             return
         try:
             ack = self.client.result(job, stats)
-        except ProtocolError as exc:
-            log.warning("job %s: result refused: %s", job["job_id"], exc.detail)
+        except (ProtocolError, ConnectionError) as exc:
+            log.warning("job %s: result refused: %s", job["job_id"], exc)
             return
         self.stats.done += 1
-        log.info(
-            "job %s done: median %.1f us%s",
-            job["job_id"],
-            stats["median_us"],
-            " (replayed)" if ack.get("replayed") else "",
-        )
+        log.info("job %s done: median %.1f us%s", job["job_id"], stats["median_us"],
+                 " (replayed)" if ack.get("replayed") else "")  # fmt: skip
 
     def _fail(self, job: dict[str, Any], reason: str) -> None:
         try:
             self.client.failure(job, reason)
-        except ProtocolError as exc:
-            log.warning("job %s: failure report refused: %s", job["job_id"], exc.detail)
+        except (ProtocolError, ConnectionError) as exc:
+            log.warning("job %s: failure report refused: %s", job["job_id"], exc)
+
+
+def _statistics(timing: Timing) -> dict[str, Any]:
+    if timing.round_samples_us is not None:
+        return summarise_rounds(timing.round_samples_us)
+    if timing.summary is not None:
+        return dict(timing.summary)
+    return summarise(timing.samples_us or [])
 
 
 class _Heartbeat:
-    """Extends the lease while a long measurement runs; notices if the lease was lost."""
+    """Extends the lease while a long measurement runs; notices if the lease was lost. A context manager, so
+    it stops on every way out of the job: a daemon heartbeat left running would keep a dead job leased."""
 
-    def __init__(self, client: AgentClient, job: dict[str, Any], interval: float) -> None:
-        self.client, self.job, self.interval = client, job, interval
+    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+        self.beat, self.interval = beat, interval
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> None:
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
+        return self
 
-    def stop(self) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.client.heartbeat(self.job)
+                self.beat()
             except ProtocolError:
                 self.lost = True
                 return

@@ -16,6 +16,13 @@ Token = Annotated[str, typer.Option("--token", envvar="DNAS_AGENT_TOKEN", help="
 Once = Annotated[bool, typer.Option("--exit-when-idle", help="Exit when no job arrives within --wait.")]
 Wait = Annotated[float, typer.Option("--wait", help="Seconds one lease call may wait for a job.")]
 Cache = Annotated[Path | None, typer.Option("--cache-dir", help="Where downloaded models are kept.")]
+Batch = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, max=1000, help="Most jobs leased and measured together in interleaved rounds."),
+]
+Protocol = Annotated[
+    int, typer.Option("--protocol", min=1, max=2, help="2: batches in interleaved rounds; 1: one job at a time.")
+]
 
 
 def _logging() -> None:
@@ -27,13 +34,14 @@ def _default_cache() -> Path:
     return Path(user_cache_dir("dnas")) / "agent-models"
 
 
-def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float, exit_when_idle: bool) -> None:  # type: ignore[no-untyped-def]
+def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float, exit_when_idle: bool,  # type: ignore[no-untyped-def]
+           batch_size: int = 500, protocol: int = 2) -> None:  # fmt: skip
     """The one loop every backend runs, with SIGINT/SIGTERM handling, until stopped or idle."""
     from device_agents.client import AgentClient
     from device_agents.loop import Agent
 
     agent = Agent(AgentClient(server, token), backend, cache_dir=cache_dir or _default_cache(), wait_seconds=wait,
-                  exit_when_idle=exit_when_idle)  # fmt: skip
+                  exit_when_idle=exit_when_idle, batch_size=batch_size, protocol=protocol)  # fmt: skip
     agent.install_signal_handlers()
     stats = agent.run()
     typer.echo(f"done {stats.done}, failed {stats.failed}")
@@ -47,13 +55,15 @@ def local(
     wait: Wait = 20.0,
     exit_when_idle: Once = False,
     cache_dir: Cache = None,
+    batch_size: Batch = 500,
+    protocol: Protocol = 2,
 ) -> None:
     """Measure on this host's CPU with onnxruntime."""
     from device_agents.local.backend import LocalBackend
 
     _logging()
     backend = LocalBackend(cpus=[int(c) for c in cpus.split(",")] if cpus else None)
-    _serve(server, token, backend, cache_dir, wait, exit_when_idle)
+    _serve(server, token, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
 
 
 @app.command()

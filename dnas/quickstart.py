@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from dnas.api_client import ServiceClient
-from dnas.fidelity import measure_networks, predict_us
 from dnas.service_cli import wait_for_run
 from profiler_service.local_server import running_service
 from search.config import SearchConfig
 from search.cost import network_cost
 from search.data import load_data
+from search.fidelity import measure_set
 from search.latency import TableClient
 from search.retrain import TrainConfig, train_architecture
 from search.run import run_search
@@ -96,9 +96,8 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 15,
             reader = admin.json("POST", "/v1/tokens", json={"name": "quickstart"})["token"]
             table = TableClient(svc.url, reader, out / "table-cache").fetch(device["id"])
             space = table.space
-            medians = table.medians
             baseline_arch = [BASELINE] * len(space.slots)
-            baseline_pred = predict_us(space, medians, baseline_arch)
+            baseline_pred = table.predict_us(baseline_arch)
             target_ms = target_fraction * baseline_pred / 1e3
 
             _step(5, f"searching on digits (target {target_ms:.3f} ms = {target_fraction:.0%} of the baseline's)")
@@ -116,9 +115,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 15,
                 trained[name] = result["val_accuracy"]
 
             _step(7, "measuring both networks end to end on this host, through the agent")
-            measured = measure_networks(
-                admin, device["id"], space, [searched_arch, baseline_arch], table.payload["config"]
-            )
+            measured = measure_set(admin, device["id"], space, [searched_arch, baseline_arch], table.payload["config"])
         finally:
             agent.stopping.set()
             thread.join(timeout=60)
@@ -131,7 +128,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 15,
             "name": name,
             "arch": arch,
             "val_accuracy": trained[name],
-            "predicted_latency_ms": predict_us(space, medians, arch) / 1e3,
+            "predicted_latency_ms": table.predict_us(arch) / 1e3,
             "measured_latency_ms": m["measurement"]["median_us"] / 1e3,
             "params": cost.params,
             "flops": cost.macs,

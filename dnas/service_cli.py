@@ -94,21 +94,31 @@ def profile(
     width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
     classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
     threads: Annotated[int, typer.Option(help="Runtime threads.")] = 1,
-    warmup: Annotated[int, typer.Option(help="Untimed runs per op.")] = 10,
-    runs: Annotated[int, typer.Option(help="Timed runs per op.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per op when it is loaded.")] = 10,
+    rounds: Annotated[
+        int | None, typer.Option(help="Interleaved rounds over every op of the run (default 20).")
+    ] = None,
+    runs_per_round: Annotated[int | None, typer.Option(help="Timed runs per op and round (default 3).")] = None,
+    runs: Annotated[
+        int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
+    ] = None,
+    anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 3,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
     client = ServiceClient(server, token)
+    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
     body = {
         "device_id": device,
         "space": {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
-        "config": {"threads": threads, "warmup": warmup, "runs": runs},
+        "config": {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
+        "anchors": anchors,
     }
     run = client.json("POST", "/v1/profiling-runs", json=body)
-    typer.echo(f"run {run['id']}: {run['total']} ops, {run['done']} already measured", err=True)
+    typer.echo(f"run {run['id']}: {run['total']} jobs (ops, call-overhead probes, anchor networks), "
+               f"{run['done']} already measured", err=True)  # fmt: skip
     if wait:
         run = wait_for_run(client, run["id"])
     typer.echo(json.dumps(run, indent=2))
@@ -183,25 +193,40 @@ def validate(
     resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
     width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
     classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
     out: Annotated[Path, typer.Option(help="Where fidelity.json and fidelity.png go.")] = Path("fidelity"),
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """How far the device's latest table is from whole networks measured end to end: MAPE, worst, Kendall tau."""
-    from dnas.fidelity import validate as run_validate
+    """How far a table is from whole networks measured end to end, next to the noise of measuring them."""
+    from search.fidelity import FidelityError
+    from search.fidelity import validate as run_validate
     from search.space import get_space
 
     target = get_space(space, resolution=resolution, width=width, num_classes=classes)
-    report = run_validate(ServiceClient(server, token), device, target, samples, out, calibrate=calibrate, seed=seed)
-    raw = report["raw"]
-    typer.echo(f"{samples} networks on device {device}, table v{report['table_version']}:")
-    typer.echo(f"  raw sum     MAPE {raw['mape_pct']:5.2f}%  worst {raw['worst_error_pct']:+6.2f}%  "
-               f"Kendall tau {raw['kendall_tau']:.3f}")  # fmt: skip
-    if "calibrated_leave_one_out" in report:
-        cal = report["calibrated_leave_one_out"]
-        typer.echo(f"  calibrated  MAPE {cal['mape_pct']:5.2f}%  worst {cal['worst_error_pct']:+6.2f}%  "
-                   f"Kendall tau {cal['kendall_tau']:.3f}  (leave-one-out; stored as calibration "
-                   f"v{report['calibration']['version']})")  # fmt: skip
+    try:
+        report = run_validate(ServiceClient(server, token), device, target, samples, out, calibrate=calibrate,
+                              seed=seed, version=version)  # fmt: skip
+    except FidelityError as exc:
+        raise UserError(str(exc)) from None
+    typer.echo(f"{samples} networks on device {device}, table v{report['table_version']} "
+               f"(rule: {report['prediction_rule']}):")  # fmt: skip
+    rows = [("table rule", report["raw"])]
+    if "drift_adjusted" in report:
+        rows.append(("drift-adjusted", report["drift_adjusted"]))
+    if "calibrated_held_out" in report:
+        rows.append(("calibrated*", report["calibrated_held_out"]))
+    if "noise_ceiling" in report:
+        rows.append(("noise ceiling", report["noise_ceiling"]))
+    for name, m in rows:
+        typer.echo(
+            f"  {name:15s} within 5%: {m['within_5_pct']:4.0%}  within 10%: {m['within_10_pct']:4.0%}  "
+            f"MAPE {m['mape_pct']:5.2f}%  worst {m['worst_error_pct']:+6.2f}%  Kendall tau {m['kendall_tau']:.3f}"
+        )
+    if "drift" in report:
+        typer.echo(f"  drift since profiling (anchor networks now / then): {report['drift']['ratio'] - 1:+.1%}")
+    if "calibrated_held_out" in report:
+        typer.echo(f"  * 5-fold held out; stored as calibration v{report['calibration']['version']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")

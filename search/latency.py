@@ -14,7 +14,9 @@ import httpx
 import torch
 from platformdirs import user_cache_dir
 
+from search import calibration
 from search.enumerate import enumerate_ops
+from search.predict import PredictionRule
 from search.space import SearchSpace
 
 log = logging.getLogger("dnas.search")
@@ -37,6 +39,18 @@ class LatencyTable:
         return {e["key"]: float(e["median_us"]) for e in self.payload["entries"]}
 
     @property
+    def rule(self) -> PredictionRule:
+        """How this table predicts a network (search/predict.py); older tables: the plain sum."""
+        try:
+            return PredictionRule.from_payload(self.payload)
+        except ValueError as exc:
+            raise TableError(str(exc)) from None
+
+    def predict_us(self, arch: list[str]) -> float:
+        """The table's prediction for one architecture of its space, by its own rule."""
+        return self.rule.predict(self.space, arch, self.medians)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What every output records, so an architecture can be traced to the measurements behind it."""
         p = self.payload
@@ -46,6 +60,7 @@ class LatencyTable:
             "content_sha256": p.get("content_sha256"),
             "space_hash": p.get("space_hash"),
             "config": p.get("config"),
+            "prediction_rule": (p.get("prediction") or {}).get("rule", "sum"),
         }
 
     @classmethod
@@ -88,8 +103,11 @@ def build_lut(space: SearchSpace, table: LatencyTable) -> LatencyLUT:
             f"the latency table does not price {len(missing)} op(s) of this space, e.g. {missing[0]}; "
             "profile this space on the device first (dnas profile)"
         )
-    lut = torch.tensor([[medians[k] for k in row] for row in en.layer_keys], dtype=torch.float64)
-    return LatencyLUT(table=lut.float(), fixed_us=sum(medians[k] for k in en.fixed_keys.values()))
+    rule = table.rule  # each op's in-network time, and the constant a network pays once
+    cost = {key: rule.in_network_us(spec, medians[key]) for key, spec in en.ops.items()}
+    lut = torch.tensor([[cost[k] for k in row] for row in en.layer_keys], dtype=torch.float64)
+    fixed = sum(cost[k] for k in en.fixed_keys.values()) + rule.constant_us
+    return LatencyLUT(table=lut.float(), fixed_us=fixed)
 
 
 class TableClient:
@@ -138,9 +156,21 @@ class TableClient:
         return LatencyTable(payload)
 
 
-def apply_calibration(lut: LatencyLUT, model: dict[str, Any]) -> LatencyLUT:
-    """A linear calibration `measured = scale * sum + offset`, spread over the LUT: every op scaled, the
-    offset added to the fixed part. Raw tables are never changed; this is applied on the client."""
+def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace | None = None) -> LatencyLUT:
+    """Spread a calibration over the LUT; raw tables are never changed, this is applied on the client.
+    - `family-v1` (search/calibration.py): each (layer, candidate) scaled by its block family's factor, and
+      the shared layers replaced by the intercept. Needs the space, to know each candidate's family.
+    - `linear` (older calibrations): `measured = scale * sum + offset`, every op scaled."""
+    if model.get("kind") == calibration.KIND:
+        if space is None:
+            raise TableError("a family calibration needs the search space to be applied")
+        factors = model["factors"]
+        scale = torch.tensor(
+            [[factors[calibration.family(slot.op(c, space.batch)) or "other"] for c in space.candidates]
+             for slot in space.slots], dtype=lut.table.dtype)  # fmt: skip
+        if not all(0 <= float(f) < 100 for f in factors.values()):
+            raise TableError(f"calibration factors {factors} are not plausible")
+        return LatencyLUT(table=lut.table * scale, fixed_us=float(model["intercept_us"]))
     if model.get("kind") != "linear":
         raise TableError(f"unknown calibration kind {model.get('kind')!r}")
     scale, offset = float(model["scale"]), float(model["offset_us"])

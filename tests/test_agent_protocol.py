@@ -2,6 +2,7 @@
 
 import math
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -184,18 +185,30 @@ def test_tokens_only_open_their_own_doors(sqlite_service):
     assert a["agent_token"] not in svc.log_text() and svc.admin_token not in svc.log_text()
 
 
+def _leased_jobs(db_url: str) -> int:
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        n = s.scalar(select(func.count(Job.id)).where(Job.status == "leased"))
+    engine.dispose()
+    return n or 0
+
+
 def test_killed_agent_restarted_completes_the_run_without_doubles(sqlite_service, tmp_path):
     svc = sqlite_service
     with svc.client() as admin:
         device = register(admin, "killed")
-        run = start_run(admin, device["id"], config={"threads": 1, "warmup": 5, "runs": 200})
+        # Long enough rounds that the agent is killed while it measures its batch.
+        run = start_run(admin, device["id"], config={"threads": 1, "warmup": 5, "rounds": 20, "runs_per_round": 100})
         agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "2")
-        # Kill it hard once it has done some but not all of the work.
-        while admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] < 3:
-            assert agent.poll() is None
+        deadline = time.monotonic() + 120
+        while _leased_jobs(svc.db_url) == 0:
+            assert agent.poll() is None and time.monotonic() < deadline, "the agent never leased its batch"
+            time.sleep(0.05)
         agent.send_signal(signal.SIGKILL)
         agent.wait()
-        assert admin.get(f"/v1/profiling-runs/{run['id']}").json()["status"] == "running"
+        status = admin.get(f"/v1/profiling-runs/{run['id']}").json()
+        assert status["status"] == "running" and status["done"] == 0, status
+        # The batch's lease runs out; a new agent takes the whole batch again and finishes it.
         again = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "4")
         assert again.wait(timeout=300) == 0
         run = wait_for_run(admin, run["id"])

@@ -3,6 +3,7 @@
 import pytest
 
 from search.enumerate import enumerate_ops
+from search.predict import N_ANCHORS, probe_specs
 from search.space import fbnet_space
 from tests.service_harness import SMALL_SPACE, register, running_service, start_agent, start_run, wait_for_run
 
@@ -15,17 +16,21 @@ def db_url(request, tmp_path):
 
 
 def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
-    expected_ops = len(enumerate_ops(fbnet_space(32, 0.25, num_classes=10, candidates=SMALL_SPACE["candidates"])))
+    ops = enumerate_ops(fbnet_space(32, 0.25, num_classes=10, candidates=SMALL_SPACE["candidates"])).ops
+    expected_ops = len(ops)
+    # A run measures its ops, a call-overhead probe per input shape, and the space's anchor networks.
+    probes = probe_specs(ops.values())
+    expected_jobs = expected_ops + len(probes) + N_ANCHORS
     with running_service(db_url, tmp_path) as svc, svc.client() as admin:
         device = register(admin, "pixel-test")
         run = start_run(admin, device["id"])
-        assert run["status"] == "running" and run["total"] == expected_ops and run["done"] == 0
+        assert run["status"] == "running" and run["total"] == expected_jobs and run["done"] == 0
 
         agent = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "2")
         assert agent.wait(timeout=300) == 0
         run = wait_for_run(admin, run["id"])
         assert run["status"] == "published", run
-        assert (run["done"], run["failed"], run["table_version"]) == (expected_ops, 0, 1)
+        assert (run["done"], run["failed"], run["table_version"]) == (expected_jobs, 0, 1)
 
         resp = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest")
         assert resp.status_code == 200
@@ -35,6 +40,13 @@ def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
         assert table["device"]["fingerprint"]["runtime"] == "onnxruntime"
         assert all(0 < e["p10_us"] <= e["median_us"] <= e["p90_us"] for e in table["entries"])
         assert all(e["n"] == 10 for e in table["entries"])
+        # Measured as one batch in interleaved rounds, and published with the rule that prices a network.
+        assert {e["context"]["method"] for e in table["entries"]} == {"interleaved"}
+        assert {e["context"]["batch"]["jobs"] for e in table["entries"]} == {expected_jobs}
+        prediction = table["prediction"]
+        assert prediction["rule"] == "overhead-v1" and prediction["constant_from"] == "anchors"
+        assert set(prediction["overhead_us"]) == set(probes) and len(prediction["anchors"]) == N_ANCHORS
+        assert all(a["measured_us"] > 0 for a in prediction["anchors"])
         etag = resp.headers["etag"]
         assert etag == f'"{table["content_sha256"]}"'
 

@@ -1,0 +1,199 @@
+"""How far to trust a latency table: predict whole networks by the table's rule, measure the same networks
+end to end on the device, compare, and say how much of the difference is noise.
+
+Every figure comes with its noise, measured in the same run:
+- the networks are queued as one set, so the agent measures them together in interleaved rounds, and the
+  *noise ceiling* is the same estimator on their even rounds against their odd rounds: no table can agree
+  with the measurement better than the measurement agrees with itself;
+- the table's anchor networks are measured again in the same set: their ratio now/then is the *drift* of
+  the device since the table was profiled (a neighbour on a shared machine, heat on a phone). The error is
+  reported raw and with that drift divided out, and calibrations are fitted on drift-adjusted numbers, so
+  they correct the table and not one afternoon's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau
+from tqdm import tqdm
+
+from device_agents.runners.rounds import estimate
+from search import calibration
+from search.latency import LatencyTable, TableError
+from search.space import SearchSpace
+
+
+class FidelityError(RuntimeError):
+    """The check could not be made (no agent, a network failed on the device); the message says which."""
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [[rng.choice(space.candidates) for _ in space.slots] for _ in range(n)]
+
+
+def errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """The figures a user judges a table by: share within +-5% and +-10%, MAPE, worst and mean signed error,
+    and Kendall's tau (does the table rank networks as the device does?)."""
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    rel = (predicted - measured) / measured
+    tau = kendalltau(predicted, measured).statistic if len(predicted) > 1 else float("nan")
+    return {
+        "n": len(rel),
+        "within_5_pct": float(np.mean(np.abs(rel) <= 0.05)),
+        "within_10_pct": float(np.mean(np.abs(rel) <= 0.10)),
+        "mape_pct": float(np.mean(np.abs(rel)) * 100),
+        "worst_error_pct": float(rel[np.argmax(np.abs(rel))] * 100),
+        "mean_signed_error_pct": float(np.mean(rel) * 100),
+        "kendall_tau": float(tau),
+    }
+
+
+def measure_set(client: Any, device_id: int, space: SearchSpace, archs: list[list[str]], config: dict[str, Any],
+                timeout_s: float = 3600, remeasure: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """Queue the networks as one set (measured together, in interleaved rounds) and wait for them, with a
+    progress bar. Returns each network's status, in the order given."""
+    body = {"space": space.to_dict(), "archs": archs, "config": config, "remeasure": remeasure}
+    queued = client.json("POST", f"/v1/devices/{device_id}/network-sets", json=body)
+    deadline = time.monotonic() + timeout_s
+    status = queued
+    with tqdm(total=len(status["networks"]), desc="networks", unit="net") as bar:
+        while True:
+            done = sum(1 for n in status["networks"] if n["status"] in ("done", "failed"))
+            bar.update(done - bar.n)
+            if status["status"] in ("done", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise FidelityError(
+                    f"{len(status['networks']) - done} network measurement(s) did not finish in {timeout_s:.0f}s: "
+                    "is an agent serving this device?"
+                )
+            time.sleep(0.5)
+            status = client.json("GET", f"/v1/devices/{device_id}/network-sets/{queued['set']}")
+    by_key = {n["key"]: n for n in status["networks"]}
+    return [by_key[space.network_key(arch)] for arch in archs]
+
+
+def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
+    """The estimate from even rounds and from odd rounds: two measurements of the same thing in one run."""
+    rounds = measurement.get("round_medians_us") or []
+    if len(rounds) < 2:
+        return None
+    return estimate(rounds[0::2]), estimate(rounds[1::2])
+
+
+def validate(client: Any, device_id: int, space: SearchSpace, n: int, out: Path, *, calibrate: bool,
+             seed: int = 0, version: str = "latest") -> dict[str, Any]:  # fmt: skip
+    payload = client.json("GET", f"/v1/devices/{device_id}/latency-tables/{version}", params={"space_hash": space.hash})
+    table = LatencyTable(payload)
+    archs = sample_archs(space, n, seed)
+    anchors = [(row["arch"], row["measured_us"]) for row in (payload.get("prediction") or {}).get("anchors", [])]
+    results = measure_set(client, device_id, space, archs + [a for a, _ in anchors], payload["config"])
+    failed = [r for r in results if r["status"] != "done"]
+    if failed:
+        raise FidelityError(f"{len(failed)} network(s) failed on the device: {failed[0].get('error')}")
+    nets, anchors_now = results[:n], results[n:]
+    predicted = np.array([table.predict_us(a) for a in archs])
+    measured = np.array([r["measurement"]["median_us"] for r in nets])
+    report: dict[str, Any] = {
+        "device_id": device_id,
+        "table_version": payload["version"],
+        "table_sha256": payload["content_sha256"],
+        "prediction_rule": (payload.get("prediction") or {}).get("rule", "sum"),
+        "space_hash": space.hash,
+        "networks": n,
+        "seed": seed,
+        "raw": errors(predicted, measured),
+    }
+    split = [halves(r["measurement"]) for r in nets]
+    if all(s is not None for s in split):
+        even, odd = np.array([s[0] for s in split]), np.array([s[1] for s in split])  # type: ignore[index]
+        report["noise_ceiling"] = errors(even, odd) | {"what": "the networks' even rounds against their odd rounds"}
+    drift = 1.0
+    if anchors:
+        ratios = [r["measurement"]["median_us"] / then for r, (_, then) in zip(anchors_now, anchors, strict=True)]
+        drift = statistics.median(ratios)
+        what = "the table's anchor networks measured now / when the table was profiled"
+        report["drift"] = {"ratio": drift, "anchors": ratios, "what": what}
+        report["drift_adjusted"] = errors(predicted * drift, measured)
+    calibrated = None
+    if calibrate:
+        calibrated = _calibrate(client, device_id, space, table, archs, measured / drift, report)
+    report["rows"] = [{"arch": a, "predicted_us": float(p), "measured_us": float(m)}
+                      for a, p, m in zip(archs, predicted, measured, strict=True)]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    scatter_png(out / "fidelity.png", predicted, measured, calibrated, drift, report)
+    (out / "fidelity.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _calibrate(client: Any, device_id: int, space: SearchSpace, table: LatencyTable, archs: list[list[str]],
+               target: np.ndarray, report: dict[str, Any]) -> np.ndarray | None:  # fmt: skip
+    """Fit and store a family calibration; its error is reported held out only (k-fold)."""
+    if len(archs) < 5:
+        report["calibration"] = {"skipped": "needs at least 5 networks for a held-out error"}
+        return None
+    try:
+        rule, medians = table.rule, table.medians
+    except TableError as exc:
+        raise FidelityError(str(exc)) from None
+    x = np.array([calibration.features(space, rule, medians, a) for a in archs])
+    held_out = calibration.kfold_predictions(x, target)
+    report["calibrated_held_out"] = errors(held_out, target) | {
+        "what": "5-fold held out, against drift-adjusted measurements"
+    }
+    model = calibration.fit(x, target)
+    metrics = {k: report[k] for k in ("raw", "drift_adjusted", "calibrated_held_out", "noise_ceiling") if k in report}
+    body = {
+        "table_version": table.payload["version"],
+        "model": model,
+        "metrics": metrics | {"n": len(archs)},
+        "fitted_on": [{"arch": a, "measured_adjusted_us": float(m)} for a, m in zip(archs, target, strict=True)],
+    }
+    stored = client.json("POST", f"/v1/devices/{device_id}/calibrations", json=body)
+    report["calibration"] = {"version": stored["version"], **model}
+    return held_out
+
+
+def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, calibrated: np.ndarray | None,
+                drift: float, report: dict[str, Any]) -> None:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ms = measured / 1e3
+    lo, hi = min(ms.min(), predicted.min() / 1e3) * 0.93, max(ms.max(), predicted.max() / 1e3) * 1.07
+    xs = np.array([lo, hi])
+    ax.fill_between(xs, xs * 0.95, xs * 1.05, color="#ddd", label="+-5%")
+    ax.plot(xs, xs, color="black", lw=0.8)
+    raw = report["raw"]
+    ax.scatter(ms, predicted / 1e3, color="#c44", s=22,
+               label=f"table rule: {raw['within_5_pct']:.0%} within 5%, tau {raw['kendall_tau']:.2f}")  # fmt: skip
+    if calibrated is not None:
+        cal = report["calibrated_held_out"]
+        ax.scatter(ms, calibrated * drift / 1e3, color="#48c", marker="x", s=26,
+                   label=f"calibrated, held out: {cal['within_5_pct']:.0%} within 5%")  # fmt: skip
+    noise = report.get("noise_ceiling")
+    title = f"device {report['device_id']}, table v{report['table_version']}: MAPE {raw['mape_pct']:.1f}%"
+    if noise:
+        title += f"\nnoise ceiling (even vs odd rounds) MAPE {noise['mape_pct']:.1f}%, tau {noise['kendall_tau']:.2f}"
+    if "drift" in report:
+        title += f"; drift since profiling {drift - 1:+.1%}"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("measured end to end (ms)")
+    ax.set_ylabel("predicted (ms)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
