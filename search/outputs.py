@@ -41,6 +41,7 @@ def write_outputs(
     out: Path,
     data: dict[str, Any] | None = None,
     events: list[dict[str, Any]] | None = None,
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     theta = net.theta.detach().cpu()
     lut = LatencyLUT(lut.table.detach().cpu(), lut.fixed_us)
@@ -87,6 +88,7 @@ def write_outputs(
         "data": data or {},
         "config": cfg.to_dict(),
         "events": events or [],
+        "compute": compute or {},
     }
     (out / "search.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -58,7 +58,7 @@ def run_search(
     searcher.run()
     summary: dict[str, Any] = {}
     if searcher.rank.main:
-        summary = write_outputs(searcher.net, lut, table, cfg, out, data.record, searcher.events)
+        summary = write_outputs(searcher.net, lut, table, cfg, out, data.record, searcher.events, searcher.compute)
     if searcher.rank.world > 1:
         dist.barrier()
     return summary

@@ -126,6 +126,12 @@ class Searcher:
         self.pin = self.device.type == "cuda"
         self.writer: Any = None
 
+    @property
+    def compute(self) -> dict[str, Any]:
+        """Where and how the search ran, for search.json."""
+        return {"device": str(self.device), "processes": self.rank.world, "bf16": self.cfg.bf16,
+                "lr_w_effective": self.lr_w, "global_batch": self.cfg.batch_size * self.rank.world}  # fmt: skip
+
     # ---- checkpoints --------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
@@ -261,6 +267,7 @@ class Searcher:
         params = [self.net.theta] if train_theta else self.weights
         opt = self.opt_theta if train_theta else self.opt_w
         self.net.train()
+        self.net.theta.requires_grad_(train_theta)
         desc = f"epoch {self.epoch + 1}/{cfg.epochs} {phase}"
         bar = tqdm(loader, desc=desc, unit="step", leave=False, disable=not self.rank.main, total=steps,
                    initial=self.step)  # fmt: skip
@@ -280,7 +287,10 @@ class Searcher:
                 # what it says whatever beta or the device's latencies.
                 loss = loss / (loss / ce.mean().clamp_min(1e-8)).detach()
             opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=params)  # only this phase's gradients are computed
+            if train_theta:
+                loss.backward(inputs=params)  # theta's gradient only: no weight gradient is computed
+            else:
+                loss.backward()  # theta does not require grad in this phase (and DDP does not know it)
             if train_theta and self.rank.world > 1:
                 dist.all_reduce(self.net.theta.grad)
                 self.net.theta.grad /= self.rank.world
@@ -294,6 +304,7 @@ class Searcher:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < steps:
                 self.save(totals.tolist())
         bar.close()
+        self.net.theta.requires_grad_(True)
         if self.rank.world > 1:
             dist.all_reduce(totals)
         sums = dict(zip(_TOTALS, totals.tolist(), strict=True))
