@@ -22,6 +22,8 @@ from search.latency import LatencyTable, TableClient, TableError, apply_calibrat
 from search.outputs import write_outputs
 from search.trainer import Searcher
 
+log = logging.getLogger("dnas.search")
+
 
 def load_table(table: Path | None, server: str | None, device: int | None, version: str, token: str | None,
                cache_dir: Path | None = None) -> LatencyTable:  # fmt: skip
@@ -47,6 +49,12 @@ def run_search(
     lut = build_lut(space, table)
     if calibration is not None:
         lut = apply_calibration(lut, calibration["model"])
+    if cfg.target_latency_ms is not None:
+        fastest_ms = lut.of_arch(lut.table.argmin(1).tolist()) / 1e3
+        if fastest_ms > cfg.target_latency_ms:
+            log.warning("target %.4g ms is below the fastest network of this space (%.4g ms): it cannot be met; "
+                        "beta will rise to its cap and the fastest network is reported as missing it",
+                        cfg.target_latency_ms, fastest_ms)  # fmt: skip
     data = load_data(data_spec, space.resolution, seed=cfg.split_seed, classes=cfg.classes)
     if data.num_classes != space.num_classes:
         raise TableError(
