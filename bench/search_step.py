@@ -1,13 +1,15 @@
-"""Step time and peak memory of the super net in `soft` (every candidate) against `hard` (one sampled
-candidate per sample and layer) at the same batch. Each mode runs in its own process so peak RSS is its own.
+"""Step time and peak memory of the super net: `soft` (every candidate), `hard` (one sampled candidate per
+sample and layer, samples grouped by candidate) and `hard` under bf16 autocast, at the same batch. Also the
+theta step (no weight gradients) in hard mode. Each variant runs in its own process so its peak RSS is its own.
 Prints JSON with the ratios.
 
-    python -m bench.search_step [--resolution 32] [--width 0.25] [--batch 64] [--steps 5] [--threads 2]
+    python -m bench.search_step [--resolution 32] [--width 0.25] [--batch 64] [--steps 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -15,34 +17,50 @@ import subprocess
 import sys
 import time
 
+VARIANTS = {
+    "soft": {"mode": "soft", "bf16": False, "theta": False},
+    "hard": {"mode": "hard", "bf16": False, "theta": False},
+    "hard_bf16": {"mode": "hard", "bf16": True, "theta": False},
+    "hard_theta_step": {"mode": "hard", "bf16": False, "theta": True},
+}
 
-def one_mode(mode: str, resolution: int, width: float, batch: int, steps: int, threads: int) -> dict:
+
+def one_variant(name: str, resolution: int, width: float, batch: int, steps: int, threads: int) -> dict:
     import torch
 
     from search.latency import LatencyLUT
     from search.space import get_space
     from search.supernet import SuperNet, fbnet_loss
 
+    v = VARIANTS[name]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     space = get_space(resolution=resolution, width=width, num_classes=10)
     shape = (len(space.slots), len(space.candidates))
     net = SuperNet(space, LatencyLUT(torch.rand(shape) * 100 + 10, 500.0))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    weights = net.weight_parameters()
+    opt = torch.optim.SGD(weights, lr=0.01, momentum=0.9) if not v["theta"] else torch.optim.Adam([net.theta])
+    net.theta.requires_grad_(v["theta"])  # as the trainer does: each phase computes only its own gradients
     x, y = torch.randn(batch, 3, resolution, resolution), torch.randint(0, 10, (batch,))
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if v["bf16"] else contextlib.nullcontext()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
-        logits, lat = net(x, 5.0, mode)
+        with cast:
+            logits, lat = net(x, 5.0, v["mode"])
         loss = fbnet_loss(torch.nn.functional.cross_entropy(logits, y, reduction="none"), lat, 0.2, 0.6)
         opt.zero_grad()
-        loss.backward()
+        if v["theta"]:
+            loss.backward(inputs=[net.theta])
+        else:
+            loss.backward()
         opt.step()
         if i:  # the first step allocates; not timed
             times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"step_s": statistics.median(times), "peak_rss_mb": peak_mb, "rss_growth_mb": peak_mb - base_rss / 1024}
+    return {"step_s": round(statistics.median(times), 4), "step_s_all": [round(t, 4) for t in times],
+            "peak_rss_mb": round(peak_mb, 1), "rss_growth_mb": round(peak_mb - base_rss / 1024, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -51,26 +69,28 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.mode:
-        print(json.dumps(one_mode(args.mode, args.resolution, args.width, args.batch, args.steps, args.threads)))
+    if args.variant:
+        out = one_variant(args.variant, args.resolution, args.width, args.batch, args.steps, args.threads)
+        print(json.dumps(out))
         return
     results = {}
-    for mode in ("soft", "hard"):
-        out = subprocess.run([sys.executable, "-m", "bench.search_step", *sys.argv[1:], "--mode", mode],
+    for name in VARIANTS:
+        out = subprocess.run([sys.executable, "-m", "bench.search_step", *sys.argv[1:], "--variant", name],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    soft, hard = results["soft"], results["hard"]
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    soft, hard, bf16 = results["soft"], results["hard"], results["hard_bf16"]
     print(json.dumps({
         "bench": "search_step",
         "space": {"resolution": args.resolution, "width": args.width, "layers": 22, "candidates": 9},
         "batch": args.batch, "threads": args.threads,
-        "soft": soft, "hard": hard,
+        **results,
         "step_time_ratio_soft_over_hard": round(soft["step_s"] / hard["step_s"], 2),
+        "step_time_ratio_hard_over_hard_bf16": round(hard["step_s"] / bf16["step_s"], 2),
+        "step_time_ratio_hard_w_over_hard_theta": round(hard["step_s"] / results["hard_theta_step"]["step_s"], 2),
         "peak_rss_ratio_soft_over_hard": round(soft["peak_rss_mb"] / hard["peak_rss_mb"], 2),
-        "rss_growth_ratio_soft_over_hard": round(soft["rss_growth_mb"] / max(hard["rss_growth_mb"], 1e-9), 2),
     }, indent=2))  # fmt: skip
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from dnas.errors import UserError
+from search.cli_options import typer_parameters
 
 Table = Annotated[Path | None, typer.Option("--table", help="A latency table file (as `dnas table get` writes).")]
 Server = Annotated[str | None, typer.Option("--server", envvar="DNAS_SERVER", help="Fetch the table from here.")]
@@ -19,87 +21,115 @@ Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help=
 Data = Annotated[str, typer.Option(help="digits, cifar10:PATH or imagefolder:PATH.")]
 
 
-def search(
-    out: Annotated[Path, typer.Option("--out", help="Output directory (resumes if it holds a checkpoint).")],
-    table: Table = None,
-    server: Server = None,
-    device: Annotated[int | None, typer.Option(help="Device id, with --server.")] = None,
-    version: Annotated[str, typer.Option(help="Table version or 'latest'.")] = "latest",
-    token: Token = None,
-    data: Data = "digits",
-    epochs: Annotated[int, typer.Option(help="Search epochs.")] = 90,
-    warmup_epochs: Annotated[int, typer.Option(help="Epochs that train only the weights.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Per-process batch size.")] = 64,
-    mode: Annotated[
-        str, typer.Option(help="soft (every candidate, the paper) or hard (one sampled per layer).")
-    ] = "soft",
-    alpha: Annotated[float, typer.Option(help="Loss = CE * alpha * log(LAT)^beta.")] = 0.2,
-    beta: Annotated[float, typer.Option(help="Latency exponent: larger -> cheaper blocks.")] = 0.6,
-    target_latency_ms: Annotated[float | None, typer.Option(help="Steer toward this predicted latency.")] = None,
-    tau0: Annotated[float, typer.Option(help="Initial Gumbel-softmax temperature.")] = 5.0,
-    tau_decay: Annotated[float, typer.Option(help="tau = tau0 * exp(-decay * epoch).")] = 0.045,
-    lr_w: Annotated[float, typer.Option(help="SGD learning rate of the weights.")] = 0.1,
-    lr_theta: Annotated[float, typer.Option(help="Adam learning rate of theta.")] = 0.01,
-    samples: Annotated[int, typer.Option(help="Architectures to sample from P_theta.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads per process.")] = None,
-    nproc: Annotated[int, typer.Option(help="Processes (DDP through torchrun; gloo on CPU).")] = 1,
-    calibrated: Annotated[bool, typer.Option(help="Apply the device's latest calibration (dnas validate).")] = False,
-) -> None:
-    """Search the table's space for the architecture that is accurate and fast on that device."""
-    if mode not in ("soft", "hard"):
-        raise UserError(f"--mode must be soft or hard, not {mode!r}")
-    args = ["--out", str(out), "--data", data, "--version", version, "--epochs", str(epochs),
-            "--warmup-epochs", str(warmup_epochs), "--batch-size", str(batch_size), "--mode", mode,
-            "--alpha", str(alpha), "--beta", str(beta), "--tau0", str(tau0), "--tau-decay", str(tau_decay),
-            "--lr-w", str(lr_w), "--lr-theta", str(lr_theta), "--samples", str(samples),
-            "--seed", str(seed)]  # fmt: skip
-    for flag, value in (("--table", table), ("--server", server), ("--device", device),
-                        ("--target-latency-ms", target_latency_ms), ("--threads", threads)):  # fmt: skip
+def _run_options() -> list[inspect.Parameter]:
+    """The options of `dnas search` that are not search settings (those come from SearchConfig)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    opts: list[tuple[str, Any, Any]] = [
+        ("out", Annotated[Path | None, typer.Option("--out", help="Output directory (resumes from a checkpoint).")],
+         None),
+        ("table", Table, None),
+        ("server", Server, None),
+        ("device", Annotated[int | None, typer.Option(help="Device id, with --server.")], None),
+        ("version", Annotated[str, typer.Option(help="Table version or 'latest'.")], "latest"),
+        ("token", Token, None),
+        ("data", Data, "digits"),
+        ("calibrated", Annotated[bool, typer.Option(help="Apply the device's latest calibration (dnas validate).")],
+         False),
+        ("allow_table_change", Annotated[bool, typer.Option(
+            help="Resume a checkpoint although the table (content hash) or calibration changed.")], False),
+        ("nproc", Annotated[int, typer.Option(help="Processes (DDP through torchrun; nccl on GPU, gloo on CPU).")],
+         1),
+        ("print_config", Annotated[bool, typer.Option("--print-config",
+                                                      help="Print the resolved settings and exit.")], False),
+    ]  # fmt: skip
+    return [inspect.Parameter(name, kw, default=default, annotation=ann) for name, ann, default in opts]
+
+
+def search(**kwargs: Any) -> None:
+    """Search the table's space for the architecture that is accurate and fast on that device.
+
+    Every search setting is an option (with its default shown); `python -m search.run` takes the same ones.
+    """
+    from search.cli_options import config_from_kwargs, config_to_argv
+    from search.config import ConfigError
+
+    run = {p.name: kwargs.pop(p.name) for p in _run_options()}
+    try:
+        cfg = config_from_kwargs(kwargs)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    args = ["--data", run["data"], "--version", run["version"]]
+    for flag, value in (("--out", run["out"]), ("--table", run["table"]), ("--server", run["server"]),
+                        ("--device", run["device"])):  # fmt: skip
         if value is not None:
             args += [flag, str(value)]
-    if calibrated:
-        args.append("--calibrated")
-    env = os.environ | ({"DNAS_TOKEN": token} if token else {})  # never on the command line: `ps` shows it
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    for flag in ("calibrated", "allow_table_change", "print_config"):
+        if run[flag]:
+            args.append("--" + flag.replace("_", "-"))
+    args += config_to_argv(cfg)
+    if run["out"] is None and not run["print_config"]:
+        raise UserError("--out is required")
+    if run["token"]:
+        os.environ["DNAS_TOKEN"] = run["token"]  # never on a command line: `ps` shows those
+    if run["nproc"] > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run['nproc']}",
                "-m", "search.run", *args]  # fmt: skip
-    else:
-        cmd = [sys.executable, "-m", "search.run", *args]
-    code = subprocess.call(cmd, env=env)
-    if code != 0:
-        raise typer.Exit(code)
+        code = subprocess.call(cmd, env=os.environ.copy())
+        if code != 0:
+            raise typer.Exit(code)
+        return
+    from search.run import main as run_main
+
+    run_main(args)
+
+
+search.__signature__ = inspect.Signature([*_run_options(), *typer_parameters()])  # type: ignore[attr-defined]
 
 
 def train(
     arch: Annotated[Path, typer.Option("--arch", help="An architecture JSON written by `dnas search`.")],
-    data: Data = "digits",
+    data: Annotated[str | None, typer.Option(
+        help="Default: the data the search used, with its split (so the held-out images stay held out).")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the training (not of the split: that is recorded).")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader workers (streamed data sets).")] = 4,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the result JSON here.")] = None,
-) -> None:
-    """Train an architecture from scratch and report its held-out accuracy."""
-    from search.data import DataError, load_data
+) -> None:  # fmt: skip
+    """Train an architecture from scratch on the search's training images; report held-out accuracy."""
+    from search.data import DataError, load_data, load_recorded
     from search.retrain import TrainConfig, train_architecture
     from search.space import SearchSpace
 
     try:
         doc = json.loads(arch.read_text())
         space = SearchSpace.from_dict(doc["space"])
-        splits = load_data(data, space.resolution, seed=seed)
+        record = doc.get("data") or {}
+        if record.get("split_seed") is not None:
+            # The split the search used: its held-out images were never trained on, by w or by theta.
+            splits = load_recorded(record, space.resolution, spec=data)
+            if splits.record.get("warning"):
+                typer.echo(f"note: {splits.record['warning']}", err=True)
+        else:
+            if data is None:
+                raise UserError(f"{arch} records no data split (an older search): give --data")
+            typer.echo("note: the architecture records no data split; the held-out images may include ones "
+                       "the search trained on", err=True)  # fmt: skip
+            splits = load_data(data, space.resolution, seed=seed)
     except (OSError, ValueError, KeyError, DataError) as exc:
         raise UserError(f"cannot train {arch}: {exc}") from None
     if splits.num_classes != space.num_classes:
         raise UserError(
             f"the architecture has {space.num_classes} outputs but the data has {splits.num_classes} classes"
         )
-    _, result = train_architecture(space, doc["arch"], splits, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                                                                          seed=seed))  # fmt: skip
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      workers=workers if splits.streamed else 0)  # fmt: skip
+    _, result = train_architecture(space, doc["arch"], splits, cfg)
     summary = {"arch": doc["arch"], "val_accuracy": result["val_accuracy"], "epochs": epochs,
                "predicted_latency_ms": doc.get("predicted_latency_ms"), "flops": doc.get("flops"),
-               "params": doc.get("params")}  # fmt: skip
+               "params": doc.get("params"),
+               "data": {k: splits.record.get(k) for k in ("spec", "split_seed", "sizes")}}  # fmt: skip
     if out:
         out.write_text(json.dumps(summary | {"history": result["history"]}, indent=2))
     typer.echo(json.dumps(summary, indent=2))

@@ -63,6 +63,16 @@ class LatencyTable:
             "prediction_rule": (p.get("prediction") or {}).get("rule", "sum"),
         }
 
+    @property
+    def content_hash(self) -> str:
+        """The table's identity: the service's content hash, or (a hand-made file without one) a sha256 of its
+        space and entries. A resumed search refuses a table with another hash."""
+        sha = self.payload.get("content_sha256")
+        if sha:
+            return str(sha)
+        blob = json.dumps({"space": self.payload["space"], "entries": self.payload["entries"]}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
     @classmethod
     def from_file(cls, path: Path) -> LatencyTable:
         try:

@@ -4,37 +4,64 @@ each stamped with the latency table it was searched against."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig
-from search.decode import decode_within, describe, most_likely, sample
+from search.decode import decode_target, describe, most_likely, sample
 from search.export import atomic_write, export_network
 from search.latency import LatencyLUT, LatencyTable
 from search.model import build_model
 from search.supernet import SuperNet
 from search.trainer import theta_png
 
+log = logging.getLogger("dnas.search")
 
-def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: LatencyTable, kind: str) -> dict[str, Any]:
+
+def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: LatencyTable, kind: str,
+                  data: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One architecture, with what it was searched against: the table and the data split (`dnas train`
+    rebuilds that split, so it never evaluates on images the search trained on)."""
     space = net.space
     return {
         "kind": kind,
-        **describe(space, lut, net.theta.detach(), indices),
+        **describe(space, lut, net.theta.detach().cpu(), indices),
         "space": space.to_dict(),
         "latency_table": table.provenance,
+        "data": data or {},
     }
 
 
-def write_outputs(net: SuperNet, lut: LatencyLUT, table: LatencyTable, cfg: SearchConfig, out: Path) -> dict[str, Any]:
-    theta = net.theta.detach()
-    docs: dict[str, dict[str, Any]] = {"most_likely": arch_document(net, lut, most_likely(theta), table, "most_likely")}
+def write_outputs(
+    net: SuperNet,
+    lut: LatencyLUT,
+    table: LatencyTable,
+    cfg: SearchConfig,
+    out: Path,
+    data: dict[str, Any] | None = None,
+    events: list[dict[str, Any]] | None = None,
+    compute: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    theta = net.theta.detach().cpu()
+    lut = LatencyLUT(lut.table.detach().cpu(), lut.fixed_us)
+    docs: dict[str, dict[str, Any]] = {
+        "most_likely": arch_document(net, lut, most_likely(theta), table, "most_likely", data)
+    }
+    target: dict[str, Any] | None = None
     if cfg.target_latency_ms is not None:
-        chosen = decode_within(theta, lut, cfg.target_latency_ms * 1e3, cfg.target_tolerance)
-        docs["target"] = arch_document(net, lut, chosen, table, f"within {cfg.target_tolerance:.0%} of target")
-        docs["target"]["target_latency_ms"] = cfg.target_latency_ms
+        found = decode_target(theta, lut, cfg.target_latency_ms * 1e3, cfg.target_mode, cfg.target_tolerance)
+        docs["target"] = arch_document(net, lut, found.arch, table, found.label, data)
+        target = {"latency_ms": cfg.target_latency_ms, "mode": cfg.target_mode, "met": found.met,
+                  "fastest_in_space_ms": round(found.fastest_us / 1e3, 4),
+                  "slowest_in_space_ms": round(found.slowest_us / 1e3, 4), "label": found.label}  # fmt: skip
+        if cfg.target_mode == "band":
+            target["tolerance"] = cfg.target_tolerance
+        docs["target"]["target"] = target
+        if not found.met:
+            log.warning("latency target not met: %s", found.label)
     for i, idx in enumerate(sample(theta, cfg.samples, seed=cfg.seed)):
-        docs[f"sample_{i}"] = arch_document(net, lut, idx, table, "sample from P_theta")
+        docs[f"sample_{i}"] = arch_document(net, lut, idx, table, "sample from P_theta", data)
     space = net.space
     for name, doc in docs.items():
         (out / f"{name}.json").write_text(json.dumps(doc, indent=2))
@@ -55,9 +82,13 @@ def write_outputs(net: SuperNet, lut: LatencyLUT, table: LatencyTable, cfg: Sear
         "architectures": {
             name: {k: d[k] for k in ("predicted_latency_ms", "flops", "params")} for name, d in docs.items()
         },
+        "target": target,
         "expected_latency_ms": net.expected_latency_us() / 1e3,
         "latency_table": table.provenance,
+        "data": data or {},
         "config": cfg.to_dict(),
+        "events": events or [],
+        "compute": compute or {},
     }
     (out / "search.json").write_text(json.dumps(summary, indent=2))
     return summary

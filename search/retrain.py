@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from search.data import DataSplits
+from search.data import DataSplits, set_epoch
 from search.model import build_model
 from search.space import SearchSpace
 
@@ -23,13 +23,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     label_smoothing: float = 0.0
+    workers: int = 0  # DataLoader workers; worth it for streamed (decoded per sample) data sets
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:  # type: ignore[no-untyped-def]
+def accuracy(model: nn.Module, dataset, batch_size: int = 256, workers: int = 0) -> float:  # type: ignore[no-untyped-def]
     model.eval()
     correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return correct / max(total, 1)
@@ -41,7 +42,7 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
     torch.manual_seed(cfg.seed)
     model = build_model(space, arch)
     train = ConcatDataset([data.weights, data.arch])
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)  # fmt: skip
@@ -50,6 +51,7 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress):
         model.train()
+        set_epoch(train, epoch)  # fresh random crops each epoch (augmenting data sets)
         total = 0.0
         for x, y in loader:
             loss = loss_fn(model(x), y)
@@ -59,4 +61,4 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
             sched.step()
             total += float(loss.detach())
         history.append({"epoch": epoch + 1, "train_loss": total / len(loader)})
-    return model, {"val_accuracy": accuracy(model, data.val), "history": history}
+    return model, {"val_accuracy": accuracy(model, data.val, workers=cfg.workers), "history": history}

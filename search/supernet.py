@@ -49,11 +49,17 @@ class MixedLayer(nn.Module):
                 out = out + mask[:, k].view(-1, 1, 1, 1) * op(x)
             return out
         choice = mask.argmax(dim=1)
+        # The one-hot mask is exactly 1 where a sample's candidate runs: multiplying by it changes no value and
+        # only matters for theta's gradient, so it is skipped when theta is not being trained.
+        scale = mask.requires_grad
         pieces, order = [], []
         for k in choice.unique().tolist():
             idx = (choice == k).nonzero(as_tuple=True)[0]
-            pieces.append(self.candidates[k](x.index_select(0, idx)) * mask[idx, k].view(-1, 1, 1, 1))
+            y = self.candidates[k](x.index_select(0, idx))
+            pieces.append(y * mask[idx, k].view(-1, 1, 1, 1) if scale else y)
             order.append(idx)
+        if len(pieces) == 1:
+            return pieces[0]
         out = torch.cat(pieces)
         return out.index_select(0, torch.argsort(torch.cat(order)))
 
@@ -70,7 +76,9 @@ class SuperNet(nn.Module):
         self.head = nn.Sequential(build_op(fixed["head"]), build_op(fixed["pool"]), build_op(fixed["fc"]))
         # theta starts uniform: every candidate equally likely.
         self.theta = nn.Parameter(torch.zeros(len(space.slots), len(space.candidates)))
-        self.register_buffer("lut", lut.table.clone())
+        # Not persistent: a checkpoint holds weights and theta, never a table. The table in use is always the
+        # one this run was given (a resume checks it is the same one, see the trainer).
+        self.register_buffer("lut", lut.table.clone(), persistent=False)
         self.fixed_us = lut.fixed_us
 
     def weight_parameters(self) -> list[nn.Parameter]:
@@ -82,13 +90,17 @@ class SuperNet(nn.Module):
         return gumbel_softmax(logits, tau, hard=mode == "hard")
 
     def forward(self, x: torch.Tensor, tau: float, mode: Mode = "soft") -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and each sample's latency in microseconds, both from the same masks."""
-        masks = self.sample_masks(x.shape[0], tau, mode)
+        """Logits and each sample's latency in microseconds, both from the same masks.
+
+        Under autocast the masks and the latency stay in float32 (a bf16 latency sum would lose ~0.4% and the
+        log in the loss amplifies that); the logits come back in float32 for the cross-entropy."""
+        with torch.autocast(x.device.type, enabled=False):
+            masks = self.sample_masks(x.shape[0], tau, mode)
+            latency = (masks * self.lut).sum(dim=(1, 2)) + self.fixed_us
         x = self.stem(x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, masks[:, i], mode)
-        latency = (masks * self.lut).sum(dim=(1, 2)) + self.fixed_us
-        return self.head(x), latency
+            x = layer(x, masks[:, i].to(x.dtype), mode)  # bf16 activations mix with bf16 masks
+        return self.head(x).float(), latency
 
     @torch.no_grad()
     def probabilities(self) -> torch.Tensor:

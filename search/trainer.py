@@ -1,13 +1,20 @@
-"""The DNAS search loop: each epoch trains w on 80% of the training split, then theta on the other 20%.
+"""The DNAS search loop: each epoch trains w on 80% of the training split, then theta on the other 20%, then
+evaluates the super net on the held-out split.
 
-Runs alone or under torchrun (DDP, gloo on CPU / nccl on GPU): gradients of w and theta are averaged across
-ranks, so theta stays identical on every rank.
+Runs alone or under torchrun: one process per GPU (nccl) or per CPU share (gloo). The weights' gradients are
+averaged by DDP; theta is left out of DDP and its phase runs the bare super net, computing only theta's
+gradient (no weight gradients, nothing all-reduced but theta's 9 x 22 numbers), so theta stays identical on
+every rank. A checkpoint holds everything needed to continue exactly: position inside the epoch, optimiser
+states, beta, every rank's RNG state and partial metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,112 +24,261 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from search.config import SearchConfig
+from search.config import ConfigError, SearchConfig
 from search.data import DataSplits
-from search.latency import LatencyLUT
+from search.latency import LatencyLUT, TableError
+from search.loader import eval_loader, train_loader
 from search.space import SearchSpace
 from search.supernet import SuperNet, fbnet_loss
 
 log = logging.getLogger("dnas.search")
+CHECKPOINT_FORMAT = 2
+_TOTALS = ("loss", "ce", "latency_us", "correct", "n")
 
 
 @dataclass
 class Rank:
     rank: int = 0
     world: int = 1
+    local: int = 0
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed() -> Rank:
-    """Under torchrun (WORLD_SIZE set): join the process group; gloo on CPU, nccl when CUDA is there."""
+def pick_device(cfg: SearchConfig, local_rank: int = 0) -> torch.device:
+    """CUDA (this process's GPU: LOCAL_RANK) when asked or, with `auto`, when present; else the CPU."""
+    if cfg.compute_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--compute-device cuda, but torch sees no CUDA device")
+    if cfg.compute_device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def init_distributed(device: torch.device) -> Rank:
+    """Under torchrun (WORLD_SIZE set): join the process group, nccl on GPU and gloo on CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Rank()
+        return Rank(local=local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Rank(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Rank(dist.get_rank(), dist.get_world_size(), local)
 
 
-def _loader(dataset, batch: int, rank: Rank, seed: int, epoch: int) -> DataLoader:  # type: ignore[no-untyped-def]
-    if rank.world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=rank.world, rank=rank.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True)
-    g = torch.Generator().manual_seed(seed + epoch)
-    return DataLoader(dataset, batch_size=batch, shuffle=True, generator=g, drop_last=True)
+def lut_sha256(lut: LatencyLUT) -> str:
+    """The latencies the search actually optimises (after any calibration): what a resume must not change."""
+    h = hashlib.sha256(lut.table.detach().cpu().to(torch.float64).numpy().tobytes())
+    h.update(repr(float(lut.fixed_us)).encode())
+    return h.hexdigest()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Searcher:
-    def __init__(self, space: SearchSpace, lut: LatencyLUT, data: DataSplits, config: SearchConfig, out: Path) -> None:
+    def __init__(self, space: SearchSpace, lut: LatencyLUT, data: DataSplits, config: SearchConfig, out: Path, *,
+                 table_sha256: str | None = None, allow_table_change: bool = False) -> None:  # fmt: skip
         self.space, self.lut, self.data, self.cfg, self.out = space, lut, data, config, out
-        self.rank = init_distributed()
+        self.table_sha256, self.allow_table_change = table_sha256, allow_table_change
         if config.threads:
             torch.set_num_threads(config.threads)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = pick_device(config, local)
+        if config.bf16 and not bf16_supported(self.device):
+            raise ConfigError(f"--bf16: this {self.device.type.upper()} has no bfloat16 support; use --no-bf16")
+        self.rank = init_distributed(self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.net = SuperNet(space, lut)
-        self.model: nn.Module = (
-            DistributedDataParallel(self.net, find_unused_parameters=True) if self.rank.world > 1 else self.net
-        )
+        self.net = SuperNet(space, lut).to(self.device)
+        self.model: nn.Module = self.net
+        if self.rank.world > 1:
+            # theta is not DDP's: its phase bypasses DDP, and in the weights' phase it gets no gradient at all.
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.net, ["theta", "lut"])
+            self.model = DistributedDataParallel(
+                self.net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # hard mode: a candidate no sample chose has no gradient
+            )
         torch.manual_seed(config.seed + 1000 * self.rank.rank)  # but independent Gumbel draws per rank
-        self.opt_w = torch.optim.SGD(self.net.weight_parameters(), lr=config.lr_w, momentum=config.momentum,
-                                     weight_decay=config.wd_w)  # fmt: skip
+        self.weights = self.net.weight_parameters()
+        self.lr_w = config.lr_w * (self.rank.world if config.scale_lr else 1)
+        self.opt_w = torch.optim.SGD(self.weights, lr=self.lr_w, momentum=config.momentum, weight_decay=config.wd_w)
         self.opt_theta = torch.optim.Adam([self.net.theta], lr=config.lr_theta, weight_decay=config.wd_theta)
-        self.sched_w = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_w, T_max=max(1, config.epochs))
         self.beta = config.beta
-        self.epoch = 0
+        self.epoch, self.phase, self.step = 0, "w", 0
+        self.partial: dict[str, dict[str, float]] = {}  # this epoch's finished phases' metrics
+        self._resume_totals: list[float] | None = None  # a phase's running sums, from a mid-epoch checkpoint
         self.history: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.workers = config.workers if data.streamed else 0
+        self.pin = self.device.type == "cuda"
+        self.writer: Any = None
+
+    @property
+    def compute(self) -> dict[str, Any]:
+        """Where and how the search ran, for search.json."""
+        return {"device": str(self.device), "processes": self.rank.world, "bf16": self.cfg.bf16,
+                "lr_w_effective": self.lr_w, "global_batch": self.cfg.batch_size * self.rank.world}  # fmt: skip
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def save(self) -> None:
+    def _rank_state(self, totals: list[float] | None) -> dict[str, Any]:
+        state: dict[str, Any] = {"rng_cpu": torch.get_rng_state(), "totals": totals}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(self, totals: list[float] | None = None) -> None:
+        """Collective under DDP (every rank's RNG state and partial sums are gathered); rank 0 writes."""
+        mine = self._rank_state(totals)
+        if self.rank.world > 1:
+            ranks: list[Any] = [None] * self.rank.world
+            dist.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
         if not self.rank.main:
             return
         state = {
-            "epoch": self.epoch,
+            "format": CHECKPOINT_FORMAT,
+            "position": {"epoch": self.epoch, "phase": self.phase, "step": self.step},
             "net": self.net.state_dict(),
             "opt_w": self.opt_w.state_dict(),
             "opt_theta": self.opt_theta.state_dict(),
-            "sched_w": self.sched_w.state_dict(),
             "beta": self.beta,
+            "partial": self.partial,
             "history": self.history,
+            "events": self.events,
             "config": self.cfg.to_dict(),
             "space_hash": self.space.hash,
+            "table_sha256": self.table_sha256,
+            "lut_sha256": lut_sha256(self.lut),
+            "data": self.data.record,
+            "world": self.rank.world,
+            "ranks": ranks,
         }
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
 
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{self.ckpt_path} was written by an older dnas; use a fresh --out directory")
+        if state["space_hash"] != self.space.hash:
+            raise ConfigError(f"{self.ckpt_path} belongs to another space; use a fresh --out directory")
+        old_table, old_lut = state.get("table_sha256"), state.get("lut_sha256")
+        changed = []
+        if self.table_sha256 and old_table and old_table != self.table_sha256:
+            changed.append(f"table {old_table[:12]} -> {self.table_sha256[:12]}")
+        if old_lut != lut_sha256(self.lut):
+            changed.append("latencies (table or calibration)")
+        if changed:
+            if not self.allow_table_change:
+                raise TableError(
+                    f"{self.ckpt_path} searched against other latencies ({'; '.join(changed)}): resume with the "
+                    "same table, or pass --allow-table-change to continue on this one"
+                )
+            log.warning("resuming on a different table: %s", "; ".join(changed))
+            self.events.append({"epoch": state["position"]["epoch"], "event": "table changed", "what": changed})
+        old_data, new_data = state.get("data") or {}, self.data.record
+        for key in ("kind", "split_seed", "classes", "rule"):
+            if old_data.get(key) != new_data.get(key):
+                raise ConfigError(
+                    f"the checkpoint searched on other data ({key}: {old_data.get(key)!r} -> {new_data.get(key)!r});"
+                    " theta would train on images held out so far: use the same data, or a fresh --out"
+                )
+
     def resume(self) -> bool:
         if not self.ckpt_path.exists():
             return False
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        if state["space_hash"] != self.space.hash:
-            raise ValueError(f"{self.ckpt_path} belongs to another space; use a fresh --out directory")
+        self.events = list(state.get("events", []))
+        self._check_resumable(state)
         self.net.load_state_dict(state["net"])
         self.opt_w.load_state_dict(state["opt_w"])
         self.opt_theta.load_state_dict(state["opt_theta"])
-        self.sched_w.load_state_dict(state["sched_w"])
-        self.beta, self.epoch, self.history = state["beta"], state["epoch"], state["history"]
+        for group in self.opt_w.param_groups:  # the lr follows this run's schedule, not the saved one
+            group["lr"] = self.lr_w
+        pos = state["position"]
+        self.epoch, self.phase, self.step = pos["epoch"], pos["phase"], pos["step"]
+        self.history, self.partial = state["history"], state["partial"]
+        old_cfg = state["config"]
+        # beta: the saved one is the steering's current value; a --beta that differs from the one the search
+        # started with is the user's new choice and wins.
+        if old_cfg.get("beta") != self.cfg.beta:
+            log.warning("--beta %s replaces the checkpoint's beta %s", self.cfg.beta, state["beta"])
+        else:
+            self.beta = state["beta"]
+        changed = {k: [old_cfg.get(k), v] for k, v in self.cfg.to_dict().items() if old_cfg.get(k) != v}
+        if changed:
+            log.warning("resumed with changed settings: %s", changed)
+            self.events.append({"epoch": self.epoch, "event": "settings changed", "what": changed})
+        ranks = state["ranks"]
+        if state["world"] == self.rank.world:
+            mine = ranks[self.rank.rank]
+            torch.set_rng_state(mine["rng_cpu"])
+            if self.device.type == "cuda" and "rng_cuda" in mine:
+                torch.cuda.set_rng_state(mine["rng_cuda"], self.device)
+            self._resume_totals = mine["totals"]
+        else:
+            # Another number of processes shards the data differently: restart the interrupted phase.
+            log.warning("checkpoint from %d processes, now %d: the current phase restarts", state["world"],
+                        self.rank.world)  # fmt: skip
+            self.step = 0
+            self._resume_totals = None
         return True
 
-    # ---- one epoch ----------------------------------------------------------------------------------------
-    def _phase(self, dataset, train_theta: bool, tau: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
-        cfg = self.cfg
-        loader = _loader(dataset, cfg.batch_size, self.rank, cfg.seed + (7 if train_theta else 0), self.epoch)
+    # ---- one phase ----------------------------------------------------------------------------------------
+    def _lr_at(self, epoch: float) -> float:
+        """Cosine over this run's epochs, evaluated per step: a pure function of the position, so a resume with
+        more epochs stretches the schedule instead of keeping the old one's length."""
+        return 0.5 * self.lr_w * (1 + math.cos(math.pi * min(epoch, self.cfg.epochs) / self.cfg.epochs))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.cfg.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _run_phase(self, phase: str, tau: float) -> dict[str, float]:
+        cfg, train_theta = self.cfg, phase == "theta"
+        dataset = self.data.arch if train_theta else self.data.weights
+        loader, steps = train_loader(dataset, cfg.batch_size, cfg.seed + (7 if train_theta else 0), self.epoch,
+                                     self.rank.rank, self.rank.world, self.step, cfg.steps_per_epoch,
+                                     self.workers, self.pin)  # fmt: skip
+        if steps == 0:
+            raise ConfigError(f"the {phase} split has fewer than batch_size x processes samples: lower --batch-size")
+        resumed, self._resume_totals = self._resume_totals, None
+        totals = torch.tensor(resumed if resumed else [0.0] * len(_TOTALS), dtype=torch.float64, device=self.device)
+        model = self.net if train_theta else self.model
+        params = [self.net.theta] if train_theta else self.weights
         opt = self.opt_theta if train_theta else self.opt_w
-        self.model.train()
-        totals = {"loss": 0.0, "ce": 0.0, "latency_us": 0.0, "correct": 0.0, "n": 0.0}
-        desc = f"epoch {self.epoch + 1}/{cfg.epochs} {'theta' if train_theta else 'w'}"
-        for x, y in tqdm(loader, desc=desc, unit="step", leave=False, disable=not self.rank.main):
-            logits, latency = self.model(x, tau, cfg.mode)
+        self.net.train()
+        self.net.theta.requires_grad_(train_theta)
+        desc = f"epoch {self.epoch + 1}/{cfg.epochs} {phase}"
+        bar = tqdm(loader, desc=desc, unit="step", leave=False, disable=not self.rank.main, total=steps,
+                   initial=self.step)  # fmt: skip
+        for x, y in bar:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if not train_theta:
+                for group in self.opt_w.param_groups:
+                    group["lr"] = self._lr_at(self.epoch + self.step / steps)
+            with self._autocast():
+                logits, latency = model(x, tau, cfg.mode)
             ce = nn.functional.cross_entropy(logits, y, reduction="none")
             loss = fbnet_loss(ce, latency, cfg.alpha, self.beta)
             if not train_theta and cfg.normalize_w_loss:
@@ -130,22 +286,51 @@ class Searcher:
                 # (by 25x at beta = 3 here). Divide out its batch mean: per-sample weighting stays, lr_w means
                 # what it says whatever beta or the device's latencies.
                 loss = loss / (loss / ce.mean().clamp_min(1e-8)).detach()
-            self.opt_w.zero_grad(set_to_none=True)
-            self.opt_theta.zero_grad(set_to_none=True)
-            loss.backward()
+            opt.zero_grad(set_to_none=True)
+            if train_theta:
+                loss.backward(inputs=params)  # theta's gradient only: no weight gradient is computed
+            else:
+                loss.backward()  # theta does not require grad in this phase (and DDP does not know it)
+            if train_theta and self.rank.world > 1:
+                dist.all_reduce(self.net.theta.grad)
+                self.net.theta.grad /= self.rank.world
             opt.step()
-            n = len(y)
-            totals["loss"] += float(loss.detach()) * n
-            totals["ce"] += float(ce.detach().mean()) * n
-            totals["latency_us"] += float(latency.detach().mean()) * n
-            totals["correct"] += float((logits.argmax(1) == y).sum())
-            totals["n"] += n
+            with torch.no_grad():
+                n = len(y)
+                totals += torch.stack([loss.detach().double() * n, ce.detach().double().sum(),
+                                       latency.detach().double().sum(), (logits.argmax(1) == y).sum().double(),
+                                       torch.tensor(float(n), dtype=torch.float64, device=self.device)])  # fmt: skip
+            self.step += 1
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < steps:
+                self.save(totals.tolist())
+        bar.close()
+        self.net.theta.requires_grad_(True)
         if self.rank.world > 1:
-            t = torch.tensor(list(totals.values()), dtype=torch.float64)
-            dist.all_reduce(t)
-            totals = dict(zip(totals, t.tolist(), strict=True))
-        n = max(totals.pop("n"), 1)
-        return {k: v / n for k, v in totals.items()}
+            dist.all_reduce(totals)
+        sums = dict(zip(_TOTALS, totals.tolist(), strict=True))
+        n = max(sums.pop("n"), 1.0)
+        return {"loss": sums["loss"] / n, "ce": sums["ce"] / n, "latency_us": sums["latency_us"] / n,
+                "acc": sums["correct"] / n}  # fmt: skip
+
+    @torch.no_grad()
+    def validate(self, tau: float) -> dict[str, float]:
+        """The super net on the held-out split, masks drawn as in training (eval-mode BN): how well the
+        weights generalise while theta moves. Never used to choose anything."""
+        loader = eval_loader(self.data.val, self.cfg.batch_size, self.rank.rank, self.rank.world, self.workers,
+                             self.pin)  # fmt: skip
+        self.net.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits, _ = self.net(x, tau, self.cfg.mode)
+            ce = nn.functional.cross_entropy(logits, y, reduction="sum")
+            totals += torch.stack([ce.double(), (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])  # fmt: skip
+        if self.rank.world > 1:
+            dist.all_reduce(totals)
+        ce_sum, correct, n = totals.tolist()
+        return {"ce": ce_sum / max(n, 1), "acc": correct / max(n, 1)}
 
     def _steer_beta(self) -> None:
         """Toward --target-latency-ms: raise beta while the expected latency is above the target, lower it
@@ -158,51 +343,102 @@ class Searcher:
         self.beta = min(hi, max(lo, max(self.beta, 0.05) * ratio**cfg.beta_gain))
 
     def _theta_divergence(self) -> float:
-        """Largest |theta - theta on rank 0| over all ranks: 0 when DDP keeps the ranks in step."""
+        """Largest |theta - theta on rank 0| over all ranks: 0 when the ranks stay in step."""
         if self.rank.world == 1:
             return 0.0
-        reference = self.net.theta.detach().clone()
+        return self._divergence(self.net.theta.detach())
+
+    def _weight_divergence(self) -> float:
+        """The same for the weights (a sample of them, all ranks): 0 when DDP averages their gradients."""
+        if self.rank.world == 1:
+            return 0.0
+        flat = torch.cat([p.detach().reshape(-1)[:64] for p in self.weights])
+        return self._divergence(flat)
+
+    def _divergence(self, mine: torch.Tensor) -> float:
+        reference = mine.clone()
         dist.broadcast(reference, src=0)
-        gap = (self.net.theta.detach() - reference).abs().max()
+        gap = (mine - reference).abs().max()
         dist.all_reduce(gap, op=dist.ReduceOp.MAX)
         return float(gap)
 
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def _write_metrics(self, row: dict[str, Any] | None) -> None:
+        if not self.rank.main:
+            return
+        path = self.out / "metrics.jsonl"
+        if row is None:  # after a resume: the checkpoint's history is the truth (no row twice, none lost)
+            _atomic_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+        else:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if self.writer is not None and row is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.rank.main):
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run wrote after its last checkpoint, so curves have no doubles.
+        self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=len(self.history) + 1)
+        if not self.history:
+            self.writer.add_text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```", 0)
+
     def run(self, resume: bool = True) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.resume() and self.rank.main:
-            log.info("resumed at epoch %d", self.epoch)
-        metrics_path = self.out / "metrics.jsonl"
-        bar = tqdm(total=self.cfg.epochs, initial=self.epoch, desc="search", unit="epoch", disable=not self.rank.main)
-        while self.epoch < self.cfg.epochs:
-            tau = self.cfg.tau(self.epoch)
-            w_stats = self._phase(self.data.weights, train_theta=False, tau=tau)
-            self.sched_w.step()
-            theta_stats = None
-            if self.epoch >= self.cfg.warmup_epochs:
-                theta_stats = self._phase(self.data.arch, train_theta=True, tau=tau)
-                self._steer_beta()
-            row = {
-                "epoch": self.epoch + 1,
-                "tau": tau,
-                "beta": self.beta,
-                "ce_w": w_stats["ce"],
-                "acc_w": w_stats["correct"],
-                "ce_theta": theta_stats["ce"] if theta_stats else None,
-                "acc_theta": theta_stats["correct"] if theta_stats else None,
-                "sampled_latency_ms": w_stats["latency_us"] / 1e3,
-                "expected_latency_ms": self.net.expected_latency_us() / 1e3,
-                "theta_entropy": self.net.entropy(),
-                "theta_rank_divergence": self._theta_divergence(),
-            }
-            self.history.append(row)
-            self.epoch += 1
+        if resume and self.resume():
             if self.rank.main:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                bar.update(1)
-                bar.set_postfix(ce=f"{w_stats['ce']:.3f}", lat=f"{row['expected_latency_ms']:.2f}ms", tau=f"{tau:.2f}")
-            self.save()
-        bar.close()
+                log.info("resumed at epoch %d (%s phase, step %d)", self.epoch + 1, self.phase, self.step)
+            self._write_metrics(None)
+        self._open_tensorboard()
+        cfg = self.cfg
+        bar = tqdm(total=cfg.epochs, initial=min(self.epoch, cfg.epochs), desc="search", unit="epoch",
+                   disable=not self.rank.main)  # fmt: skip
+        try:
+            while self.epoch < cfg.epochs:
+                tau = cfg.tau(self.epoch)
+                if self.phase == "w":
+                    self.partial["w"] = self._run_phase("w", tau)
+                    self.phase, self.step = "theta", 0
+                if self.phase == "theta" and self.epoch >= cfg.warmup_epochs:
+                    self.partial["theta"] = self._run_phase("theta", tau)
+                    self._steer_beta()
+                self.phase, self.step = "val", 0
+                val = self.validate(tau) if cfg.validate else None
+                w, th = self.partial.get("w", {}), self.partial.get("theta")
+                row = {
+                    "epoch": self.epoch + 1,
+                    "tau": tau,
+                    "beta": self.beta,
+                    "lr_w": self._lr_at(self.epoch),  # at the start of this epoch's weight phase
+                    "ce_w": w.get("ce"),
+                    "acc_w": w.get("acc"),
+                    "ce_theta": th["ce"] if th else None,
+                    "acc_theta": th["acc"] if th else None,
+                    "val_ce": val["ce"] if val else None,
+                    "val_acc": val["acc"] if val else None,
+                    "sampled_latency_ms": w.get("latency_us", 0.0) / 1e3,
+                    "expected_latency_ms": self.net.expected_latency_us() / 1e3,
+                    "theta_entropy": self.net.entropy(),
+                    "theta_rank_divergence": self._theta_divergence(),
+                    "weight_rank_divergence": self._weight_divergence(),
+                }
+                self.history.append(row)
+                self.epoch, self.phase, self.step, self.partial = self.epoch + 1, "w", 0, {}
+                self.save()  # first the checkpoint, then the row: a kill in between loses nothing (see resume)
+                self._write_metrics(row)
+                if self.rank.main:
+                    bar.update(1)
+                    lat = f"{row['expected_latency_ms']:.2f}ms"
+                    bar.set_postfix(ce=f"{row['ce_w']:.3f}", lat=lat, tau=f"{tau:.2f}")
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
         return self.history
 
 
@@ -213,7 +449,7 @@ def theta_png(net: SuperNet, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    probs = net.probabilities().numpy()
+    probs = net.probabilities().cpu().numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * probs.shape[1], 1.2 + 0.32 * probs.shape[0]))
     # Scaled to the largest probability: early in a search theta is near uniform and a 0..1 scale hides it.
     im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=float(probs.max()))

@@ -86,7 +86,7 @@ def test_larger_beta_moves_theta_to_cheaper_blocks(table, tmp_path):
     assert {"tau", "expected_latency_ms", "theta_entropy", "ce_theta"} <= set(rows[-1])
 
 
-def test_target_latency_is_met_within_ten_percent_and_resume_continues(table, tmp_path):
+def test_target_latency_is_a_budget_and_resume_continues(table, tmp_path):
     lut = build_lut(MINI, table)
     cheapest = lut.of_arch(lut.table.argmin(1).tolist())
     dearest = lut.of_arch(lut.table.argmax(1).tolist())
@@ -94,7 +94,8 @@ def test_target_latency_is_met_within_ten_percent_and_resume_continues(table, tm
     cfg = SearchConfig(epochs=2, target_latency_ms=target_ms, **FAST)
     summary = run_search(table, "digits", cfg, tmp_path)
     assert summary["chosen_file"] == "target.json"
-    assert abs(summary["chosen"]["predicted_latency_ms"] / target_ms - 1) <= 0.10
+    assert summary["chosen"]["predicted_latency_ms"] <= target_ms
+    assert summary["target"]["met"] and summary["target"]["mode"] == "at_most"
     # One more epoch resumes from the checkpoint instead of starting over.
     cfg.epochs = 3
     run_search(table, "digits", cfg, tmp_path)

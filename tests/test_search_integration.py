@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from search.config import SearchConfig
 from search.latency import TableClient, TableError
@@ -45,7 +46,13 @@ def test_ddp_two_processes_keep_theta_identical(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # rank 0 writes once
     assert rows[0]["theta_rank_divergence"] == 0.0
+    assert rows[0]["weight_rank_divergence"] == 0.0  # DDP averaged the weights' gradients too
     assert rows[0]["ce_theta"] is not None  # theta did train (and moved) in that epoch
+    assert rows[0]["val_acc"] is not None  # the held-out split, evaluated across both ranks
+    assert rows[0]["lr_w"] == pytest.approx(0.2)  # lr_w 0.1 x 2 processes (linear scaling)
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert ckpt["world"] == 2 and len(ckpt["ranks"]) == 2  # both ranks' RNG states, for an exact resume
+    assert not torch.equal(ckpt["ranks"][0]["rng_cpu"], ckpt["ranks"][1]["rng_cpu"])  # independent Gumbel draws
     summary = json.loads((tmp_path / "ddp" / "search.json").read_text())
     assert summary["expected_latency_ms"] > 0
 
