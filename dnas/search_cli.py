@@ -33,7 +33,8 @@ def _run_options() -> list[inspect.Parameter]:
         ("version", Annotated[str, typer.Option(help="Table version or 'latest'.")], "latest"),
         ("token", Token, None),
         ("data", Data, "digits"),
-        ("calibrated", Annotated[bool, typer.Option(help="Apply the device's latest calibration (dnas validate).")],
+        ("raw", Annotated[bool, typer.Option(
+            help="Use the table's own rule, not the newest calibration fitted on it (dnas validate --calibrate).")],
          False),
         ("allow_table_change", Annotated[bool, typer.Option(
             help="Resume a checkpoint although the table (content hash) or calibration changed.")], False),
@@ -63,7 +64,7 @@ def search(**kwargs: Any) -> None:
                         ("--device", run["device"])):  # fmt: skip
         if value is not None:
             args += [flag, str(value)]
-    for flag in ("calibrated", "allow_table_change", "print_config"):
+    for flag in ("raw", "allow_table_change", "print_config"):
         if run[flag]:
             args.append("--" + flag.replace("_", "-"))
     args += config_to_argv(cfg)

@@ -61,6 +61,7 @@ class LatencyTable:
             "space_hash": p.get("space_hash"),
             "config": p.get("config"),
             "prediction_rule": (p.get("prediction") or {}).get("rule", "sum"),
+            "calibration": p.get("calibration"),  # set by the search when it applied one
         }
 
     @property

@@ -34,6 +34,25 @@ def load_table(table: Path | None, server: str | None, device: int | None, versi
     return TableClient(server, token, cache_dir).fetch(device, version)
 
 
+def newest_calibration(server: str | None, token: str | None, device: int | None,
+                       table: LatencyTable) -> dict[str, Any] | None:  # fmt: skip
+    """The newest calibration fitted on exactly this table version (`dnas validate --calibrate`), or None.
+    A calibration of an older version corrects other numbers, so it is not applied to this one."""
+    if server is None or device is None:
+        return None
+    try:
+        cal = fetch_calibration(server, token, device, table.space.hash)
+    except TableError:
+        log.info("no calibration for device %s; searching with the table's own rule", device)
+        return None
+    if cal.get("table_version") != table.payload.get("version"):
+        log.warning("the newest calibration (v%s) was fitted on table v%s, not v%s: not applied; run "
+                    "`dnas validate --calibrate` on this version", cal.get("version"), cal.get("table_version"),
+                    table.payload.get("version"))  # fmt: skip
+        return None
+    return cal
+
+
 def run_search(
     table: LatencyTable,
     data_spec: str,
@@ -48,7 +67,11 @@ def run_search(
     space = table.space
     lut = build_lut(space, table)
     if calibration is not None:
-        lut = apply_calibration(lut, calibration["model"])
+        lut = apply_calibration(lut, calibration["model"], space)
+        applied = {k: calibration.get(k) for k in ("version", "table_version", "created_at")}
+        table = LatencyTable(table.payload | {"calibration": applied | {"kind": calibration["model"].get("kind")}})
+        log.info("latencies calibrated by calibration v%s (fitted on table v%s)", applied["version"],
+                 applied["table_version"])  # fmt: skip
     if cfg.target_latency_ms is not None:
         fastest_ms = lut.of_arch(lut.table.argmin(1).tolist()) / 1e3
         if fastest_ms > cfg.target_latency_ms:
@@ -80,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", default="latest", help="Table version or 'latest'.")
     parser.add_argument("--token", default=os.environ.get("DNAS_TOKEN"), help=argparse.SUPPRESS)
     parser.add_argument("--data", default="digits", help="digits, cifar10:PATH or imagefolder:PATH.")
-    parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=False,
-                        help="Apply the device's latest calibration.")  # fmt: skip
+    parser.add_argument("--raw", action=argparse.BooleanOptionalAction, default=False,
+                        help="Search with the table's own rule, not the newest calibration fitted on it.")  # fmt: skip
     parser.add_argument("--allow-table-change", action=argparse.BooleanOptionalAction, default=False,
                         help="Resume although the table (content hash) or calibration changed.")  # fmt: skip
     parser.add_argument("--out", type=Path, help="Output directory (resumes if it holds a checkpoint).")
@@ -101,11 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.out is None:
             raise ConfigError("--out is required")
         table = load_table(args.table, args.server, args.device, args.version, args.token)
-        calibration = None
-        if args.calibrated:
-            if not (args.server and args.device is not None):
-                raise TableError("--calibrated needs --server and --device")
-            calibration = fetch_calibration(args.server, args.token, args.device, table.space.hash)
+        calibration = None if args.raw else newest_calibration(args.server, args.token, args.device, table)
         summary = run_search(table, args.data, cfg, args.out, calibration, allow_table_change=args.allow_table_change)
     except (TableError, DataError, ConfigError) as exc:
         raise SystemExit(f"error: {exc}") from None

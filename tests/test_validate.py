@@ -12,7 +12,8 @@ import torch
 
 from search import calibration
 from search.fidelity import errors
-from search.latency import LatencyLUT, TableError, apply_calibration
+from search.latency import LatencyLUT, LatencyTable, TableError, apply_calibration
+from search.run import newest_calibration
 from search.space import fbnet_space
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
 
@@ -56,6 +57,12 @@ def test_validate_measures_networks_and_stores_a_calibration(tmp_path):
         # Raw stays raw: calibrating leaves the table's bytes as they were.
         after = admin.get(f"/v1/devices/{device['id']}/latency-tables/1")
         assert after.content == before.content and after.headers["etag"] == before.headers["etag"]
+        # A search from this service applies the newest calibration fitted on this very table version...
+        table = LatencyTable(after.json())
+        assert newest_calibration(svc.url, svc.admin_token, device["id"], table)["version"] == 1
+        # ...and never one fitted on another version.
+        other = LatencyTable(after.json() | {"version": 2})
+        assert newest_calibration(svc.url, svc.admin_token, device["id"], other) is None
 
 
 def test_fidelity_metrics():
