@@ -46,7 +46,7 @@ def demo(
 def quickstart(
     out: Annotated[Path, typer.Option(help="Where the report, pictures and models go.")] = Path("dnas-quickstart"),
     search_epochs: Annotated[int, typer.Option(help="Search epochs (first one trains weights only).")] = 4,
-    train_epochs: Annotated[int, typer.Option(help="Retraining epochs for each network.")] = 15,
+    train_epochs: Annotated[int, typer.Option(help="Retraining epochs for each network.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The whole job on this host: profile, fetch the table, search, retrain, measure, report."""

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from search.config import SearchConfig
 from search.decode import decode_target, describe, most_likely, sample
 from search.export import atomic_write, export_network
@@ -84,6 +86,8 @@ def write_outputs(
         },
         "target": target,
         "expected_latency_ms": net.expected_latency_us() / 1e3,
+        # How far the search got from uniform (1/K per layer): did it learn, or is the result a coin toss?
+        "theta_max_prob_mean": float(torch.softmax(theta, dim=-1).max(dim=-1).values.mean()),
         "latency_table": table.provenance,
         "data": data or {},
         "config": cfg.to_dict(),

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
@@ -18,13 +20,21 @@ def test_quickstart_end_to_end(tmp_path):
     searched, baseline = report["networks"]
     assert (searched["name"], baseline["name"]) == ("searched", "baseline")
     assert baseline["arch"] == ["ir_k3_e6"] * 22
-    # The search was steered to 70% of the baseline's predicted latency, within 10%:
-    assert abs(searched["predicted_latency_ms"] / report["search"]["target_latency_ms"] - 1) <= 0.10
+    # The search had a budget of half the baseline's predicted latency, and met it by prediction...
+    assert searched["predicted_latency_ms"] <= report["search"]["target_latency_ms"]
+    assert report["search"]["target_latency_ms"] == pytest.approx(0.5 * baseline["predicted_latency_ms"])
+    # ...by a margin the table's error cannot erase: the searched network is faster on the device too.
     assert searched["measured_latency_ms"] < baseline["measured_latency_ms"]
+    assert report["speedup_measured"] > 1.2
+    # Theta moved away from uniform (1/9 per layer), even in this two-epoch run.
+    assert report["search"]["theta_max_prob_mean"] > 1.5 / 9
+    # Predictions carry their measured error, and the anchors' drift since profiling is reported.
+    assert all(abs(r["prediction_error_pct"]) < 100 for r in report["networks"])
+    assert 0.5 < report["drift_since_profiling"] < 2
     assert searched["flops"] < baseline["flops"]
     assert 0 < searched["val_accuracy"] <= 1 and 0 < baseline["val_accuracy"] <= 1
     assert report["table"]["device"]["name"] == "this-host"
     for picture in ("theta.png", "accuracy_vs_latency.png"):
         assert (out / picture).read_bytes().startswith(b"\x89PNG")
     assert (out / "search" / "target.onnx").exists()
-    assert "faster measured" in proc.stdout
+    assert "faster measured" in proc.stdout and "mean per-layer largest probability" in proc.stdout
