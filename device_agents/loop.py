@@ -113,6 +113,9 @@ class Agent:
         jobs = {str(job["job_id"]): job for job in batch["jobs"]}
         token = batch["lease_token"]
         log.info("batch of %d jobs (%s)", len(jobs), batch.get("batch_group"))
+        if batch.get("group_jobs", len(jobs)) > len(jobs):
+            log.warning("the group has %d runnable jobs, this batch %d: it is measured in more than one session "
+                        "(raise --batch-size)", batch["group_jobs"], len(jobs))  # fmt: skip
         failures: dict[str, str] = {}
         results: list[dict[str, Any]] = []
         with _Heartbeat(lambda: self.client.heartbeat_batch(token), batch["lease_seconds"] / 3) as beat:
@@ -121,22 +124,25 @@ class Agent:
                 for key, job in jobs.items():
                     if self.abort.is_set():
                         raise GiveBack()
-                    try:
+                    try:  # one model that cannot be fetched (corrupt, gone) fails alone
                         models[key] = self.client.download(job, self.cache_dir)
-                    except ValueError as exc:  # corrupt download: never measured
-                        failures[key] = str(exc)
+                    except (ValueError, ProtocolError) as exc:
+                        failures[key] = f"model download: {exc}"
                 plan = BatchPlan.from_config(batch["config"], batch["seed"])
                 start = time.perf_counter()
                 timings = self.backend.measure_batch(models, plan) if models else {}
                 self.stats.measure_s += time.perf_counter() - start
                 if self.abort.is_set():
                     raise GiveBack()
+                batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]}}
                 for key, timing in timings.items():
-                    if isinstance(timing, MeasurementError):
-                        failures[key] = str(timing)
-                        continue
-                    batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]}}
-                    results.append({"job_id": int(key), **_statistics(timing), "context": timing.context | batch_ctx})
+                    try:
+                        if isinstance(timing, MeasurementError):
+                            raise timing
+                        results.append({"job_id": int(key), **_statistics(timing),
+                                        "context": timing.context | batch_ctx})  # fmt: skip
+                    except (MeasurementError, ValueError) as exc:
+                        failures[key] = str(exc)
             except GiveBack:
                 self._give_back(jobs.values(), "agent stopped before finishing; batch given back")
                 return
@@ -148,19 +154,38 @@ class Agent:
             log.warning("batch lease lost while measuring; %d results discarded", len(results))
             return
         self.stats.batches += 1
-        if results:
-            try:
-                acks = self.client.results(token, results)
-            except (ProtocolError, ConnectionError) as exc:
-                log.warning("batch results refused: %s", exc)
-                return
-            done = sum(1 for a in acks if a["status"] == "done")
-            self.stats.done += done
-            log.info("batch done: %d stored, %d refused", done, len(acks) - done)
-        for key, reason in failures.items():
+        for key, reason in failures.items():  # first: a refused results POST must not leave these leased
             log.error("job %s failed: %s", key, reason)
             self._fail(jobs[key], reason)
             self.stats.failed += 1
+        if results:
+            self._report(token, jobs, results)
+
+    def _report(self, token: str, jobs: dict[str, dict[str, Any]], results: list[dict[str, Any]]) -> None:
+        """One POST for the batch. If the service refuses it whole (one item it finds invalid), each result is
+        posted on its own, so the others are kept and the bad one fails with the service's reason."""
+        try:
+            acks = self.client.results(token, results)
+        except ProtocolError as exc:
+            if exc.status != 422:
+                log.warning("batch results refused: %s", exc)
+                return
+            log.warning("batch results refused (%s); reporting them one by one", exc.detail[:200])
+            acks = []
+            for item in results:
+                job = jobs[str(item["job_id"])]
+                body = {k: v for k, v in item.items() if k != "job_id"}
+                try:
+                    acks.append(self.client.result(job, body))
+                except ProtocolError as one:
+                    self._fail(job, f"result refused by the service: {one.detail[:500]}")
+                    self.stats.failed += 1
+        except ConnectionError as exc:
+            log.warning("batch results not delivered: %s", exc)
+            return
+        done = sum(1 for a in acks if a["status"] == "done")
+        self.stats.done += done
+        log.info("batch done: %d stored, %d refused", done, len(acks) - done)
 
     def _give_back(self, jobs: Any, reason: str) -> None:
         for job in jobs:

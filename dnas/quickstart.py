@@ -110,7 +110,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             _step(
                 3,
                 f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host "
-                "(every op, a call-overhead probe per input shape and 3 anchor networks, in interleaved rounds)",
+                "(every op, a call-overhead probe per input shape and 8 anchor networks, in interleaved rounds)",
             )
             run = admin.json("POST", "/v1/profiling-runs", json={"device_id": device["id"], "space": SPACE,
                                                                   "config": MEASURE})  # fmt: skip

@@ -102,7 +102,7 @@ def profile(
     runs: Annotated[
         int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
     ] = None,
-    anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 3,
+    anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 8,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = None,

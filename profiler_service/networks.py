@@ -82,10 +82,10 @@ def request_measurement(session: Session, *, device: Device, op: Operator, confi
 
 
 def request_set(session: Session, *, device: Device, ops: list[Operator], config: MeasureConfig,
-                max_attempts: int, remeasure: bool) -> str:  # fmt: skip
+                max_attempts: int) -> str:  # fmt: skip
     """Queue several networks as one batch group, so an agent measures them together in interleaved rounds
-    (and the noise ceiling, even rounds against odd, compares like with like). With `remeasure`, networks
-    already measured get a fresh job: validation wants numbers from now, next to each other."""
+    (and the noise ceiling, even rounds against odd, compares like with like). Networks measured before get a
+    fresh job: a check wants numbers from now, taken next to each other."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     set_id = secrets.token_hex(8)
@@ -101,9 +101,7 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     }
     rows = []
     for key in keys:
-        generation, status = latest.get(key, (-1, "failed"))
-        if status in ("queued", "leased") and not remeasure:
-            raise Conflict(f"network {key} is already queued on device {device.id}; wait for it or remeasure")
+        generation, _ = latest.get(key, (-1, "failed"))
         rows.append({"device_id": device.id, "op_key": key, "config_hash": config.hash, "config": config.model_dump(),
                      "generation": generation + 1, "max_attempts": max_attempts, "batch_group": group})  # fmt: skip
     insert_ignore(session, Job, rows)

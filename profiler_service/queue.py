@@ -10,11 +10,11 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Job, Measurement
-from profiler_service.errors import Conflict, NotFound
+from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.schemas import Ack, BatchResultsIn, FailureIn, ResultIn, ResultStats
 from profiler_service.security import same
 from profiler_service.timeutil import utcnow
@@ -63,9 +63,10 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
     return None
 
 
-def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_jobs: int) -> list[Job]:
+def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_jobs: int) -> tuple[list[Job], int]:
     """Lease up to `max_jobs` runnable jobs of one group (the oldest runnable job's run or network set) and
-    one config, under one token: an agent measures them together, in the same interleaved rounds."""
+    one config, under one token: an agent measures them together, in the same interleaved rounds. Also returns
+    how many jobs of the group were runnable, so a split group is visible to the agent."""
     now = utcnow()
     postgres = session.get_bind().dialect.name == "postgresql"
     for _ in range(CLAIM_RETRIES):
@@ -74,7 +75,7 @@ def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_j
         ).first()
         if first is None:
             _fail_exhausted_leases(session, device_id, now)
-            return []
+            return [], 0
         same_group = Job.batch_group == first.batch_group if first.batch_group is not None else Job.id == first.id
         query = (
             select(Job.id)
@@ -88,6 +89,11 @@ def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_j
         if not ids:
             session.rollback()
             continue
+        group_jobs = session.scalar(
+            select(func.count(Job.id)).where(
+                _claimable(device_id, now), Job.config_hash == first.config_hash, same_group
+            )
+        )
         token = secrets.token_hex(24)
         session.execute(
             update(Job)
@@ -107,9 +113,9 @@ def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_j
         )
         if won:
             session.commit()
-            return won
+            return won, max(group_jobs or 0, len(won))
         session.rollback()
-    return []
+    return [], 0
 
 
 def _fail_exhausted_leases(session: Session, device_id: int, now) -> None:  # type: ignore[no-untyped-def]
@@ -180,6 +186,10 @@ def _store_result(session: Session, *, device_id: int, job_id: int, lease_token:
     job = _job_of(session, device_id, job_id)
     if job.status != "leased" or not job.lease_token or not same(job.lease_token, lease_token):
         return _replay_or_conflict(session, job, lease_token)
+    if body.rounds is not None and body.rounds != job.config.get("rounds"):
+        raise Invalid(
+            f"job {job_id}: measured in {body.rounds} rounds, but its config asks for {job.config.get('rounds')}"
+        )
     now = utcnow()
     finished = session.execute(
         update(Job)
@@ -231,8 +241,13 @@ def record_results(session: Session, *, device_id: int, body: BatchResultsIn) ->
     for item in body.results:
         try:  # every refusal below happens before that item wrote anything
             acks.append(_store_result(session, device_id=device_id, job_id=item.job_id, lease_token=token, body=item))
-        except Conflict as exc:
-            acks.append(Ack(job_id=item.job_id, status="conflict", detail=str(exc.detail)))
+        except Conflict:  # a concurrent replay stored it first, or the token is stale: say which
+            try:
+                acks.append(_replay_or_conflict(session, _job_of(session, device_id, item.job_id), token))
+            except Conflict as exc:
+                acks.append(Ack(job_id=item.job_id, status="conflict", detail=str(exc.detail)))
+        except Invalid as exc:
+            acks.append(Ack(job_id=item.job_id, status="invalid", detail=str(exc.detail)))
         except NotFound as exc:
             acks.append(Ack(job_id=item.job_id, status="not_found", detail=str(exc.detail)))
     session.commit()

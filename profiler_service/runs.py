@@ -112,23 +112,23 @@ def create_run(
             .order_by(Job.generation)
         )
     }
+
+    def job(key: str, generation: int) -> dict[str, Any]:
+        return {"device_id": device.id, "op_key": key, "config_hash": config_hash, "config": config,
+                "generation": generation, "max_attempts": max_attempts, "batch_group": f"run:{run.id}"}  # fmt: skip
+
     new_jobs = []
     for key in keys:
         if key in measured:
             continue
         generation, status = latest.get(key, (-1, "failed"))
         if status == "failed":  # never tried, or gave up earlier: a new run earns a fresh set of attempts
-            new_jobs.append(
-                {
-                    "device_id": device.id,
-                    "op_key": key,
-                    "config_hash": config_hash,
-                    "config": config,
-                    "generation": generation + 1,
-                    "max_attempts": max_attempts,
-                    "batch_group": f"run:{run.id}",
-                }
-            )
+            new_jobs.append(job(key, generation + 1))
+    if any(j["op_key"] in ops for j in new_jobs):
+        # Ops will be measured now: measure the probes and anchors again beside them, so the rule that corrects
+        # these ops is fitted on numbers from the same rounds (earlier ones carry another session's drift).
+        queued = {j["op_key"] for j in new_jobs}
+        new_jobs += [job(k, latest.get(k, (-1, ""))[0] + 1) for k in [*probes, *anchors] if k not in queued]
     insert_ignore(session, Job, new_jobs)
     session.commit()
     publish_complete_runs(session, device_id=device.id, config_hash=config_hash)

@@ -65,42 +65,51 @@ class Fingerprint(Strict):
 
 
 # ---- measurement config -----------------------------------------------------------------------------------
+def _rounds_for(runs: int) -> int:
+    """Rounds for a protocol-1 style request that gives only a total: the most rounds (up to 20) that divide it,
+    so the stored config times exactly what was asked."""
+    return max(r for r in range(1, min(20, runs) + 1) if runs % r == 0)
+
+
 class MeasureConfig(Strict):
     """How an op is measured. Two tables are comparable only when their configs hash equal.
 
     A batch agent (protocol 2) opens every model of a batch, runs `warmup` untimed inferences on each, then
     measures `rounds` interleaved rounds of `runs_per_round` timed runs (device_agents/runners/rounds.py).
-    A single-job agent (protocol 1) times `runs` = rounds x runs_per_round runs in one block. A request that
-    gives only `runs` (the protocol-1 form) is spread over min(20, runs) rounds; the stored config always
-    holds all three, consistent."""
+    A single-job agent (protocol 1) times `runs` = rounds x runs_per_round runs in one block. Give any two of
+    the three (or none: 20 x 3); given only `runs`, the rounds are the most (up to 20) that divide it. A request
+    whose numbers do not multiply out is refused: the stored config always times exactly what was asked."""
 
     runtime: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=64)
     precision: Literal["fp32"] = "fp32"
     warmup: int = Field(default=10, ge=0, le=1000)
-    runs: int = Field(default=60, ge=1, le=10_000)
-    rounds: int = Field(default=20, ge=1, le=1000)
-    runs_per_round: int = Field(default=3, ge=1, le=1000)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _spread_runs(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        runs = data.get("runs")
-        if isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1:
-            data.setdefault("rounds", min(20, runs))
-            rounds = data["rounds"]
-            if isinstance(rounds, int) and rounds >= 1:
-                data.setdefault("runs_per_round", max(1, runs // rounds))
-        return data
+    runs: int | None = Field(default=None, ge=1, le=10_000, description="Timed runs per op in all.")
+    rounds: int | None = Field(default=None, ge=1, le=1000, description="Interleaved rounds (default 20).")
+    runs_per_round: int | None = Field(default=None, ge=1, le=1000, description="Timed runs per visit (default 3).")
 
     @model_validator(mode="after")
     def _consistent(self) -> MeasureConfig:
-        if self.rounds * self.runs_per_round > 10_000:
+        runs, rounds, per = self.runs, self.rounds, self.runs_per_round
+        if runs is None:
+            rounds, per = rounds or 20, per or 3
+        elif rounds is None and per is None:
+            rounds = _rounds_for(runs)
+            per = runs // rounds
+        elif rounds is None:
+            assert per is not None
+            if runs % per:
+                raise ValueError(f"runs={runs} is not a whole number of rounds of runs_per_round={per}")
+            rounds = runs // per
+        elif per is None:
+            if runs % rounds:
+                raise ValueError(f"runs={runs} does not split into rounds={rounds} equal visits")
+            per = runs // rounds
+        if runs is not None and runs != rounds * per:
+            raise ValueError(f"runs={runs} must equal rounds x runs_per_round = {rounds} x {per}")
+        if rounds * per > 10_000:
             raise ValueError("rounds x runs_per_round must be at most 10000 timed runs")
-        self.runs = self.rounds * self.runs_per_round
+        self.rounds, self.runs_per_round, self.runs = rounds, per, rounds * per
         return self
 
     @property
@@ -125,7 +134,7 @@ class RunCreate(Strict):
     space: dict[str, Any] = Field(description="SpaceRequest fields, or a full space with 'stages'.")
     config: MeasureConfig = Field(default_factory=MeasureConfig)
     anchors: int = Field(
-        default=3, ge=0, le=10, description="Whole networks of the space measured with the ops to fit the table's rule."
+        default=8, ge=0, le=20, description="Whole networks of the space measured with the ops to fit the table's rule."
     )
 
 
@@ -151,7 +160,13 @@ class LeaseRequest(Strict):
     max_jobs: int | None = Field(
         default=None, ge=1, le=1000, description="Ask for a batch of up to this many jobs (protocol 2)."
     )
-    protocol: int = Field(default=1, ge=1, le=2, description="The agent's protocol version (PROTOCOL.md).")
+    protocol: int | None = Field(
+        default=None, ge=1, le=2, description="The agent's protocol version (default: 2 with max_jobs, else 1)."
+    )
+
+    @property
+    def version(self) -> int:
+        return self.protocol or (2 if self.max_jobs is not None else 1)
 
 
 class LeasedJob(BaseModel):
@@ -178,6 +193,10 @@ class LeasedBatch(BaseModel):
     lease_seconds: float
     batch_group: str | None
     seed: int = Field(description="Seeds the rounds' visit orders; recorded in each result's context.")
+    group_jobs: int = Field(
+        description="Jobs of this group that were runnable at lease time: more than len(jobs) means the group "
+        "was split across batches (its table will say it was not measured in one session)."
+    )
     config: dict[str, Any]
     jobs: list[LeasedJob]
 
@@ -198,7 +217,7 @@ class ResultStats(Strict):
     n: int = Field(ge=1, le=1_000_000)
     samples_us: list[float] | None = Field(default=None, max_length=100_000)
     rounds: int | None = Field(default=None, ge=1, le=10_000)
-    round_medians_us: list[float] | None = Field(default=None, max_length=10_000)
+    round_medians_us: list[float] | None = Field(default=None, min_length=1, max_length=10_000)
     estimator: str | None = Field(default=None, max_length=100)
     context: dict[str, Any] = Field(default_factory=dict)
 

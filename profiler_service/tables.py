@@ -7,13 +7,14 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import String, cast, exists, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Device, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
+from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc, utcnow
 from search.predict import fit_rule
@@ -63,13 +64,54 @@ def complete_runs(session: Session, *, device_id: int, config_hash: str) -> list
             )
         )
     )
+    # Its own jobs still pending (probes and anchors measured again beside new ops) hold it back too.
+    pending = exists().where(
+        Job.device_id == ProfilingRun.device_id,
+        Job.batch_group == literal("run:") + cast(ProfilingRun.id, String),
+        Job.status.in_(("queued", "leased")),
+    )
     query = select(ProfilingRun.id).where(
         ProfilingRun.device_id == device_id,
         ProfilingRun.config_hash == config_hash,
         ProfilingRun.status == "running",
         ~unmeasured.exists(),
+        ~pending,
     )
     return list(session.scalars(query))
+
+
+def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
+                         specs: dict[str, dict[str, Any]]) -> tuple[list[Measurement], dict[str, Any]]:  # fmt: skip
+    """One measurement per key: each op's newest, and the probes' and anchors' from the session (the lease,
+    i.e. the interleaved batch) that measured most of those ops, so the rule corrects ops with numbers taken
+    in the same rounds. Says how far that held."""
+    rows = session.execute(
+        select(Measurement, Job.lease_token)
+        .join(Job, Job.id == Measurement.job_id)
+        .where(Measurement.device_id == run.device_id, Measurement.config_hash == run.config_hash,
+               Measurement.op_key.in_(keys))
+        .order_by(Measurement.id)
+    ).all()  # fmt: skip
+    by_key: dict[str, list[tuple[Measurement, str | None]]] = {}
+    for m, token in rows:
+        by_key.setdefault(m.op_key, []).append((m, token))
+    if set(by_key) != set(keys):
+        return [], {}
+    ops = [k for k in keys if _role(specs[k]) == "op"]
+    sessions = Counter(by_key[k][-1][1] for k in ops)
+    main_session = sessions.most_common(1)[0][0] if sessions else None
+    chosen: list[tuple[Measurement, str | None]] = []
+    for key in keys:
+        history = by_key[key]
+        same = [h for h in history if h[1] == main_session] if _role(specs[key]) != "op" else []
+        chosen.append(same[-1] if same else history[-1])
+    interleaved = [m.rounds is not None for m, _ in chosen if _role(specs[m.op_key]) == "op"]
+    provenance = {
+        "measured_as": "interleaved" if all(interleaved) else "block" if not any(interleaved) else "mixed",
+        "same_rounds": all(token == main_session for _, token in chosen) and main_session is not None,
+        "sessions": len({token for _, token in chosen}),
+    }
+    return [m for m, _ in chosen], provenance
 
 
 def publish_run(session: Session, run_id: int) -> LatencyTable | None:
@@ -87,22 +129,12 @@ def publish_run(session: Session, run_id: int) -> LatencyTable | None:
         run = session.get(ProfilingRun, run_id, populate_existing=True)
         assert run is not None
         keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run_id)))
-        latest = (
-            select(Measurement.op_key, func.max(Measurement.id).label("mid"))
-            .where(
-                Measurement.device_id == run.device_id,
-                Measurement.config_hash == run.config_hash,
-                Measurement.op_key.in_(keys),
-            )
-            .group_by(Measurement.op_key)
-            .subquery()
-        )
-        measurements = list(session.scalars(select(Measurement).join(latest, Measurement.id == latest.c.mid)))
+        specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
+        measurements, provenance = _chosen_measurements(session, run, keys, specs)
         if len(measurements) != len(keys):
             session.rollback()
             return None
-        specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
-        prediction = prediction_of(run, measurements, specs)
+        prediction = prediction_of(run, measurements, specs) | provenance
         stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
         device = session.get(Device, run.device_id)
         version = (

@@ -181,7 +181,11 @@ def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace
              for slot in space.slots], dtype=lut.table.dtype)  # fmt: skip
         if not all(0 <= float(f) < 100 for f in factors.values()):
             raise TableError(f"calibration factors {factors} are not plausible")
-        return LatencyLUT(table=lut.table * scale, fixed_us=float(model["intercept_us"]))
+        out = LatencyLUT(table=lut.table * scale, fixed_us=float(model["intercept_us"]))
+        fastest = out.of_arch(out.table.argmin(dim=1).tolist())
+        if fastest <= 0:  # log(LAT) would be undefined: the calibration was fitted far outside this space
+            raise TableError(f"calibration predicts {fastest:.1f} us for the fastest network of the space; not applied")
+        return out
     if model.get("kind") != "linear":
         raise TableError(f"unknown calibration kind {model.get('kind')!r}")
     scale, offset = float(model["scale"]), float(model["offset_us"])

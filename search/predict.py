@@ -5,33 +5,38 @@ An operator measured alone pays what a network pays once: the runtime call (bind
 and returning the output). And inside a network an operator runs with colder caches than alone, a cost no
 single operator can show. So each profiling run also measures, in the same interleaved rounds:
 - a *probe* (one ReLU) at every input shape its operators take: the call overhead at that shape;
-- a few *anchor* networks of the space, end to end.
+- eight *anchor* networks of the space, end to end (its cheapest, its dearest, and six at random).
 
     in_network(op)  = max(median(op) - overhead(probe at op's input), 0)
     predict(arch)   = sum of in_network(op) over the network's ops  +  constant
     constant        = median over anchors of (measured(anchor) - sum of in_network(op) over its ops)
 
-Measured on this project's CI machine (onnxruntime 1.32, 1 thread), the constant is about one call (+5 us)
-at 32 px / width 0.25, where per-call overhead dominates and the plain sum over-predicts by ~30%; at 224 px
-it is ~+10% of a network, the cache cost of the large fixed layers (the classifier's 8 MB of weights stream
-from memory in a network, not alone), where the plain sum under-predicts. One measured constant per table
-fits both; anchors are drawn from their own seed, so `dnas validate`'s networks stay held out.
+In the FBNet spaces every candidate of a layer takes the same input shape, so the probes subtract the same
+total from every network and the constant carries the whole correction; the probes still make each LUT
+entry an in-network cost (what the search's latency term should weigh) and matter for spaces whose networks
+differ in shape. Measured on this project's CI machine (onnxruntime 1.32, 1 thread): at 32 px / width 0.25,
+where the plain sum over-predicts by ~30% (a call per op), the constant comes out near one call; at 224 px,
+where the plain sum under-predicts by 7-10% (the classifier's 8 MB of weights stream from memory in a
+network, not alone), it is ~+10% of a network. One measured constant per table fits both. The table also
+publishes the constant's spread over anchors and its standard error: every prediction of the table shares
+that error.
 """
 
 from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.cost import op_cost
 from search.opspec import OpSpec
 from search.space import SearchSpace
 
 RULE = "overhead-v1"
 PLAIN = "sum"
-N_ANCHORS = 3
+N_ANCHORS = 8
 DESCRIPTION = (
     "predict(arch) = sum over the network's ops of max(median_us - overhead_us[probe at the op's input], 0)"
     " + constant_us; constant_us = median over anchor networks of (measured - that sum)"
@@ -39,9 +44,19 @@ DESCRIPTION = (
 
 
 def anchor_archs(space: SearchSpace, n: int = N_ANCHORS) -> list[list[str]]:
-    """Deterministic per space, and drawn from a seed no validation uses: anchors never leak into a check."""
+    """The networks a run measures whole to fit its constant: the space's cheapest and dearest (fewest and most
+    multiply-adds per layer), so the constant holds at both ends of the range (a search lands at the fast
+    end), and random ones between. Deterministic per space, from a seed no validation uses."""
+
+    def by_macs(pick: Callable[..., str]) -> list[str]:
+        return [
+            pick(space.candidates, key=lambda c, s=slot: op_cost(s.op(c, space.batch)).macs) for slot in space.slots
+        ]
+
+    ends = [by_macs(min), by_macs(max)][:n]
     rng = random.Random(f"anchors:{space.hash}")
-    return [[rng.choice(space.candidates) for _ in space.slots] for _ in range(n)]
+    randoms = [[rng.choice(space.candidates) for _ in space.slots] for _ in range(max(0, n - len(ends)))]
+    return [*ends, *randoms]
 
 
 def probe_specs(ops: Iterable[OpSpec]) -> dict[str, OpSpec]:
@@ -102,21 +117,26 @@ def fit_rule(
     if not probes_us:
         return PredictionRule(), {"rule": PLAIN, "description": "plain sum of the ops' medians"}
     base = PredictionRule(RULE, dict(probes_us), 0.0)
-    stem = space.fixed_ops()["stem"]
-    call_us = base.overhead(stem)
+    call_us = min(probes_us.values())  # the smallest shape's probe: the call itself, no data worth the name
     rows = [
         {"arch": list(arch), "measured_us": float(measured), "sum_in_network_us": base.core_us(space, arch, medians)}
         for arch, measured in anchors
     ]
-    if rows:
-        constant = statistics.median(r["measured_us"] - r["sum_in_network_us"] for r in rows)
-        source = "anchors"
+    residuals = [r["measured_us"] - r["sum_in_network_us"] for r in rows]
+    spread = None
+    if residuals:
+        constant, source = statistics.median(residuals), "anchors"
+        if len(residuals) > 1:  # a robust spread (MAD scaled to a standard deviation) of what one anchor says
+            spread = 1.4826 * statistics.median(abs(r - constant) for r in residuals)
     else:
         constant, source = call_us, "call overhead only (no anchors measured)"
     rule = PredictionRule(RULE, dict(probes_us), float(constant))
     published = rule.to_dict() | {
         "description": DESCRIPTION,
         "constant_from": source,
+        "constant_spread_us": spread,
+        # The median of n anchors is about 1.25 sd / sqrt(n) from the truth: what every prediction may share.
+        "constant_se_us": None if spread is None else 1.2533 * spread / len(residuals) ** 0.5,
         "call_overhead_us": call_us,
         "anchors": rows,
     }

@@ -236,3 +236,41 @@ def test_fifty_concurrent_leases_two_workers_postgres_never_double_lease(pg_url,
             got = [j for j in pool.map(lease_once, range(50)) if j is not None]
         assert len(got) == 50
         assert len(set(got)) == len(got)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def contended_url(request, tmp_path):
+    return f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def test_concurrent_batch_leases_on_two_workers_never_share_a_job(contended_url, tmp_path):
+    space = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "ir_k5_e6", "skip"]}
+    with running_service(contended_url, tmp_path, workers=2, lease_seconds=600) as svc, svc.client() as admin:
+        device = register(admin, "contended-batches")
+        for r in (32, 40, 48, 56):  # four runs (they share a few ops, the classifier among them)
+            start_run(admin, device["id"], space={**space, "resolution": r})
+        engine = make_engine(contended_url)
+        with make_sessionmaker(engine)() as s:
+            total = s.scalar(select(func.count(Job.id)))
+        engine.dispose()
+
+        def lease_batch(_: int) -> list[tuple[int, str]]:
+            with httpx.Client(
+                base_url=svc.url, headers={"Authorization": f"Bearer {device['agent_token']}"}, timeout=60
+            ) as c:
+                resp = c.post("/v1/agent/lease", json={"wait_seconds": 0, "max_jobs": 20, "protocol": 2})
+                assert resp.status_code in (200, 204), resp.text
+                if resp.status_code == 204:
+                    return []
+                batch = resp.json()
+                return [(j["job_id"], batch["batch_group"]) for j in batch["jobs"]]
+
+        batches: list[list[tuple[int, str]]] = []
+        while sum(map(len, batches)) < total:  # every round of 12 concurrent leases takes what is left
+            got = [b for b in ThreadPoolExecutor(max_workers=12).map(lease_batch, range(12)) if b]
+            assert got, "jobs remain but nothing could be leased"
+            batches += got
+        ids = [job for batch in batches for job, _ in batch]
+        assert len(ids) == len(set(ids)) == total  # each job in exactly one batch
+        assert all(len({group for _, group in batch}) == 1 for batch in batches)  # a batch never mixes runs
+        assert all(len(batch) <= 20 for batch in batches)

@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from tests.service_harness import register, running_service, start_run
+from search.predict import N_ANCHORS
+from tests.service_harness import register, running_service, start_agent, start_run
 
 SPACE_A = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
 SPACE_B = {"resolution": 40, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
@@ -64,7 +65,7 @@ def test_a_run_is_leased_as_one_batch_and_reported_in_one_call(svc):
             published = admin.get(f"/v1/profiling-runs/{run_a['id']}").json()
             assert published["status"] == "published" and published["done"] == run_a["total"]
             table = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json()
-            assert table["prediction"]["rule"] == "overhead-v1" and len(table["prediction"]["anchors"]) == 3
+            assert table["prediction"]["rule"] == "overhead-v1" and len(table["prediction"]["anchors"]) == N_ANCHORS
 
             # The next batch is the second run; nothing held under the finished token any more.
             nxt = agent.post("/v1/agent/lease", json={"wait_seconds": 0, "max_jobs": 500, "protocol": 2}).json()
@@ -103,10 +104,27 @@ def test_single_job_agents_keep_protocol_1(svc):
         with svc.client(device["agent_token"]) as agent:
             job = agent.post("/v1/agent/lease", json={"wait_seconds": 0}).json()
             assert "jobs" not in job and job["config"]["runs"] == 8  # a block of rounds x runs_per_round
-            result = _result(job["job_id"])
-            del result["job_id"]
+            # The protocol-1 body: statistics of one block, every timed run, no rounds.
+            samples = [100.0, 101.0, 99.0, 102.0, 98.0, 100.5, 99.5, 101.5]
+            result = {"median_us": 100.25, "mean_us": 100.19, "p10_us": 98.7, "p90_us": 101.65, "std_us": 1.3,
+                      "n": 8, "samples_us": samples, "context": {"method": "block"}}  # fmt: skip
             ack = agent.post(f"/v1/agent/jobs/{job['job_id']}/result", json={"lease_token": job["lease_token"],
                                                                             **result})  # fmt: skip
             assert ack.status_code == 200 and ack.json()["status"] == "done"
         assert admin.get(f"/v1/devices/{device['id']}").json()["agent_protocol"] == 1
         assert admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] == 1
+
+
+def test_a_model_the_agent_cannot_fetch_fails_alone(svc, tmp_path):
+    with svc.client() as admin:
+        device = register(admin, "missing-model")
+        run = start_run(admin, device["id"], SPACE_A, CONFIG)
+        # An anchor network's file vanishes from the service's artifacts: its download answers 404.
+        victim = next((tmp_path / "artifacts" / "networks").glob("net-*.onnx"))
+        victim.unlink()
+        agent = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "1")
+        assert agent.wait(timeout=300) == 0
+        status = admin.get(f"/v1/profiling-runs/{run['id']}").json()
+        # Every other job of the batch was measured; the one model failed with the download's reason.
+        assert status["done"] == run["total"] - 1 and status["failed"] == 1, status
+        assert victim.stem in status["errors"][0] and "model download" in status["errors"][0]

@@ -13,6 +13,7 @@ import torch
 from search import calibration
 from search.fidelity import errors
 from search.latency import LatencyLUT, LatencyTable, TableError, apply_calibration
+from search.predict import N_ANCHORS
 from search.run import newest_calibration
 from search.space import fbnet_space
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
@@ -48,7 +49,7 @@ def test_validate_measures_networks_and_stores_a_calibration(tmp_path):
         # The noise ceiling compares two halves of the same interleaved measurement of the same six networks.
         assert report["noise_ceiling"]["n"] == 6 and report["noise_ceiling"]["mape_pct"] > 0
         # Drift: the table's three anchors measured again beside the networks, now over then.
-        assert len(report["drift"]["anchors"]) == 3 and 0.5 < report["drift"]["ratio"] < 2
+        assert len(report["drift"]["anchors"]) == N_ANCHORS and 0.5 < report["drift"]["ratio"] < 2
         assert report["calibrated_held_out"]["n"] == 6
         assert (tmp_path / "fid" / "fidelity.png").read_bytes().startswith(b"\x89PNG")
         cal = admin.get(f"/v1/devices/{device['id']}/calibrations/latest").json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -40,10 +41,14 @@ class LocalBackend:
 
     def _start(self) -> subprocess.Popen[str]:
         if self._child is None or self._child.poll() is not None:
+            cpus = self.cpus
 
-            def pin() -> None:
-                if self.cpus:
-                    os.sched_setaffinity(0, self.cpus)
+            def prepare() -> None:
+                # Its own session: a Ctrl-C at the agent's terminal reaches the agent, which finishes the batch,
+                # not the runner in the middle of it. And it dies with the agent, never measuring for nobody.
+                _die_with_parent()
+                if cpus:
+                    os.sched_setaffinity(0, cpus)
 
             self._child = subprocess.Popen(
                 [sys.executable, "-m", RUNNER, "--serve"],
@@ -51,7 +56,8 @@ class LocalBackend:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                preexec_fn=pin if self.cpus else None,
+                start_new_session=True,
+                preexec_fn=prepare,
             )
         return self._child
 
@@ -124,7 +130,7 @@ class LocalBackend:
                     if loading is not None:
                         raise _CrashedLoading(loading, self._died(f"loading {models[loading].name}"))
                     err = self._died("measuring the batch in rounds")
-                    return {key: err for key in models}
+                    return {key: out.get(key, err) for key in models}
                 msg = json.loads(line)
                 if "ready" in msg:
                     settled.add(msg["ready"])
@@ -164,6 +170,16 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self._child.kill()
         self._child = None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM when the agent dies (even by SIGKILL); elsewhere the runner exits at EOF on stdin."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class _CrashedLoading(Exception):

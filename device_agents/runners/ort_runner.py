@@ -96,29 +96,49 @@ def measure_batch(request: dict, emit: Callable[[dict], None]) -> None:
         calls.append(run)
         emit({"ready": item["id"]})
     samples: list[list[list[float]]] = [[] for _ in ids]
+    failed: set[int] = set()
     clock = time.perf_counter_ns
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed run would land on whichever model happened to be running
     try:
         for r, order in enumerate(rounds.visit_orders(len(ids), n_rounds, seed)):
             for i in order:
+                if i in failed:
+                    continue
                 run = calls[i]
-                run()  # untimed: the previous visit was another model
-                times = []
-                for _ in range(per_round):
-                    start = clock()
-                    run()
-                    times.append((clock() - start) / 1e3)
+                try:
+                    run()  # untimed: the previous visit was another model
+                    times = []
+                    for _ in range(per_round):
+                        start = clock()
+                        run()
+                        times.append((clock() - start) / 1e3)
+                except Exception as exc:  # this model stops here; the others keep their rounds
+                    failed.add(i)
+                    emit({"id": ids[i], "error": f"round {r + 1}: {type(exc).__name__}: {exc}"})
+                    continue
                 samples[i].append(times)
             emit({"round": r + 1})
     finally:
         if gc_was_enabled:
             gc.enable()
-    for model_id, per_model in zip(ids, samples, strict=True):
-        emit({"id": model_id, "round_samples_us": per_model})
+    for i, (model_id, per_model) in enumerate(zip(ids, samples, strict=True)):
+        if i not in failed:
+            emit({"id": model_id, "round_samples_us": per_model})
     context = _context(threads, warmup=warmup, rounds=n_rounds, runs_per_round=per_round, seed=seed,
-                       method="interleaved", estimator=rounds.ESTIMATOR, batch_models=len(ids))  # fmt: skip
+                       method="interleaved", estimator=rounds.ESTIMATOR, batch_models=len(ids),
+                       runner_peak_rss_mb=_peak_rss_mb())  # fmt: skip
     emit({"done": True, "context": context})
+
+
+def _peak_rss_mb() -> float | None:
+    """Every model of a batch is held open at once: what that costs in memory matters on a phone."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _emit(obj: dict) -> None:

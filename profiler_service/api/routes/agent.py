@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -75,14 +76,16 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
     )
 
 
-def _batch(jobs: list[Job], session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
+def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
     first = jobs[0]
+    token = first.lease_token or ""
     return LeasedBatch(
-        lease_token=first.lease_token or "",
+        lease_token=token,
         lease_expires_at=as_utc(first.lease_expires_at),
         lease_seconds=request.app.state.settings.lease_seconds,
         batch_group=first.batch_group,
-        seed=int(first.lease_token[:8], 16) if first.lease_token else 0,
+        seed=int(hashlib.sha256(token.encode()).hexdigest()[:8], 16),  # no part of the token leaks into results
+        group_jobs=group_jobs,
         config=first.config,
         jobs=[_leased(job, session.get(Operator, job.op_key), request) for job in jobs],
     )
@@ -106,14 +109,14 @@ async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> Lease
             if body.max_jobs is None:
                 job = claim_next(session, device_id=device.id, lease_seconds=seconds)
                 return None if job is None else _leased(job, session.get(Operator, job.op_key), request)
-            jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
-            return _batch(jobs, session, request) if jobs else None
+            jobs, group_jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
+            return _batch(jobs, group_jobs, session, request) if jobs else None
 
-    if device.agent_protocol != body.protocol:  # recorded once per change, not on every poll
+    if device.agent_protocol != body.version:  # recorded once per change, not on every poll
 
         def record_protocol() -> None:
             with state.sessionmaker() as session:
-                session.execute(update(Device).where(Device.id == device.id).values(agent_protocol=body.protocol))
+                session.execute(update(Device).where(Device.id == device.id).values(agent_protocol=body.version))
                 session.commit()
 
         await run_in_threadpool(record_protocol)

@@ -28,7 +28,6 @@ class NetworkSetRequest(Strict):
     space: dict[str, Any]
     archs: list[list[str]] = Field(min_length=1, max_length=200)
     config: MeasureConfig = Field(default_factory=MeasureConfig)
-    remeasure: bool = Field(default=True, description="Measure again even if measured before under this config.")
 
 
 class CalibrationCreate(Strict):
@@ -56,13 +55,13 @@ def network_result(device_id: Id, key: str, session: SessionDep,
 
 @router.post("/network-sets", status_code=201, dependencies=[AdminDep])
 def measure_network_set(device_id: Id, body: NetworkSetRequest, session: SessionDep, request: Request) -> dict:
-    """Measure several architectures together, in the same interleaved rounds (what `dnas validate` does)."""
+    """Measure several architectures together, in the same interleaved rounds (what `dnas validate` does).
+    A set is one measurement session: every network is measured now, even if it was measured before."""
     device = get_device(session, device_id)
     settings = request.app.state.settings
     space = resolve_space(body.space)
     ops = [ensure_network(session, settings.artifact_dir, space, arch) for arch in body.archs]
-    set_id = request_set(session, device=device, ops=ops, config=body.config, max_attempts=settings.max_attempts,
-                         remeasure=body.remeasure)  # fmt: skip
+    set_id = request_set(session, device=device, ops=ops, config=body.config, max_attempts=settings.max_attempts)
     return set_status(session, device_id=device.id, set_id=set_id)
 
 
