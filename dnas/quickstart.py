@@ -157,8 +157,11 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             thread.join(timeout=60)
 
     _step(8, "writing the report")
-    drift = statistics.median(m["measurement"]["median_us"] / then for m, (_, then) in zip(measured[2:], anchors,
-                                                                                           strict=True))  # fmt: skip
+    failed = [m for m in measured if m["status"] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} network(s) failed on this host: {failed[0].get('error')}")
+    ratios = [m["measurement"]["median_us"] / then for m, (_, then) in zip(measured[2:], anchors, strict=True)]
+    drift = statistics.median(ratios) if ratios else 1.0
     rows = []
     for (name, arch), m in zip((("searched", searched_arch), ("baseline", baseline_arch)), measured[:2], strict=True):
         cost = network_cost(space, arch)

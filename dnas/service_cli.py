@@ -214,19 +214,23 @@ def validate(
     typer.echo(f"{samples} networks on device {device}, table v{report['table_version']} "
                f"(rule: {report['prediction_rule']}):")  # fmt: skip
     rows = [("table rule", report["raw"])]
-    if "drift_adjusted" in report:
-        rows.append(("drift-adjusted", report["drift_adjusted"]))
     if "calibrated_held_out" in report:
         rows.append(("calibrated*", report["calibrated_held_out"]))
     if "noise_ceiling" in report:
         rows.append(("noise ceiling", report["noise_ceiling"]))
+    if "drift_adjusted" in report:
+        rows.append(("drift-adjusted", report["drift_adjusted"]))
     for name, m in rows:
         typer.echo(
             f"  {name:15s} within 5%: {m['within_5_pct']:4.0%}  within 10%: {m['within_10_pct']:4.0%}  "
             f"MAPE {m['mape_pct']:5.2f}%  worst {m['worst_error_pct']:+6.2f}%  Kendall tau {m['kendall_tau']:.3f}"
         )
+    typer.echo("  noise ceiling: the same networks' even rounds against their odd rounds (two half-length runs)")
     if "drift" in report:
         typer.echo(f"  drift since profiling (anchor networks now / then): {report['drift']['ratio'] - 1:+.1%}")
-    if "calibrated_held_out" in report:
-        typer.echo(f"  * 5-fold held out; stored as calibration v{report['calibration']['version']}")
+    cal = report.get("calibration")
+    if cal and cal.get("stored"):
+        typer.echo(f"  * 5-fold held out; stored as calibration v{cal['version']} (dnas search applies it)")
+    elif cal:
+        typer.echo(f"  calibration not stored: {cal['why']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")

@@ -29,7 +29,7 @@ def versions(device_id: Id, session: SessionDep, space_hash: str | None = SpaceH
             config_hash=t.config_hash,
             content_sha256=t.content_sha256,
             created_at=as_utc(t.created_at),
-            entries=len(t.entries),
+            entries=sum(1 for e in t.entries if not e.op_key.startswith(("probe-", "net-"))),  # ops, as served
         )
         for t in list_tables(session, device_id, space_hash)
     ]
