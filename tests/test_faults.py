@@ -1,9 +1,12 @@
 """Faults a long-running deployment meets: nothing is lost or doubled, and the service recovers by itself."""
 
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -12,6 +15,7 @@ from db.models import Measurement
 from tests import postgres
 from tests.emulator_harness import running_emulator
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
+from tests.waiting import wait_until
 
 
 def _counts(db_url: str) -> tuple[int, int]:
@@ -31,8 +35,7 @@ def test_service_killed_mid_run_and_restarted_loses_nothing(tmp_path):
         device = register(admin, "survivor")
         run = start_run(admin, device["id"], config={"warmup": 2, "runs": 300})
         agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "1")
-        while admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] < 3:
-            assert agent.poll() is None
+        wait_until(lambda: _done(admin, run["id"]) >= 3, what="3 ops measured", timeout_s=120, alive=[agent])
         svc.proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: a crash
         svc.proc.wait()
     # The agent keeps retrying with backoff; a new service on the same database and port picks up the run.
@@ -46,22 +49,56 @@ def test_service_killed_mid_run_and_restarted_loses_nothing(tmp_path):
     assert measurements == distinct == run["total"]
 
 
+def _done(client: httpx.Client, run_id: int) -> int:
+    return client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()["done"]
+
+
+def _health_on_a_new_connection(url: str) -> tuple[int, int | None]:
+    """(status, answering worker's pid) over a connection of its own: the kernel hands each new connection to
+    one of the workers, while a keep-alive client would keep talking to the same one."""
+    resp = httpx.get(f"{url}/v1/health", headers={"Connection": "close"}, timeout=10)
+    return resp.status_code, resp.json().get("worker_pid")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.mark.postgres
-def test_postgres_restarted_under_a_running_service_recovers(tmp_path):
-    if not postgres.available():
-        pytest.skip("PostgreSQL server binaries not installed")
-    with postgres.postgres_cluster() as cluster:
-        url = cluster.create_database("restart")
-        with running_service(url, tmp_path, workers=2) as svc, svc.client() as admin:
-            register(admin, "before")
-            cluster.stop()
-            down = admin.get("/v1/devices")
-            assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
-            cluster.start()
-            # No service restart: the pool notices dead connections (pre-ping) and reconnects.
-            for _ in range(4):  # every worker process, whichever answers
-                assert admin.get("/v1/devices").status_code == 200
-            assert register(admin, "after")["name"] == "after"
+def test_postgres_restarted_under_a_running_service_recovers_in_every_worker(tmp_path, own_pg_cluster):
+    cluster: postgres.PostgresCluster = own_pg_cluster
+    url = cluster.create_database("restart")
+    with running_service(url, tmp_path, workers=2) as svc, svc.client() as admin:
+        register(admin, "before")
+        workers: set[int] = set()
+
+        def every_worker_answers() -> bool:
+            status, pid = _health_on_a_new_connection(svc.url)
+            assert status == 200
+            workers.add(pid)
+            return len(workers) == 2
+
+        # Each worker has answered through the database, so each holds pooled connections that will go stale.
+        wait_until(every_worker_answers, what="both workers to answer", timeout_s=60, interval_s=0.05)
+        assert all(_parent(pid) == svc.proc.pid for pid in workers), workers  # the service's own workers
+        cluster.stop()
+        # One keep-alive connection, so the outage reaches one worker only and the other keeps its stale pool.
+        down = admin.get("/v1/health")
+        assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
+        assert admin.get("/v1/devices").status_code == 503
+        cluster.start()
+        # No service restart: each pool notices its dead connections (pre-ping) and reconnects, so not one
+        # request fails once the database is back, in whichever worker answers it.
+        recovered: set[int] = set()
+
+        def every_worker_recovers() -> bool:
+            status, pid = _health_on_a_new_connection(svc.url)
+            assert status == 200, f"a worker answered {status} after the database came back"
+            recovered.add(pid)
+            return recovered == workers
+
+        wait_until(every_worker_recovers, what=f"workers {sorted(workers)} to answer", timeout_s=60, interval_s=0.05)
+        assert register(admin, "after")["name"] == "after"
 
 
 def test_device_disconnecting_mid_run_fails_its_jobs_with_the_reason(tmp_path):
@@ -71,13 +108,13 @@ def test_device_disconnecting_mid_run_fails_its_jobs_with_the_reason(tmp_path):
         run = start_run(admin, phone["id"], space=space, config={"warmup": 1, "runs": 200})
         with running_emulator(tmp_path / "sandbox") as emu:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--token",
-                 phone["agent_token"], "--adb", emu.address, "--key", str(tmp_path / "adbkey"),
-                 "--exit-when-idle", "--wait", "1", "--cache-dir", str(tmp_path / "cache")],
+                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--adb", emu.address,
+                 "--key", str(tmp_path / "adbkey"), "--exit-when-idle", "--wait", "1",
+                 "--cache-dir", str(tmp_path / "cache")],
+                env=os.environ | {"DNAS_AGENT_TOKEN": phone["agent_token"]},  # never in argv
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-            while admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] < 1:
-                assert agent.poll() is None
+            wait_until(lambda: _done(admin, run["id"]) >= 1, what="1 op measured", timeout_s=120, alive=[agent])
         # The phone is gone mid-run (USB pulled, Wi-Fi dropped): the remaining jobs fail after bounded attempts.
         out, _ = agent.communicate(timeout=600)
         assert agent.returncode == 0, out[-2000:]
