@@ -15,6 +15,7 @@ from pathlib import Path
 from adb_shell.adb_device import AdbDevice, AdbDeviceTcp
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
+from adb_shell.exceptions import TcpTimeoutException, UsbReadFailedError
 from platformdirs import user_config_dir
 
 log = logging.getLogger("dnas.android")
@@ -23,6 +24,10 @@ _RC = re.compile(r"\n?__RC=(\d+)\s*$")
 
 class AdbError(Exception):
     """The device or the link failed; the message says which command and why."""
+
+
+class AdbAuthError(AdbError):
+    """The device did not authorise this computer's key: nobody tapped "Allow" on it (in time)."""
 
 
 @dataclass
@@ -78,8 +83,26 @@ class AdbConnection:
             from adb_shell.adb_device_usb import AdbDeviceUsb  # needs libusb; only imported for USB
 
             device = AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.transport_timeout_s)
+        offered = False
+
+        def on_offer(_device: AdbDevice) -> None:
+            # adb-shell calls this when the device knows none of our keys and we send it the public one: the
+            # phone now shows "Allow USB debugging?" and stays silent until someone answers.
+            nonlocal offered
+            offered = True
+            log.warning("%s: accept this computer's adb key on the device (tap Allow)", self.name)
+
         try:
-            device.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s)
+            device.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s,
+                           auth_callback=on_offer)  # fmt: skip
+        except (TcpTimeoutException, UsbReadFailedError) as exc:
+            if offered:  # silence after the offer, not a closed link: the key was not accepted
+                raise AdbAuthError(
+                    f"{self.name} did not accept this computer's adb key within {self.auth_timeout_s:g} s: unlock "
+                    f"it and tap Allow on the 'Allow USB debugging?' prompt (tick 'Always allow'), then retry; "
+                    f"the key is {self.key_path}.pub"
+                ) from exc
+            raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         self._device = device
