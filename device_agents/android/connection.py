@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adb_shell.adb_device import AdbDevice, AdbDeviceTcp
+from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.exceptions import TcpTimeoutException, UsbReadFailedError
+from adb_shell.transport.tcp_transport import TcpTransport
 from platformdirs import user_config_dir
 
 log = logging.getLogger("dnas.android")
@@ -50,6 +51,22 @@ def load_signer(key_path: Path) -> PythonRSASigner:
     return PythonRSASigner(Path(f"{key_path}.pub").read_text(), key_path.read_text())
 
 
+class _TcpTransport(TcpTransport):
+    """adb-shell's TCP transport, except that a closed connection is an error.
+
+    adb-shell takes the empty read at end of stream for "no data yet" and reads again at once until its read
+    timeout, which for a measurement is the run timeout: a device that vanishes mid-command (adbd killed, USB
+    pulled under adb over TCP, emulator gone) kept a host core busy for up to ten minutes before the job
+    failed. Here the first empty read raises, and the job fails with the reason at once.
+    """
+
+    def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+        data = super().bulk_read(numbytes, transport_timeout_s)
+        if not data:
+            raise ConnectionResetError(f"{self._host}:{self._port} closed the adb connection")
+        return data
+
+
 class AdbConnection:
     def __init__(
         self,
@@ -77,8 +94,8 @@ class AdbConnection:
             return self._device
         if self.tcp:
             host, _, port = self.tcp.rpartition(":")
-            device: AdbDevice = AdbDeviceTcp(host or self.tcp, int(port or 5555),
-                                             default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
+            transport = _TcpTransport(host or self.tcp, int(port or 5555))
+            device: AdbDevice = AdbDevice(transport, default_transport_timeout_s=self.transport_timeout_s)
         else:
             from adb_shell.adb_device_usb import AdbDeviceUsb  # needs libusb; only imported for USB
 
