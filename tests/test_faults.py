@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, make_sessionmaker
 from db.models import Measurement
+from profiler_service.local_server import stop_process
 from tests import postgres
 from tests.emulator_harness import running_emulator
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
@@ -35,16 +36,23 @@ def test_service_killed_mid_run_and_restarted_loses_nothing(tmp_path):
         device = register(admin, "survivor")
         run = start_run(admin, device["id"], config={"warmup": 2, "runs": 300})
         agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "1")
-        wait_until(lambda: _done(admin, run["id"]) >= 3, what="3 ops measured", timeout_s=120, alive=[agent])
-        svc.proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: a crash
-        svc.proc.wait()
+        try:
+            wait_until(lambda: _done(admin, run["id"]) >= 3, what="3 ops measured", timeout_s=120, alive=[agent])
+            svc.proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: a crash
+            svc.proc.wait()
+        except BaseException:
+            stop_process(agent, timeout_s=10)  # never outlive the test
+            raise
     # The agent keeps retrying with backoff; a new service on the same database and port picks up the run.
-    with running_service(db_url, tmp_path, port=port) as svc, svc.client() as admin:
-        run = wait_for_run(admin, run["id"], timeout_s=600)
-        agent.terminate()
-        agent.wait(timeout=60)
-        assert run["status"] == "published", run
-        assert run["done"] == run["total"]
+    try:
+        with running_service(db_url, tmp_path, port=port) as svc, svc.client() as admin:
+            run = wait_for_run(admin, run["id"], timeout_s=240)
+            stop_process(agent, timeout_s=60)  # while the service is up, so it can finish and say goodbye
+    finally:
+        if agent.poll() is None:  # never outlive the test
+            stop_process(agent, timeout_s=10)
+    assert run["status"] == "published", run
+    assert run["done"] == run["total"]
     measurements, distinct = _counts(db_url)
     assert measurements == distinct == run["total"]
 
@@ -101,11 +109,29 @@ def test_postgres_restarted_under_a_running_service_recovers_in_every_worker(tmp
         assert register(admin, "after")["name"] == "after"
 
 
+def _runs_on(emu_pid: int, needle: str) -> bool:
+    """Whether a process under the emulator (a command it runs for the host) has `needle` in its command line."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            pid = int(proc.name)
+            while pid > 1:
+                pid = _parent(pid)
+                if pid == emu_pid:
+                    return True
+        except (OSError, ValueError, IndexError):  # it exited while we looked
+            continue
+    return False
+
+
 def test_device_disconnecting_mid_run_fails_its_jobs_with_the_reason(tmp_path):
     space = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["skip"]}
     with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
         phone = register(admin, "flaky-phone", platform="android")
-        run = start_run(admin, phone["id"], space=space, config={"warmup": 1, "runs": 200})
+        run = start_run(admin, phone["id"], space=space, config={"warmup": 1, "runs": 2000})
         with running_emulator(tmp_path / "sandbox") as emu:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--adb", emu.address,
@@ -114,9 +140,17 @@ def test_device_disconnecting_mid_run_fails_its_jobs_with_the_reason(tmp_path):
                 env=os.environ | {"DNAS_AGENT_TOKEN": phone["agent_token"]},  # never in argv
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-            wait_until(lambda: _done(admin, run["id"]) >= 1, what="1 op measured", timeout_s=120, alive=[agent])
-        # The phone is gone mid-run (USB pulled, Wi-Fi dropped): the remaining jobs fail after bounded attempts.
-        out, _ = agent.communicate(timeout=600)
+            try:
+                wait_until(lambda: _done(admin, run["id"]) >= 1, what="1 op measured", timeout_s=120, alive=[agent])
+                # The phone vanishes while it measures (USB pulled, adbd killed): no CLSE, the link just ends.
+                wait_until(lambda: _runs_on(emu.proc.pid, "ort_runner.py"), what="a measurement on the device",
+                           timeout_s=60, interval_s=0.02, alive=[agent])  # fmt: skip
+                emu.proc.kill()
+                # The remaining jobs fail after bounded attempts, promptly: the agent neither hangs nor spins.
+                out, _ = agent.communicate(timeout=120)
+            finally:
+                if agent.poll() is None:  # never outlive the test
+                    stop_process(agent, timeout_s=10)
         assert agent.returncode == 0, out[-2000:]
         run = wait_for_run(admin, run["id"])
         assert run["status"] == "failed", run
