@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's adb client: a test drives the ADB emulator with it. Installed when missing and we may (root + apt).
+# Debian's adb client (a test drives the ADB emulator with it) and the PostgreSQL server binaries (the tests
+# start their own throwaway server, found through pg_config --bindir). Installed when missing and we may
+# (root + apt); without them their tests skip outside CI and fail in CI.
+apt_install = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null
+
 system-deps:
-	@command -v adb >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		(apt-get update -qq && apt-get install -y -qq adb >/dev/null) || \
-		echo "note: Debian's adb not installed; its test is skipped outside CI (apt-get install adb)"; }
+	@command -v adb >/dev/null || { $(call apt_install,adb); } || \
+		echo "note: Debian's adb not installed; its test is skipped outside CI (apt-get install adb)"
+	@[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || { $(call apt_install,postgresql); } || \
+		echo "note: PostgreSQL server not installed; its tests are skipped outside CI (apt-get install postgresql)"
 
 demo: $(STAMP)
 	$(BIN)/dnas quickstart

@@ -12,16 +12,36 @@ from platformdirs import user_cache_dir
 app = typer.Typer(no_args_is_help=True, help="Device agents: lease jobs and measure on hardware.")
 
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_AGENT_SERVER", help="Service URL.")]
-Token = Annotated[str, typer.Option("--token", envvar="DNAS_AGENT_TOKEN", help="The device's agent token.")]
+Token = Annotated[
+    str | None,
+    typer.Option("--token", envvar="DNAS_AGENT_TOKEN", help="The device's agent token (prefer the environment)."),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option("--token-file", envvar="DNAS_AGENT_TOKEN_FILE", help="Read the agent token from this file."),
+]
 Once = Annotated[bool, typer.Option("--exit-when-idle", help="Exit when no job arrives within --wait.")]
 Wait = Annotated[float, typer.Option("--wait", help="Seconds one lease call may wait for a job.")]
 Cache = Annotated[Path | None, typer.Option("--cache-dir", help="Where downloaded models are kept.")]
 Batch = Annotated[
     int,
-    typer.Option("--batch-size", min=1, max=1000, help="Most jobs leased and measured together in interleaved rounds."),
+    typer.Option(
+        "--batch-size",
+        min=1,
+        max=1000,
+        envvar="DNAS_AGENT_BATCH_SIZE",
+        help="Most jobs leased and measured together in interleaved rounds.",
+    ),
 ]
 Protocol = Annotated[
-    int, typer.Option("--protocol", min=1, max=2, help="2: batches in interleaved rounds; 1: one job at a time.")
+    int,
+    typer.Option(
+        "--protocol",
+        min=1,
+        max=2,
+        envvar="DNAS_AGENT_PROTOCOL",
+        help="2: batches in interleaved rounds; 1: one job at a time.",
+    ),
 ]
 
 
@@ -32,6 +52,24 @@ def _logging() -> None:
 
 def _default_cache() -> Path:
     return Path(user_cache_dir("dnas")) / "agent-models"
+
+
+def resolve_token(token: str | None, token_file: Path | None) -> str:
+    """Exactly one source of the agent token. A file keeps it out of argv, `ps` and the environment."""
+    from dnas.errors import UserError
+
+    if (token is None) == (token_file is None):
+        raise UserError("give the agent token once: DNAS_AGENT_TOKEN, or --token-file / DNAS_AGENT_TOKEN_FILE")
+    if token_file is None:
+        assert token is not None
+        return token
+    try:
+        value = token_file.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"cannot read the agent token file {token_file}: {exc.strerror}") from None
+    if not value:
+        raise UserError(f"the agent token file {token_file} is empty")
+    return value
 
 
 def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float, exit_when_idle: bool,  # type: ignore[no-untyped-def]
@@ -50,8 +88,11 @@ def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float
 @app.command()
 def local(
     server: Server,
-    token: Token,
-    cpus: Annotated[str | None, typer.Option(help="Pin measurement to these CPUs, e.g. '0' or '0,1'.")] = None,
+    token: Token = None,
+    token_file: TokenFile = None,
+    cpus: Annotated[
+        str | None, typer.Option(envvar="DNAS_AGENT_CPUS", help="Pin measurement to these CPUs, e.g. '0' or '0,1'.")
+    ] = None,
     wait: Wait = 20.0,
     exit_when_idle: Once = False,
     cache_dir: Cache = None,
@@ -61,26 +102,43 @@ def local(
     """Measure on this host's CPU with onnxruntime."""
     from device_agents.local.backend import LocalBackend
 
+    secret = resolve_token(token, token_file)
     _logging()
     backend = LocalBackend(cpus=[int(c) for c in cpus.split(",")] if cpus else None)
-    _serve(server, token, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
+    _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
 
 
 @app.command()
 def android(
     server: Server,
-    token: Token,
-    adb: Annotated[str | None, typer.Option("--adb", help="HOST:PORT of a device in adb-over-TCP mode.")] = None,
-    serial: Annotated[str | None, typer.Option("--serial", help="USB serial number of the device.")] = None,
-    runner: Annotated[str, typer.Option(help="'python' (device has Python + onnxruntime) or 'perf-test'.")] = "python",
+    token: Token = None,
+    token_file: TokenFile = None,
+    adb: Annotated[
+        str | None, typer.Option("--adb", envvar="DNAS_AGENT_ADB", help="HOST:PORT of a device in adb-over-TCP mode.")
+    ] = None,
+    serial: Annotated[
+        str | None, typer.Option("--serial", envvar="DNAS_AGENT_SERIAL", help="USB serial number of the device.")
+    ] = None,
+    runner: Annotated[
+        str, typer.Option(envvar="DNAS_AGENT_RUNNER", help="'python' (device has Python + onnxruntime) or 'perf-test'.")
+    ] = "python",
     perf_test_dir: Annotated[
-        Path | None, typer.Option(help="Folder with onnxruntime_perf_test and libonnxruntime.so built for Android.")
+        Path | None,
+        typer.Option(
+            envvar="DNAS_AGENT_PERF_TEST_DIR",
+            help="Folder with onnxruntime_perf_test and libonnxruntime.so built for Android.",
+        ),
     ] = None,
     taskset: Annotated[
-        str | None, typer.Option(help="CPU mask to pin runs to, e.g. f0 (big cores; SoC-specific).")
+        str | None,
+        typer.Option(envvar="DNAS_AGENT_TASKSET", help="CPU mask to pin runs to, e.g. f0 (big cores; SoC-specific)."),
     ] = None,
-    cooldown: Annotated[float, typer.Option(help="Seconds to rest between operators.")] = 0.0,
-    key: Annotated[Path | None, typer.Option(help="adb RSA private key (generated on first use).")] = None,
+    cooldown: Annotated[
+        float, typer.Option(envvar="DNAS_AGENT_COOLDOWN", help="Seconds to rest between operators.")
+    ] = 0.0,
+    key: Annotated[
+        Path | None, typer.Option(envvar="DNAS_AGENT_ADB_KEY", help="adb RSA private key (generated on first use).")
+    ] = None,
     wait: Wait = 20.0,
     exit_when_idle: Once = False,
     cache_dir: Cache = None,
@@ -90,6 +148,7 @@ def android(
     from device_agents.android.connection import AdbConnection
     from dnas.errors import UserError
 
+    secret = resolve_token(token, token_file)
     if bool(adb) == bool(serial):
         raise UserError("give exactly one of --adb HOST:PORT or --serial SERIAL")
     if runner not in ("python", "perf-test"):
@@ -105,7 +164,7 @@ def android(
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    _serve(server, token, backend, cache_dir, wait, exit_when_idle)
+    _serve(server, secret, backend, cache_dir, wait, exit_when_idle)
 
 
 @app.command()

@@ -29,19 +29,30 @@ def serve(
     import os
 
     import uvicorn
+    from pydantic import ValidationError
 
     from profiler_service.app import prepare
     from profiler_service.settings import ServiceSettings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:  # a bad setting is the user's to fix: one line, not a traceback
+        parts = [
+            (f"DNAS_SERVICE_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        raise UserError("service settings: " + "; ".join(parts)) from None
     if settings.workers > 1 and settings.database_url.startswith("sqlite"):
         typer.echo("warning: several workers on SQLite serialise every write; use PostgreSQL", err=True)
     token = prepare(settings)
     if token:
         typer.echo(f"admin token (shown once, store it): {token}", err=True)
-    # Workers rebuild settings from the environment: pass the resolved values down that way.
-    for name, value in settings.model_dump().items():
+    # Workers rebuild settings from the environment: pass the resolved values down that way. A URL built from
+    # parts carries the password, so workers rebuild it from the same parts instead of inheriting it.
+    built_url = {"database_url"} if settings.database_host else set()
+    for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
     uvicorn.run(
@@ -59,19 +70,33 @@ def device_register(
     name: str,
     platform: Annotated[str, typer.Option(help="android, ios, linux, macos, windows or other.")] = "linux",
     prop: Annotated[list[str] | None, typer.Option("--prop", help="KEY=VALUE property; repeatable.")] = None,
+    agent_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the agent token to this file (mode 0600) instead of printing it; the agent "
+            "reads it with --token-file."
+        ),
+    ] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Register a device; prints its id and agent token (shown once)."""
+    """Register a device; prints its id and agent token (shown once), or writes the token to a file."""
+    from profiler_service.provision import write_secret
+
     props = {}
     for item in prop or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--prop {item!r} must be KEY=VALUE")
         props[key] = value
+    if agent_token_file is not None and agent_token_file.exists():
+        raise UserError(f"{agent_token_file} exists; remove it or pick another --agent-token-file")
     out = ServiceClient(server, token).json(
         "POST", "/v1/devices", json={"name": name, "platform": platform, "properties": props}
     )
+    if agent_token_file is not None:
+        write_secret(agent_token_file, out.pop("agent_token"))
+        out["agent_token_file"] = str(agent_token_file)
     typer.echo(json.dumps(out, indent=2))
 
 

@@ -1,4 +1,5 @@
-# A device agent host: the local (this CPU) agent by default; `dnas agent android ...` for phones over adb/TCP.
+# A device agent host: the local (this CPU) agent by default; `dnas agent android` for a phone over adb/TCP.
+# Every setting comes from the environment (DNAS_AGENT_*), the token from a file: nothing secret in argv.
 FROM python:3.11-slim
 WORKDIR /app
 # The CPU build of torch, pinned; any other torch requirement would pull a multi-GB CUDA build.
@@ -11,4 +12,10 @@ COPY db ./db
 COPY profiler_service ./profiler_service
 COPY device_agents ./device_agents
 RUN pip install --no-cache-dir .
-CMD ["sh", "-c", "dnas agent local --server \"$DNAS_AGENT_SERVER\" --token \"$DNAS_AGENT_TOKEN\""]
+# The service image's uid: token files the service writes (mode 0600) are readable here and nowhere else.
+# /var/lib/dnas keeps the adb key between restarts, so a phone's one "Allow" is remembered.
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/dnas dnas \
+    && mkdir -p /run/dnas/tokens /var/lib/dnas \
+    && chown -R dnas:dnas /run/dnas /var/lib/dnas
+USER 10001:10001
+CMD ["dnas", "agent", "local"]

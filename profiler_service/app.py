@@ -16,6 +16,7 @@ from db import migrate
 from db.engine import make_engine, make_sessionmaker
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
+from profiler_service.provision import ensure_admin_token_file, provision_device
 from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from search.export import ExportCache
@@ -25,12 +26,22 @@ log = logging.getLogger("dnas.service")
 
 
 def prepare(settings: ServiceSettings) -> str | None:
-    """Migrate to head and make sure an admin token exists. Returns a newly generated token, to print once."""
+    """Migrate to head, make sure an admin token exists, and register the devices the deployment declares.
+
+    Returns a newly generated admin token, to print once (never when it is kept in `admin_token_file`).
+    """
     migrate.upgrade(settings.database_url)
+    admin = settings.admin_token
+    if admin is None and settings.admin_token_file is not None:
+        admin = ensure_admin_token_file(settings.admin_token_file)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            return ensure_admin_token(session, settings.admin_token)
+            generated = ensure_admin_token(session, admin)
+            for name, platform in settings.provisioned():
+                assert settings.provision_token_dir is not None  # the settings validator guarantees it
+                provision_device(session, name=name, platform=platform, token_dir=settings.provision_token_dir)
+            return generated
     finally:
         engine.dispose()
 

@@ -2,27 +2,107 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import get_args
 
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
 
 from db.engine import default_url
+from profiler_service.schemas import Platform
+
+# A provisioned device's name becomes its token file's name, so it is held to what is safe in a path.
+_PROVISION_ITEM = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<platform>[a-z]+))?$")
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DNAS_SERVICE_", env_file=".env", extra="ignore")
 
     database_url: str = Field(default_factory=default_url, description="SQLAlchemy URL; SQLite file by default.")
+    # PostgreSQL from parts, so a password never has to be pasted (and URL-escaped) into a URL by hand:
+    # when database_host is set these build database_url, and the password is read from a file.
+    database_host: str | None = Field(default=None, description="PostgreSQL host; set it to use the parts below.")
+    database_port: int = Field(default=5432, ge=1, le=65535)
+    database_name: str = "dnas"
+    database_user: str = "dnas"
+    database_password_file: Path | None = Field(default=None, description="File holding the PostgreSQL password.")
     host: str = "127.0.0.1"
     port: int = Field(default=8321, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (PostgreSQL for > 1).")
     admin_token: str | None = Field(
         default=None, description="Admin token; if unset one is generated on first start and printed once."
     )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="Keep the admin token in this file: read if it exists, else generated on first start and "
+        "written here (mode 0600) instead of printed. Ignored when admin_token is set.",
+    )
+    provision_devices: str = Field(
+        default="",
+        description="Comma-separated NAME[:PLATFORM] devices to register on start when missing, each with its "
+        "agent token written to provision_token_dir/NAME.token (for compose: the agent reads it from there).",
+    )
+    provision_token_dir: Path | None = Field(default=None, description="Where provisioned agent tokens go.")
     artifact_dir: Path = Field(default_factory=lambda: Path(user_data_dir("dnas")) / "artifacts")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a leased job stays with its agent.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted.")
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`DNAS_SERVICE_ADMIN_TOKEN=` (as compose and .env files leave it) means no token, not an empty one."""
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _database_from_parts(self) -> ServiceSettings:
+        if self.database_host is None:
+            return self
+        if self.database_password_file is None:
+            raise ValueError("DNAS_SERVICE_DATABASE_HOST needs DNAS_SERVICE_DATABASE_PASSWORD_FILE")
+        try:
+            password = self.database_password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read the database password file {self.database_password_file}: {exc}") from None
+        url = URL.create(
+            "postgresql+psycopg",
+            username=self.database_user,
+            password=password,
+            host=self.database_host,
+            port=self.database_port,
+            database=self.database_name,
+        )
+        # render_as_string escapes '@', ':', '/', '#' and '%' in the password; the parsed URL gives it back intact.
+        self.database_url = url.render_as_string(hide_password=False)
+        return self
+
+    @model_validator(mode="after")
+    def _provisioning_is_complete(self) -> ServiceSettings:
+        devices = self.provisioned()
+        if devices and self.provision_token_dir is None:
+            raise ValueError("DNAS_SERVICE_PROVISION_DEVICES needs DNAS_SERVICE_PROVISION_TOKEN_DIR")
+        return self
+
+    def provisioned(self) -> list[tuple[str, str]]:
+        """(name, platform) of each device to provision; platform defaults to linux."""
+        out = []
+        for item in (part.strip() for part in self.provision_devices.split(",")):
+            if not item:
+                continue
+            m = _PROVISION_ITEM.match(item)
+            if m is None:
+                raise ValueError(
+                    f"DNAS_SERVICE_PROVISION_DEVICES: {item!r} is not NAME[:PLATFORM] "
+                    "(letters, digits, '.', '_', '-'; platform in lower case)"
+                )
+            platform = m["platform"] or "linux"
+            if platform not in get_args(Platform):
+                raise ValueError(
+                    f"DNAS_SERVICE_PROVISION_DEVICES: {item!r}: platform must be one of {get_args(Platform)}"
+                )
+            out.append((m["name"], platform))
+        return out

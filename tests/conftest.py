@@ -11,13 +11,26 @@ from tests import postgres
 _db_counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[postgres.PostgresCluster]:
-    """One real PostgreSQL server for the whole run. In CI its absence is a failure, not a skip."""
+def require_postgres() -> None:
+    """In CI a missing PostgreSQL server is a failure, not a skip: a skipped test proves nothing."""
     if not postgres.available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL server binaries are required in CI (pg_config --bindir)")
         pytest.skip("PostgreSQL server binaries not installed")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.PostgresCluster]:
+    """One real PostgreSQL server for the whole run."""
+    require_postgres()
+    with postgres.postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[postgres.PostgresCluster]:
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    require_postgres()
     with postgres.postgres_cluster() as cluster:
         yield cluster
 

@@ -8,9 +8,9 @@ import pytest
 from adb_shell.adb_device import AdbDeviceTcp
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
-from adb_shell.exceptions import DeviceAuthError
+from adb_shell.exceptions import TcpTimeoutException
 
-from device_agents.android.connection import AdbConnection
+from device_agents.android.connection import AdbAuthError, AdbConnection
 from tests.emulator_harness import running_emulator
 
 
@@ -56,10 +56,30 @@ def test_paths_cannot_escape_the_sandbox(tmp_path):
 
 
 def test_unknown_key_is_refused_when_the_user_does_not_allow_it(tmp_path):
+    known, unknown = tmp_path / "known" / "adbkey", tmp_path / "unknown" / "adbkey"
+    for key in (known, unknown):
+        key.parent.mkdir()
+        _signer(key)
+    adb_keys = tmp_path / "sandbox" / "data/misc/adb/adb_keys"
+    adb_keys.parent.mkdir(parents=True)
+    adb_keys.write_text(known.with_suffix(".pub").read_text().strip() + "\n")  # allowed on an earlier day
     with running_emulator(tmp_path / "sandbox", "--refuse-new-keys") as emu:
+        # A phone whose user never taps "Allow" keeps the connection open and says nothing after the key is
+        # offered: adb-shell's read of the CNXN times out. (A device that crashes or hangs up instead ends
+        # the stream, which adb-shell reports as AdbTimeoutError or a connection error.)
         device = AdbDeviceTcp(emu.host, emu.port, default_transport_timeout_s=2)
-        with pytest.raises((DeviceAuthError, Exception)):
-            device.connect(rsa_keys=[_signer(tmp_path / "adbkey")], auth_timeout_s=2)
+        with pytest.raises(TcpTimeoutException):
+            device.connect(rsa_keys=[_signer(unknown)], auth_timeout_s=2)
+        # The agent's connection turns that into what the user has to do.
+        conn = AdbConnection(tcp=emu.address, key_path=unknown, auth_timeout_s=2)
+        with pytest.raises(AdbAuthError, match=r"did not accept this computer's adb key within 2 s: .*tap Allow"):
+            conn.getprop("ro.product.model")
+        # Refused, not broken: the device still runs, remembered nothing, and lets the known key in.
+        assert emu.proc.poll() is None
+        assert adb_keys.read_text().count("\n") == 1
+        ok = AdbConnection(tcp=emu.address, key_path=known, auth_timeout_s=2)
+        assert ok.getprop("ro.product.model") == "dnas-emulator"
+        ok.close()
 
 
 ADB = shutil.which("adb")

@@ -1,18 +1,31 @@
-"""The console script as a user runs it: a real subprocess, real files."""
+"""The command line as a user runs it: a real subprocess, real files.
+
+Always this checkout's code with this interpreter (`python -m dnas`), never whatever `dnas` PATH finds first
+(another virtualenv, a stale install); the console script itself is checked beside this interpreter.
+"""
 
 import json
-import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-DNAS = [shutil.which("dnas") or sys.executable, *([] if shutil.which("dnas") else ["-m", "dnas"])]
+DNAS = [sys.executable, "-m", "dnas"]
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*DNAS, *args], capture_output=True, text=True, check=check, timeout=300)
+def run(*args: str, check: bool = True, command: list[str] = DNAS) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_the_console_script_beside_this_python_runs_the_same_cli():
+    script = Path(sysconfig.get_path("scripts")) / "dnas"
+    assert script.is_file(), f"no console script at {script}: install the project (pip install -e .)"
+    interpreter = Path(script.read_text().splitlines()[0].removeprefix("#!"))
+    assert interpreter.resolve() == Path(sys.executable).resolve()  # this interpreter, so this code
+    assert run("models", "list", command=[str(script)]).stdout == run("models", "list").stdout
 
 
 def test_models_describe_json():

@@ -1,11 +1,21 @@
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, inspect
 
 from db import migrate
-from db.engine import make_engine
-from db.models import Base
+from db.engine import make_engine, make_sessionmaker
+from db.models import Base, Device
+from profiler_service.schemas import MeasureConfig
+from profiler_service.security import hash_token
+from profiler_service.tables import STAT_FIELDS, content_hash
+from search.enumerate import enumerate_ops
+from tests.service_harness import running_service
+from tests.tables import MINI
 
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
@@ -51,3 +61,112 @@ def test_sqlite_upgrade_to_head_and_back(sqlite_url):
 @pytest.mark.postgres
 def test_postgres_upgrade_to_head_and_back(pg_url):
     _up_and_down(pg_url)
+
+
+# ---- upgrading a database that holds data -------------------------------------------------------------
+FIRST = "0001"
+AGENT_TOKEN, READER_TOKEN = "dnas_agent_seeded-before-the-upgrade", "dnas_read_seeded-before-the-upgrade"
+T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+
+
+def _seed_first_revision(url: str) -> dict[str, Any]:
+    """A database as the service at revision 0001 left it: a device with a published table (3 measured ops),
+    a second run still queued, a reader token. Written through the tables as revision 0001 created them
+    (reflected from the database), so the seed stays a 0001 database whatever the models become."""
+    migrate.upgrade(url, FIRST)
+    assert migrate.current_revision(url) == FIRST
+    engine = make_engine(url)
+    meta = MetaData()
+    meta.reflect(engine)
+    t = meta.tables
+    ops = list(enumerate_ops(MINI).ops.items())[:4]
+    config = MeasureConfig(threads=1, warmup=10, runs=50)
+    stats = {  # distinct per op, as real measurements are
+        key: {"median_us": 120.5 + 37 * i, "mean_us": 124.25 + 37 * i, "p10_us": 118.0 + 37 * i,
+              "p90_us": 131.75 + 37 * i, "std_us": 4.5 + i, "n": 50}
+        for i, (key, _) in enumerate(ops[:3])
+    }  # fmt: skip
+    fingerprint = {"model": "Pixel 7", "soc": "Tensor G2", "os": "Android 14", "runtime": "onnxruntime"}
+    with engine.begin() as c:
+        c.execute(t["service_settings"].insert(), {"name": "admin_token_sha256", "value": hash_token("old-admin")})
+        c.execute(t["api_tokens"].insert(), {"id": 1, "name": "ci", "role": "reader",
+                                             "token_hash": hash_token(READER_TOKEN), "created_at": T0})  # fmt: skip
+        c.execute(t["devices"].insert(), {"id": 1, "name": "pixel-7", "platform": "android",
+                                          "properties": {"lab": "bench-2"}, "fingerprint": fingerprint,
+                                          "token_hash": hash_token(AGENT_TOKEN), "created_at": T0,
+                                          "last_seen_at": T0})  # fmt: skip
+        c.execute(t["operators"].insert(), [
+            {"key": key, "spec": spec.to_dict(), "onnx_sha256": f"{i:064x}", "onnx_bytes": 4096 + i, "created_at": T0}
+            for i, (key, spec) in enumerate(ops)
+        ])  # fmt: skip
+        c.execute(t["profiling_runs"].insert(), [
+            {"id": 1, "device_id": 1, "space_hash": MINI.hash, "space": MINI.to_dict(), "config_hash": config.hash,
+             "config": config.model_dump(), "status": "published", "total": 3, "created_at": T0, "finished_at": T0},
+            {"id": 2, "device_id": 1, "space_hash": MINI.hash, "space": MINI.to_dict(), "config_hash": config.hash,
+             "config": config.model_dump(), "status": "running", "total": 4, "created_at": T0, "finished_at": None},
+        ])  # fmt: skip
+        c.execute(t["run_operators"].insert(), [{"run_id": 1, "op_key": k} for k, _ in ops[:3]]
+                  + [{"run_id": 2, "op_key": k} for k, _ in ops])  # fmt: skip
+        c.execute(t["jobs"].insert(), [
+            {"id": i + 1, "device_id": 1, "op_key": key, "config_hash": config.hash, "config": config.model_dump(),
+             "generation": 0, "status": "done" if key in stats else "queued", "attempts": 1 if key in stats else 0,
+             "max_attempts": 3, "created_at": T0, "finished_at": T0 if key in stats else None}
+            for i, (key, _) in enumerate(ops)
+        ])  # fmt: skip
+        c.execute(t["measurements"].insert(), [
+            {"id": i + 1, "job_id": i + 1, "attempt": 1, "device_id": 1, "op_key": key, "config_hash": config.hash,
+             **values, "samples_us": None, "context": {"runtime": "onnxruntime", "threads": 1}, "created_at": T0}
+            for i, (key, values) in enumerate(stats.items())
+        ])  # fmt: skip
+        sha = content_hash(MINI.hash, config.hash, stats)
+        c.execute(t["latency_tables"].insert(), {
+            "id": 1, "device_id": 1, "version": 1, "run_id": 1, "space_hash": MINI.hash, "space": MINI.to_dict(),
+            "config_hash": config.hash, "config": config.model_dump(), "fingerprint": fingerprint,
+            "content_sha256": sha, "created_at": T0,
+        })  # fmt: skip
+        c.execute(t["latency_table_entries"].insert(),
+                  [{"table_id": 1, "op_key": key, "measurement_id": i + 1} for i, key in enumerate(stats)])  # fmt: skip
+    engine.dispose()
+    return {"stats": stats, "sha": sha, "fingerprint": fingerprint}
+
+
+def _upgrade_with_data(url: str, workdir: Path) -> None:
+    seeded = _seed_first_revision(url)
+    migrate.upgrade(url)  # what `dnas serve` does on start, to whatever head is now
+    assert migrate.current_revision(url) == migrate.head_revision()
+    # The device's agent token still authenticates it: agents keep working across the upgrade.
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        device = session.get(Device, 1)
+        assert device is not None and device.token_hash == hash_token(AGENT_TOKEN)
+    engine.dispose()
+    # Everything a user reads is still there, through the service at head, with the pre-upgrade reader token.
+    with running_service(url, workdir) as svc, svc.client(READER_TOKEN) as reader:
+        devices = reader.get("/v1/devices").raise_for_status().json()
+        assert [(d["name"], d["platform"], d["properties"], d["fingerprint"]) for d in devices] == [
+            ("pixel-7", "android", {"lab": "bench-2"}, seeded["fingerprint"])
+        ]
+        table = reader.get("/v1/devices/1/latency-tables/latest")
+        assert table.status_code == 200, table.text
+        assert table.headers["etag"] == f'"{seeded["sha"]}"'
+        payload = table.json()
+        assert (payload["version"], payload["content_sha256"], payload["space_hash"]) == (1, seeded["sha"], MINI.hash)
+        assert {e["key"]: {f: e[f] for f in STAT_FIELDS} for e in payload["entries"]} == seeded["stats"]
+        published, running = (reader.get(f"/v1/profiling-runs/{i}").raise_for_status().json() for i in (1, 2))
+        assert (published["status"], published["total"], published["done"], published["table_version"]) == (
+            "published",
+            3,
+            3,
+            1,
+        )
+        # The unfinished run keeps its measured ops and its queued job.
+        assert (running["status"], running["total"], running["done"], running["failed"]) == ("running", 4, 3, 0)
+
+
+def test_sqlite_upgrade_from_the_first_revision_keeps_the_data(sqlite_url, tmp_path):
+    _upgrade_with_data(sqlite_url, tmp_path)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_from_the_first_revision_keeps_the_data(pg_url, tmp_path):
+    _upgrade_with_data(pg_url, tmp_path)

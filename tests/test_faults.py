@@ -1,17 +1,22 @@
 """Faults a long-running deployment meets: nothing is lost or doubled, and the service recovers by itself."""
 
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from db.engine import make_engine, make_sessionmaker
 from db.models import Measurement
+from profiler_service.local_server import stop_process
 from tests import postgres
 from tests.emulator_harness import running_emulator
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
+from tests.waiting import wait_until
 
 
 def _counts(db_url: str) -> tuple[int, int]:
@@ -31,55 +36,121 @@ def test_service_killed_mid_run_and_restarted_loses_nothing(tmp_path):
         device = register(admin, "survivor")
         run = start_run(admin, device["id"], config={"warmup": 2, "runs": 300})
         agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "1")
-        while admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] < 3:
-            assert agent.poll() is None
-        svc.proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: a crash
-        svc.proc.wait()
+        try:
+            wait_until(lambda: _done(admin, run["id"]) >= 3, what="3 ops measured", timeout_s=120, alive=[agent])
+            svc.proc.send_signal(signal.SIGKILL)  # no shutdown, no flush: a crash
+            svc.proc.wait()
+        except BaseException:
+            stop_process(agent, timeout_s=10)  # never outlive the test
+            raise
     # The agent keeps retrying with backoff; a new service on the same database and port picks up the run.
-    with running_service(db_url, tmp_path, port=port) as svc, svc.client() as admin:
-        run = wait_for_run(admin, run["id"], timeout_s=600)
-        agent.terminate()
-        agent.wait(timeout=60)
-        assert run["status"] == "published", run
-        assert run["done"] == run["total"]
+    try:
+        with running_service(db_url, tmp_path, port=port) as svc, svc.client() as admin:
+            run = wait_for_run(admin, run["id"], timeout_s=240)
+            stop_process(agent, timeout_s=60)  # while the service is up, so it can finish and say goodbye
+    finally:
+        if agent.poll() is None:  # never outlive the test
+            stop_process(agent, timeout_s=10)
+    assert run["status"] == "published", run
+    assert run["done"] == run["total"]
     measurements, distinct = _counts(db_url)
     assert measurements == distinct == run["total"]
 
 
+def _done(client: httpx.Client, run_id: int) -> int:
+    return client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()["done"]
+
+
+def _health_on_a_new_connection(url: str) -> tuple[int, int | None]:
+    """(status, answering worker's pid) over a connection of its own: the kernel hands each new connection to
+    one of the workers, while a keep-alive client would keep talking to the same one."""
+    resp = httpx.get(f"{url}/v1/health", headers={"Connection": "close"}, timeout=10)
+    return resp.status_code, resp.json().get("worker_pid")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.mark.postgres
-def test_postgres_restarted_under_a_running_service_recovers(tmp_path):
-    if not postgres.available():
-        pytest.skip("PostgreSQL server binaries not installed")
-    with postgres.postgres_cluster() as cluster:
-        url = cluster.create_database("restart")
-        with running_service(url, tmp_path, workers=2) as svc, svc.client() as admin:
-            register(admin, "before")
-            cluster.stop()
-            down = admin.get("/v1/devices")
-            assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
-            cluster.start()
-            # No service restart: the pool notices dead connections (pre-ping) and reconnects.
-            for _ in range(4):  # every worker process, whichever answers
-                assert admin.get("/v1/devices").status_code == 200
-            assert register(admin, "after")["name"] == "after"
+def test_postgres_restarted_under_a_running_service_recovers_in_every_worker(tmp_path, own_pg_cluster):
+    cluster: postgres.PostgresCluster = own_pg_cluster
+    url = cluster.create_database("restart")
+    with running_service(url, tmp_path, workers=2) as svc, svc.client() as admin:
+        register(admin, "before")
+        workers: set[int] = set()
+
+        def every_worker_answers() -> bool:
+            status, pid = _health_on_a_new_connection(svc.url)
+            assert status == 200
+            workers.add(pid)
+            return len(workers) == 2
+
+        # Each worker has answered through the database, so each holds pooled connections that will go stale.
+        wait_until(every_worker_answers, what="both workers to answer", timeout_s=60, interval_s=0.05)
+        assert all(_parent(pid) == svc.proc.pid for pid in workers), workers  # the service's own workers
+        cluster.stop()
+        # One keep-alive connection, so the outage reaches one worker only and the other keeps its stale pool.
+        down = admin.get("/v1/health")
+        assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
+        assert admin.get("/v1/devices").status_code == 503
+        cluster.start()
+        # No service restart: each pool notices its dead connections (pre-ping) and reconnects, so not one
+        # request fails once the database is back, in whichever worker answers it.
+        recovered: set[int] = set()
+
+        def every_worker_recovers() -> bool:
+            status, pid = _health_on_a_new_connection(svc.url)
+            assert status == 200, f"a worker answered {status} after the database came back"
+            recovered.add(pid)
+            return recovered == workers
+
+        wait_until(every_worker_recovers, what=f"workers {sorted(workers)} to answer", timeout_s=60, interval_s=0.05)
+        assert register(admin, "after")["name"] == "after"
+
+
+def _runs_on(emu_pid: int, needle: str) -> bool:
+    """Whether a process under the emulator (a command it runs for the host) has `needle` in its command line."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            pid = int(proc.name)
+            while pid > 1:
+                pid = _parent(pid)
+                if pid == emu_pid:
+                    return True
+        except (OSError, ValueError, IndexError):  # it exited while we looked
+            continue
+    return False
 
 
 def test_device_disconnecting_mid_run_fails_its_jobs_with_the_reason(tmp_path):
     space = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["skip"]}
     with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
         phone = register(admin, "flaky-phone", platform="android")
-        run = start_run(admin, phone["id"], space=space, config={"warmup": 1, "runs": 200})
+        run = start_run(admin, phone["id"], space=space, config={"warmup": 1, "runs": 2000})
         with running_emulator(tmp_path / "sandbox") as emu:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--token",
-                 phone["agent_token"], "--adb", emu.address, "--key", str(tmp_path / "adbkey"),
-                 "--exit-when-idle", "--wait", "1", "--cache-dir", str(tmp_path / "cache")],
+                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--adb", emu.address,
+                 "--key", str(tmp_path / "adbkey"), "--exit-when-idle", "--wait", "1",
+                 "--cache-dir", str(tmp_path / "cache")],
+                env=os.environ | {"DNAS_AGENT_TOKEN": phone["agent_token"]},  # never in argv
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-            while admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] < 1:
-                assert agent.poll() is None
-        # The phone is gone mid-run (USB pulled, Wi-Fi dropped): the remaining jobs fail after bounded attempts.
-        out, _ = agent.communicate(timeout=600)
+            try:
+                wait_until(lambda: _done(admin, run["id"]) >= 1, what="1 op measured", timeout_s=120, alive=[agent])
+                # The phone vanishes while it measures (USB pulled, adbd killed): no CLSE, the link just ends.
+                wait_until(lambda: _runs_on(emu.proc.pid, "ort_runner.py"), what="a measurement on the device",
+                           timeout_s=60, interval_s=0.02, alive=[agent])  # fmt: skip
+                emu.proc.kill()
+                # The remaining jobs fail after bounded attempts, promptly: the agent neither hangs nor spins.
+                out, _ = agent.communicate(timeout=120)
+            finally:
+                if agent.poll() is None:  # never outlive the test
+                    stop_process(agent, timeout_s=10)
         assert agent.returncode == 0, out[-2000:]
         run = wait_for_run(admin, run["id"])
         assert run["status"] == "failed", run

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 
+@pytest.mark.timeout(1260)  # the whole job; its own subprocess timeout (1200 s) fires first, with the output
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(

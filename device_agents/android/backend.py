@@ -129,8 +129,9 @@ class AndroidBackend:
             except (ValueError, IndexError):
                 raise MeasurementError(f"runner printed no JSON: {res.output[-300:]!r}") from None
             return Timing(samples_us=out["samples_us"], context=out["context"] | context)
+        # -s: without it the tool prints only the average, no percentiles (its README: "Show statistics result").
         cmd = (f"cd {self.workdir} && LD_LIBRARY_PATH=. {self._pin()}./onnxruntime_perf_test -e cpu -m times "
-               f"-r {runs} -x {threads} -Z -I {shlex.quote(remote)}")  # fmt: skip
+               f"-r {runs} -x {threads} -s -Z -I {shlex.quote(remote)}")  # fmt: skip
         res = self.conn.shell(cmd, timeout_s=self.run_timeout_s)
         if res.returncode != 0:
             raise MeasurementError(f"onnxruntime_perf_test exited {res.returncode}: {res.output[-500:]}")
@@ -138,17 +139,16 @@ class AndroidBackend:
             stats = parse_perf_test(res.output)
         except PerfTestParseError as exc:
             raise MeasurementError(str(exc)) from None
-        return Timing(
-            samples_us=None, context=context | {"warmup": 1, "runs": runs}, summary=perf_test_summary(stats, runs)
-        )
+        return Timing(samples_us=None, context=context | {"warmup": 1, "runs": runs}, summary=perf_test_summary(stats))
 
     def close(self) -> None:
         self.conn.close()
 
 
-def perf_test_summary(stats: dict[str, float], runs: int) -> dict[str, Any]:
+def perf_test_summary(stats: dict[str, float]) -> dict[str, Any]:
     """perf_test prints no P10 and no spread: p10 is its minimum (a bound below the true P10) and std is
-    estimated from P90 - P50 as for a normal distribution; the result context says so."""
+    estimated from P90 - P50 as for a normal distribution; the result context says so. n is the number of
+    runs the tool says it timed, not the number asked for."""
     median = stats["p50_us"]
     p90 = max(stats.get("p90_us", median), median)
     p10 = min(stats.get("min_us", median), median)
@@ -158,5 +158,5 @@ def perf_test_summary(stats: dict[str, float], runs: int) -> dict[str, Any]:
         "p10_us": p10,
         "p90_us": p90,
         "std_us": (p90 - median) / 1.2816,
-        "n": int(stats.get("n", runs)),
+        "n": int(stats["n"]),
     }

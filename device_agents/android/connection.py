@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adb_shell.adb_device import AdbDevice, AdbDeviceTcp
+from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
+from adb_shell.exceptions import TcpTimeoutException, UsbReadFailedError
+from adb_shell.transport.tcp_transport import TcpTransport
 from platformdirs import user_config_dir
 
 log = logging.getLogger("dnas.android")
@@ -23,6 +25,10 @@ _RC = re.compile(r"\n?__RC=(\d+)\s*$")
 
 class AdbError(Exception):
     """The device or the link failed; the message says which command and why."""
+
+
+class AdbAuthError(AdbError):
+    """The device did not authorise this computer's key: nobody tapped "Allow" on it (in time)."""
 
 
 @dataclass
@@ -43,6 +49,22 @@ def load_signer(key_path: Path) -> PythonRSASigner:
         key_path.chmod(0o600)
         log.info("generated adb key %s (accept it on the device once)", key_path)
     return PythonRSASigner(Path(f"{key_path}.pub").read_text(), key_path.read_text())
+
+
+class _TcpTransport(TcpTransport):
+    """adb-shell's TCP transport, except that a closed connection is an error.
+
+    adb-shell takes the empty read at end of stream for "no data yet" and reads again at once until its read
+    timeout, which for a measurement is the run timeout: a device that vanishes mid-command (adbd killed, USB
+    pulled under adb over TCP, emulator gone) kept a host core busy for up to ten minutes before the job
+    failed. Here the first empty read raises, and the job fails with the reason at once.
+    """
+
+    def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+        data = super().bulk_read(numbytes, transport_timeout_s)
+        if not data:
+            raise ConnectionResetError(f"{self._host}:{self._port} closed the adb connection")
+        return data
 
 
 class AdbConnection:
@@ -72,14 +94,32 @@ class AdbConnection:
             return self._device
         if self.tcp:
             host, _, port = self.tcp.rpartition(":")
-            device: AdbDevice = AdbDeviceTcp(host or self.tcp, int(port or 5555),
-                                             default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
+            transport = _TcpTransport(host or self.tcp, int(port or 5555))
+            device: AdbDevice = AdbDevice(transport, default_transport_timeout_s=self.transport_timeout_s)
         else:
             from adb_shell.adb_device_usb import AdbDeviceUsb  # needs libusb; only imported for USB
 
             device = AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.transport_timeout_s)
+        offered = False
+
+        def on_offer(_device: AdbDevice) -> None:
+            # adb-shell calls this when the device knows none of our keys and we send it the public one: the
+            # phone now shows "Allow USB debugging?" and stays silent until someone answers.
+            nonlocal offered
+            offered = True
+            log.warning("%s: accept this computer's adb key on the device (tap Allow)", self.name)
+
         try:
-            device.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s)
+            device.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s,
+                           auth_callback=on_offer)  # fmt: skip
+        except (TcpTimeoutException, UsbReadFailedError) as exc:
+            if offered:  # silence after the offer, not a closed link: the key was not accepted
+                raise AdbAuthError(
+                    f"{self.name} did not accept this computer's adb key within {self.auth_timeout_s:g} s: unlock "
+                    f"it and tap Allow on the 'Allow USB debugging?' prompt (tick 'Always allow'), then retry; "
+                    f"the key is {self.key_path}.pub"
+                ) from exc
+            raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         self._device = device
