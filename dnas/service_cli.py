@@ -27,16 +27,32 @@ def serve(
 ) -> None:
     """Migrate the database, make sure an admin token exists, then serve the API with uvicorn."""
     import os
+    import shutil
+    import tempfile
+
+    from pydantic import ValidationError
+
+    from profiler_service.settings import ServiceSettings
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    if settings.workers > 1 and settings.database_url.startswith("sqlite"):
+        typer.echo("warning: several workers on SQLite serialise every write; use PostgreSQL", err=True)
+    # Request metrics from every worker are summed at scrape time (prometheus-client's multiprocess mode): the
+    # directory must exist, and be empty, before the first worker imports prometheus_client.
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="dnas-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     import uvicorn
 
     from profiler_service.app import prepare
-    from profiler_service.settings import ServiceSettings
+    from profiler_service.request_id import log_config
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
-    settings = ServiceSettings(**overrides)
-    if settings.workers > 1 and settings.database_url.startswith("sqlite"):
-        typer.echo("warning: several workers on SQLite serialise every write; use PostgreSQL", err=True)
     token = prepare(settings)
     if token:
         typer.echo(f"admin token (shown once, store it): {token}", err=True)
@@ -44,14 +60,18 @@ def serve(
     for name, value in settings.model_dump().items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
-    uvicorn.run(
-        "profiler_service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level="info",
-    )
+    try:
+        uvicorn.run(
+            "profiler_service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=log_config(),
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @device_app.command("register")
