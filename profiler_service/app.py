@@ -100,7 +100,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
     app.include_router(api_router)
-    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     @app.exception_handler(ApiError)

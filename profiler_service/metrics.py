@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -31,11 +32,31 @@ LATENCY = Histogram(
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+def route_templates(routes: list[Any]) -> dict[int, str]:
+    """Each route object -> its full path template. FastAPI 0.16x includes routers lazily (the route in the
+    request scope is the router's own, without the /v1 prefix); older versions copy routes with full paths."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: routes are already flat
+        return {id(r): r.path for r in routes if hasattr(r, "path")}
+    return {id(ctx.original_route): ctx.path for ctx in iter_route_contexts(routes) if ctx.path}
+
+
 class MetricsMiddleware:
     """Counts every answer by route template (never the raw path: a fuzzer would make endless series)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: Callable[[], list[Any]]) -> None:
         self.app = app
+        self._routes = routes
+        self._templates: dict[int, str] | None = None
+
+    def template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        if self._templates is None:
+            self._templates = route_templates(self._routes())
+        return self._templates.get(id(route)) or getattr(route, "path", "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,8 +74,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = self.template(scope)
             method = scope.get("method", "?")
             REQUESTS.labels(method, template, str(status)).inc()
             LATENCY.labels(method, template).observe(time.perf_counter() - start)

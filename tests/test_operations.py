@@ -146,3 +146,16 @@ def test_weak_admin_tokens_are_refused(token):
     with pytest.raises(ValueError, match="DNAS_SERVICE_ADMIN_TOKEN"):
         ServiceSettings(admin_token=token)
     assert ServiceSettings(admin_token="k" * 32).admin_token == "k" * 32
+
+
+def test_every_api_route_parses_strict_json(tmp_path):
+    """The strict parser is a route class: a new endpoint on a router that forgot it would accept NaN again."""
+    from fastapi.routing import iter_route_contexts
+
+    from profiler_service.api.strict_json import StrictJsonRoute
+    from profiler_service.app import create_app
+
+    app = create_app(ServiceSettings(database_url=f"sqlite:///{tmp_path / 'x.db'}", artifact_dir=tmp_path))
+    api = [ctx for ctx in iter_route_contexts(app.routes) if (ctx.path or "").startswith("/v1")]
+    assert len(api) >= 30
+    assert [ctx.path for ctx in api if not isinstance(ctx.original_route, StrictJsonRoute)] == []
