@@ -164,8 +164,9 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
-def find_table(session: Session, device_id: int, version: str, space_hash: str | None = None) -> LatencyTable:
-    query = select(LatencyTable).where(LatencyTable.device_id == device_id)
+def find_table_id(session: Session, device_id: int, version: str, space_hash: str | None = None) -> tuple[int, int]:
+    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path)."""
+    query = select(LatencyTable.id, LatencyTable.version).where(LatencyTable.device_id == device_id)
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
     number = parse_version(version)
@@ -173,11 +174,11 @@ def find_table(session: Session, device_id: int, version: str, space_hash: str |
         query = query.order_by(LatencyTable.version.desc()).limit(1)
     else:
         query = query.where(LatencyTable.version == number)
-    table = session.scalar(query)
-    if table is None:
+    found = session.execute(query).first()
+    if found is None:
         scope = f" for space {space_hash}" if space_hash else ""
-        raise NotFound(f"device {device_id} has no latency table version {version}{scope}")
-    return table
+        raise NotFound(f"device {device_id} has no latency table version {version[:40]}{scope}")
+    return found[0], found[1]
 
 
 def stored_payload(session: Session, table: LatencyTable) -> tuple[str, str]:

@@ -57,6 +57,8 @@ def test_postgres_restarted_under_a_running_service_recovers(tmp_path):
             cluster.stop()
             down = admin.get("/v1/devices")
             assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
+            assert admin.get("/v1/health").status_code == 503  # readiness: take it out of the balancer
+            assert admin.get("/v1/health/live").status_code == 200  # liveness: but do not restart it
             cluster.start()
             # No service restart: the pool notices dead connections (pre-ping) and reconnects.
             for _ in range(4):  # every worker process, whichever answers

@@ -13,11 +13,12 @@ from typing import Annotated, Literal
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from db.models import ApiToken, Device
 from profiler_service.errors import Forbidden, Unauthorized
-from profiler_service.security import admin_hash, hash_token, same
+from profiler_service.security import admin_hash, cached_admin_hash, hash_token, same
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
 
@@ -77,8 +78,24 @@ def _unknown(role: str) -> Unauthorized:
                         f"this call needs a {role} token")  # fmt: skip
 
 
-def require_admin(session: SessionDep, creds: Credentials) -> None:
+def _admin_fast(digest: str) -> bool:
+    """The admin token, checked against this worker's cached hash: no thread hop, no query."""
+    cached = cached_admin_hash()
+    return cached is not None and same(cached, digest)
+
+
+async def require_admin(request: Request, creds: Credentials) -> None:
     digest = hash_token(_token(creds, "admin"))
+    if not _admin_fast(digest):
+        await run_in_threadpool(_check_admin, request.app.state.sessionmaker, digest)
+
+
+def _check_admin(sessions: sessionmaker, digest: str) -> None:
+    with sessions() as session:
+        _check_admin_in(session, digest)
+
+
+def _check_admin_in(session: Session, digest: str) -> None:
     allowed = _is_admin(session, digest)
     role = None if allowed else _role_of(session, digest)
     session.rollback()  # end the read: no connection is held while the request waits for its next thread
@@ -89,9 +106,20 @@ def require_admin(session: SessionDep, creds: Credentials) -> None:
                         f"{role} token")  # fmt: skip
 
 
-def require_reader(session: SessionDep, creds: Credentials) -> None:
-    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
+async def require_reader(request: Request, creds: Credentials) -> None:
+    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
+    token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
     digest = hash_token(_token(creds, "reader or admin"))
+    if not _admin_fast(digest):
+        await run_in_threadpool(_check_reader, request.app.state.sessionmaker, digest)
+
+
+def _check_reader(sessions: sessionmaker, digest: str) -> None:
+    with sessions() as session:
+        _check_reader_in(session, digest)
+
+
+def _check_reader_in(session: Session, digest: str) -> None:
     allowed = _is_admin(session, digest) or _is_reader(session, digest)
     role = None if allowed else _role_of(session, digest)
     session.rollback()  # end the read before the next thread hop

@@ -7,17 +7,18 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from db.models import LatencyTable
 from profiler_service.api.deps import Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.routes.devices import get_device
 from profiler_service.api.strict_json import StrictJsonRoute
-from profiler_service.errors import Invalid
+from profiler_service.errors import Invalid, NotFound
 from profiler_service.schemas import TableSummary
 from profiler_service.table_cache import CachedTable, Representation, accepts_gzip
 from profiler_service.tables import (
     compare,
     compare_png,
-    find_table,
+    find_table_id,
     list_tables,
     parse_version,
     stored_payload,
@@ -68,8 +69,8 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
-def _cached(session, table) -> CachedTable:  # type: ignore[no-untyped-def]
-    text, digest = stored_payload(session, table)
+def _cached(session, table_id: int) -> CachedTable:  # type: ignore[no-untyped-def]
+    text, digest = stored_payload(session, session.get(LatencyTable, table_id))
     body = text.encode()
     csv = table_csv(json.loads(body)).encode()
     return CachedTable(json=Representation.of(body, digest), csv=Representation.of(csv))
@@ -94,9 +95,12 @@ def get_table(
     name as it was then included), so its ETag, the SHA-256 of those bytes, never changes; `If-None-Match`
     answers 304. Sent gzip-compressed (weak ETag) when the client accepts it."""
     number = parse_version(version)
-    get_device(session, device_id)
-    table = find_table(session, device_id, version, space_hash)
-    cached = request.app.state.table_cache.get_or_build(table.id, lambda: _cached(session, table))
+    try:
+        table_id, table_version = find_table_id(session, device_id, version, space_hash)
+    except NotFound:
+        get_device(session, device_id)  # the better message when the device itself does not exist
+        raise
+    cached = request.app.state.table_cache.get_or_build(table_id, lambda: _cached(session, table_id))
     session.rollback()  # nothing more to read: the connection goes back to the pool before the body is sent
     rep = cached.csv if format == "csv" else cached.json
     gz = accepts_gzip(request.headers.get("accept-encoding"))
@@ -104,7 +108,7 @@ def get_table(
         "ETag": f"W/{rep.etag}" if gz else rep.etag,
         "Cache-Control": "private, no-cache" if number is None else "private, max-age=31536000, immutable",
         "Vary": "Accept-Encoding",
-        "X-Table-Version": str(table.version),
+        "X-Table-Version": str(table_version),
     }
     if _matches(request.headers.get("if-none-match"), rep.etag):
         return Response(status_code=304, headers=headers)
@@ -139,8 +143,8 @@ def compare_tables(
     for ref in (a, b):
         device_id, version = _ref(ref)
         get_device(session, device_id)
-        table = find_table(session, device_id, version)
-        cached = request.app.state.table_cache.get_or_build(table.id, lambda t=table: _cached(session, t))
+        table_id, _ = find_table_id(session, device_id, version)
+        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: _cached(session, t))
         tables.append(json.loads(cached.json.body))
     session.rollback()
     result = compare(*tables)
