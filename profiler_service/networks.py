@@ -147,7 +147,9 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
             row["measurement"] = _measurement(m)
         networks.append(row)
     states = {n["status"] for n in networks}
-    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed"} else "running"
+    # A set ends when every network is measured, failed or cancelled (its device retired): `failed` unless
+    # all were measured, so clients waiting for done/failed never wait on a set that can no longer finish.
+    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed", "cancelled"} else "running"
     return {"set": set_id, "status": status, "config_hash": jobs[0].config_hash, "networks": networks}
 
 

@@ -19,8 +19,10 @@ from schemathesis.checks import not_a_server_error
 
 from tests.service_harness import register, running_service, start_run
 
-EXAMPLES = int(os.environ.get("DNAS_FUZZ_EXAMPLES", "15"))  # per operation
-SCENARIOS = int(os.environ.get("DNAS_FUZZ_SCENARIOS", "40"))  # stateful call chains
+# Per operation, and stateful call chains. PostgreSQL gets fewer by default (it catches what SQLite would
+# store but PostgreSQL refuses); raise both for a long run, e.g. DNAS_FUZZ_EXAMPLES=100 DNAS_FUZZ_SCENARIOS=300.
+EXAMPLES = int(os.environ.get("DNAS_FUZZ_EXAMPLES", "15"))
+SCENARIOS = int(os.environ.get("DNAS_FUZZ_SCENARIOS", "40"))
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -35,6 +37,7 @@ def service(request, tmp_path_factory):
             svc.device = register(admin, "fuzz-target")  # ids 1.. exist, so paths reach real rows
             start_run(admin, svc.device["id"])
         svc.statuses = Counter()
+        svc.scale = 1.0 if request.param == "sqlite" or "DNAS_FUZZ_EXAMPLES" in os.environ else 0.5
         yield svc
         server_errors = sum(n for s, n in svc.statuses.items() if s >= 500)
         print(f"\nfuzz ({request.param}): {sum(svc.statuses.values())} requests, {server_errors} 5xx, "
@@ -74,11 +77,17 @@ def test_every_operation_alone_never_answers_5xx(service):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 30
     seen: Counter[str] = Counter()
+    examples = max(1, int(EXAMPLES * service.scale))
 
     def fuzz(operation) -> None:  # type: ignore[no-untyped-def]  # one Hypothesis run per operation
         token = _token(service, operation.path)
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def check(case):  # type: ignore[no-untyped-def]
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
@@ -111,13 +120,13 @@ def test_chains_of_linked_calls_never_answer_5xx(service):
     # The service keeps its state between scenarios (that is the point), so Hypothesis cannot replay one
     # exactly: generate only, no shrinking. When a replay draws differently because the server's state moved
     # on, start a fresh session, as schemathesis's own runner does; a real failure (a 5xx) is raised.
-    sessions = 0
-    while sum(calls.values()) < SCENARIOS * 4 and sessions < 20:
+    sessions, scenarios = 0, max(1, int(SCENARIOS * service.scale))
+    while sum(calls.values()) < scenarios * 4 and sessions < 20:
         sessions += 1
         try:
-            Chains.run(settings=settings(max_examples=SCENARIOS, deadline=None, database=None, stateful_step_count=8,
+            Chains.run(settings=settings(max_examples=scenarios, deadline=None, database=None, stateful_step_count=8,
                                          phases=[Phase.generate], suppress_health_check=list(HealthCheck)))  # fmt: skip
         except FlakyStrategyDefinition:
             continue
     print(f"\nchains: {sum(calls.values())} linked calls in {sessions} sessions over {len(calls)} operations")
-    assert sum(calls.values()) >= SCENARIOS
+    assert sum(calls.values()) >= scenarios

@@ -196,21 +196,30 @@ def test_cancelling_a_run_stops_its_agent_and_retiring_a_device_cancels_its_work
 
 
 def test_an_idle_agents_long_poll_writes_nothing(tmp_path):
-    """Each empty poll used to end dead leases with a write: on SQLite, the writer lock 4 times a second."""
+    """Each empty poll used to end dead leases with an UPDATE: on SQLite, the writer lock 4 times a second
+    per idle agent, even when it changed no row. Here another connection holds the writer lock while an
+    agent polls: a poll that needed it would wait out SQLite's busy timeout (30 s) and fail."""
     db = tmp_path / "s.db"
-    with running_service(f"sqlite:///{db}", tmp_path, DNAS_SERVICE_LONG_POLL_SECONDS="3") as svc:
+    with running_service(f"sqlite:///{db}", tmp_path, DNAS_SERVICE_LONG_POLL_SECONDS="2") as svc:
         with svc.client() as admin:
-            device = register(admin, "idle")
-        with svc.client(device["agent_token"]) as agent:
-            poll = {"wait_seconds": 0, "protocol": 2, "max_jobs": 10}
-            assert agent.post("/v1/agent/lease", json=poll).status_code == 204  # records last_seen and protocol 2
-            watcher = sqlite3.connect(db)
-            before = watcher.execute("PRAGMA data_version").fetchone()[0]
-            for _ in range(2):  # each waits 3 s, claiming (and finding nothing) every 0.25 s
-                assert agent.post("/v1/agent/lease", json=poll | {"wait_seconds": 3}).status_code == 204
-            # data_version changes when another connection commits a write to the database.
-            assert watcher.execute("PRAGMA data_version").fetchone()[0] == before
-            watcher.close()
+            batch_agent, single_agent = register(admin, "idle-batches"), register(admin, "idle-single-jobs")
+        polls = [(batch_agent, {"wait_seconds": 2, "protocol": 2, "max_jobs": 10}), (single_agent, {"wait_seconds": 2})]
+        clients = [(httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {d['agent_token']}"},
+                                 timeout=20), body) for d, body in polls]  # fmt: skip
+        for agent, body in clients:  # the first poll records last_seen and the protocol: writes, outside the lock
+            assert agent.post("/v1/agent/lease", json=body | {"wait_seconds": 0}).status_code == 204
+        writer = sqlite3.connect(db, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # holds the writer lock; readers still read (WAL)
+        before = writer.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            for agent, body in clients * 2:  # each claims (and finds nothing) every 0.25 s for 2 s
+                assert agent.post("/v1/agent/lease", json=body).status_code == 204
+        finally:
+            writer.execute("ROLLBACK")
+            for agent, _ in clients:
+                agent.close()
+        assert writer.execute("PRAGMA data_version").fetchone()[0] == before
+        writer.close()
 
 
 def test_exports_run_with_no_database_connection_checked_out(tmp_path):
