@@ -79,10 +79,22 @@ def run_load(db_url: str, work: Path, agents: int, fetchers: int, fetches: int, 
                     with lock:
                         latencies.append(time.perf_counter() - start)
 
+        # What one fetch carries: the version's bytes, and what goes over the wire when gzip is accepted
+        # (httpx asks for it by default, as the search client and the CLI do).
+        auth = {"Authorization": f"Bearer {svc.admin_token}"}
+        url = f"{svc.url}/v1/devices/{device['id']}/latency-tables/latest"
+        identity = httpx.get(url, headers=auth | {"Accept-Encoding": "identity"}, timeout=60)
+        with httpx.stream("GET", url, headers=auth | {"Accept-Encoding": "gzip"}, timeout=60) as zipped:
+            wire = b"".join(zipped.iter_raw())
+            encoding = zipped.headers.get("content-encoding", "identity")
+        payload = {"bytes": len(identity.content), "wire_bytes_gzip": len(wire), "content_encoding": encoding,
+                   "entries": len(identity.json()["entries"]), "etag": identity.headers["etag"]}  # fmt: skip
+
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=fetchers) as pool:
             list(pool.map(fetch, range(fetchers)))
         fetch_s = time.perf_counter() - t0
+        server_side = _server_side(admin.get("/v1/metrics").text)
 
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as s:
@@ -113,8 +125,28 @@ def run_load(db_url: str, work: Path, agents: int, fetchers: int, fetches: int, 
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1e3, 1),
             "mean_ms": round(statistics.mean(latencies) * 1e3, 1),
             "wall_s": round(fetch_s, 2),
+            "payload": payload,
+            "server_side": server_side,
         },
     }
+
+
+TABLE_ROUTE = 'route="/v1/devices/{device_id}/latency-tables/{version}"'
+
+
+def _server_side(metrics: str) -> dict:
+    """The service's own latency histogram for table fetches (all workers): time inside the service, without
+    the queueing of 200 client threads in this one Python process on the same cores."""
+    buckets = {}
+    for line in metrics.splitlines():
+        if line.startswith("dnas_http_request_duration_seconds_bucket") and TABLE_ROUTE in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0.0)
+    if not total:
+        return {}
+    return {"requests": int(total), **{f"within_{le}_s_pct": round(100 * n / total, 1)
+                                      for le, n in buckets.items() if le in ("0.05", "0.1", "0.2", "0.5")}}  # fmt: skip
 
 
 def main() -> None:

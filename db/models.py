@@ -102,10 +102,13 @@ class ProfilingRun(Base):
     space: Mapped[dict[str, Any]]
     config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     config: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | published | failed
+    # running -> published | failed | cancelled, each stored when it happens (by the request, or by the sweep
+    # when the worker that should have done it died); never changed after.
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     total: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)  # why it failed or was cancelled
     operators: Mapped[list[RunOperator]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
@@ -127,6 +130,7 @@ class Job(Base):
         UniqueConstraint("device_id", "op_key", "config_hash", "generation"),
         Index("ix_jobs_claim", "device_id", "status", "lease_expires_at"),
         Index("ix_jobs_batch", "device_id", "batch_group"),
+        Index("ix_jobs_expiry", "status", "lease_expires_at"),  # the sweep's dead-lease scan, across devices
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
@@ -134,7 +138,7 @@ class Job(Base):
     config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     config: Mapped[dict[str, Any]]
     generation: Mapped[int] = mapped_column(default=0)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | leased | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | leased | done | failed | cancelled
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     lease_token: Mapped[str | None] = mapped_column(String(HASH_LEN))
@@ -193,7 +197,12 @@ class LatencyTable(Base):
     # How the table predicts a network: per-shape call overhead and the network constant from anchor
     # networks measured in the same rounds (search/predict.py). None: a plain sum (tables before 0003).
     prediction: Mapped[dict[str, Any] | None]
-    content_sha256: Mapped[str] = mapped_column(String(HASH_LEN))
+    content_sha256: Mapped[str] = mapped_column(String(HASH_LEN))  # of the numbers: equal tables hash equal
+    # The published JSON, byte for byte as served, and its SHA-256 (the ETag): fixed at publication, device
+    # name included. Deferred: looking a version up does not load it. None: published before 0004, filled in
+    # on its first read.
+    payload: Mapped[str | None] = mapped_column(Text, deferred=True)
+    payload_sha256: Mapped[str | None] = mapped_column(String(HASH_LEN))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     entries: Mapped[list[LatencyTableEntry]] = relationship(back_populates="table", order_by="LatencyTableEntry.op_key")
 

@@ -59,11 +59,7 @@ class AgentClient:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.max_backoff_s)
         if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
-            raise ProtocolError(resp.status_code, str(detail))
+            raise ProtocolError(resp.status_code, error_detail(resp))
         return resp
 
     # ---- the protocol --------------------------------------------------------------------------------------
@@ -87,7 +83,7 @@ class AgentClient:
         target = cache_dir / f"{job['model_sha256']}.onnx"
         if target.exists() and _sha256(target) == job["model_sha256"]:
             return target
-        resp = self._call("GET", job["model_url"])
+        resp = self._call("GET", self.model_path(job["model_url"]))
         digest = hashlib.sha256(resp.content).hexdigest()
         if digest != job["model_sha256"]:
             raise ValueError(
@@ -98,6 +94,22 @@ class AgentClient:
         tmp.write_bytes(resp.content)
         tmp.replace(target)
         return target
+
+    def model_path(self, model_url: str) -> str:
+        """A model URL is a path below the server this agent was given, resolved like every other call. An
+        absolute URL is followed only to that same server (scheme, host and port): the agent never sends its
+        token anywhere else, e.g. to an http:// URL a proxy's Host header produced."""
+        url = httpx.URL(model_url)
+        if not url.is_absolute_url:
+            if not model_url.startswith("/"):
+                raise ValueError(f"model_url {model_url[:100]!r} is neither a path nor a URL")
+            return model_url
+        server = httpx.URL(self.server)
+        if (url.scheme, url.host, url.port) != (server.scheme, server.host, server.port):
+            raise ValueError(f"model_url {model_url[:100]!r} is not on {self.server}; refusing to send the token there")
+        base = server.raw_path.decode().rstrip("/")
+        path = url.raw_path.decode()
+        return path[len(base) :] if base and path.startswith(base + "/") else path
 
     def heartbeat(self, job: dict[str, Any]) -> None:
         self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]})
@@ -117,6 +129,25 @@ class AgentClient:
     def failure(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
         body = {"lease_token": job["lease_token"], "reason": reason[:4000]}
         return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/failure", json=body).json()
+
+
+def error_detail(resp: httpx.Response) -> str:
+    """An error body's `detail` as one line: a message, or FastAPI's list of refused fields."""
+    try:
+        detail = resp.json().get("detail", resp.text)
+    except (ValueError, AttributeError):
+        return resp.text[:500]
+    if not isinstance(detail, list):
+        return str(detail)
+    parts = []
+    for err in detail[:5]:
+        if not isinstance(err, dict):
+            parts.append(str(err))
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
+        parts.append(f"{where}: {err.get('msg')}" + (f" ({ctx['error']})" if ctx.get("error") else ""))
+    return "; ".join(parts)
 
 
 def _sha256(path: Path) -> str:

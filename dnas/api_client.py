@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from device_agents.client import error_detail
 from dnas.errors import UserError
 
 
@@ -26,11 +27,7 @@ class ServiceClient:
         except httpx.TransportError as exc:
             raise UserError(f"cannot reach the service at {self.http.base_url}: {exc}") from None
         if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
-            raise UserError(f"{method} {path} -> HTTP {resp.status_code}: {detail}")
+            raise UserError(f"{method} {path} -> HTTP {resp.status_code}: {error_detail(resp)}")
         return resp
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -27,11 +27,11 @@ def serve(
 ) -> None:
     """Migrate the database, make sure an admin token exists, then serve the API with uvicorn."""
     import os
+    import shutil
+    import tempfile
 
-    import uvicorn
     from pydantic import ValidationError
 
-    from profiler_service.app import prepare
     from profiler_service.settings import ServiceSettings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
@@ -46,6 +46,18 @@ def serve(
         raise UserError("service settings: " + "; ".join(parts)) from None
     if settings.workers > 1 and settings.database_url.startswith("sqlite"):
         typer.echo("warning: several workers on SQLite serialise every write; use PostgreSQL", err=True)
+    # Request metrics from every worker are summed at scrape time (prometheus-client's multiprocess mode): the
+    # directory must exist, and be empty, before the first worker imports prometheus_client.
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="dnas-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    import uvicorn
+
+    from profiler_service.app import prepare
+    from profiler_service.request_id import log_config
+
     token = prepare(settings)
     if token:
         typer.echo(f"admin token (shown once, store it): {token}", err=True)
@@ -55,14 +67,18 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
-    uvicorn.run(
-        "profiler_service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level="info",
-    )
+    try:
+        uvicorn.run(
+            "profiler_service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=log_config(),
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @device_app.command("register")

@@ -3,22 +3,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
+from profiler_service import metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
 from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
+from profiler_service.sweep import run_sweeps
+from profiler_service.table_cache import TableCache
 from search.export import ExportCache
 from search.opspec import OpSpecError
 
@@ -50,12 +59,38 @@ def _unique_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def _describe(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "; ".join(parts)
+def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error body: what was wrong, and the request id to quote (also in the X-Request-ID header)."""
+    rid = request_id.current()
+    return JSONResponse({"detail": detail, "request_id": rid}, status_code=status,
+                        headers={**(headers or {}), "X-Request-ID": rid})  # fmt: skip
+
+
+MAX_ECHO = 256  # characters of a refused value echoed back: a refusal never returns a large body
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's list form, with each refused `input` shortened: an 8 MiB field is not sent back."""
+    out = []
+    for err in jsonable_encoder(exc.errors()):
+        if "input" in err:
+            text = repr(err["input"]) if not isinstance(err["input"], str) else err["input"]
+            if len(text) > MAX_ECHO:
+                err["input"] = text[:MAX_ECHO] + f"... ({len(text)} characters)"
+        out.append(err)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    sweeper = asyncio.create_task(run_sweeps(app.state.sessionmaker, app.state.settings))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        app.state.engine.dispose()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -65,70 +100,57 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="Registers devices, queues per-operator measurements, publishes versioned latency tables.",
         generate_unique_id_function=_unique_id,
+        # Counted as the bytes arrive, chunked or not, before any handler or auth runs: 413 past the limit.
+        max_body_size=settings.max_body_bytes,
+        lifespan=lifespan,
     )
     engine = make_engine(settings.database_url)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
-    app.state.table_cache = LruCache(64)
+    app.state.table_cache = TableCache(64)
     app.include_router(api_router)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse(
-                {"detail": f"request body larger than {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
+    app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        return error(exc.status_code, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:
+            detail = f"request body larger than {settings.max_body_bytes} bytes"
+        return error(exc.status_code, detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _describe(exc)}, status_code=422)
+        return error(422, _validation_errors(exc))
 
     @app.exception_handler(OpSpecError)
     async def bad_spec(_: Request, exc: OpSpecError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return error(422, str(exc))
 
     @app.exception_handler(OperationalError)
     async def db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc.orig)
-        return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503)
+        return error(503, "the database is unavailable; retry shortly", {"Retry-After": "1"})
 
     @app.exception_handler(PoolTimeout)
     async def overloaded(_: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("database pool exhausted: %s", exc)
-        return JSONResponse({"detail": "the service is overloaded; retry shortly"}, status_code=503,
-                            headers={"Retry-After": "1"})  # fmt: skip
+        return error(503, "the service is overloaded; retry shortly", {"Retry-After": "1"})
+
+    @app.exception_handler(IntegrityError)
+    async def conflicted(_: Request, exc: IntegrityError) -> JSONResponse:
+        log.warning("concurrent write conflicted: %s", exc.orig)
+        return error(409, "a concurrent change conflicted with this one; retry")
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error(500, "internal error; quote the request id when reporting it")
 
     return app
-
-
-class LruCache:
-    """A small thread-safe LRU for immutable things (published tables) within one worker process."""
-
-    def __init__(self, size: int) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key):  # type: ignore[no-untyped-def]
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            return None
-
-    def put(self, key, value) -> None:  # type: ignore[no-untyped-def]
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)

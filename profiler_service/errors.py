@@ -1,4 +1,4 @@
-"""Errors the API turns into 4xx JSON `{"detail": ...}` that a person can act on."""
+"""Errors the API turns into 4xx JSON `{"detail": ..., "request_id": ...}` that a person can act on."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ class ApiError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None
+
 
 class NotFound(ApiError):
     status_code = 404
@@ -20,7 +24,17 @@ class Conflict(ApiError):
 
 
 class Unauthorized(ApiError):
+    """RFC 6750: no token is a bare challenge; a token that is not valid says so in the challenge."""
+
     status_code = 401
+
+    def __init__(self, detail: str, *, sent: bool = True) -> None:
+        super().__init__(detail)
+        self.sent = sent
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"' if self.sent else "Bearer"}
 
 
 class Forbidden(ApiError):
@@ -29,3 +43,7 @@ class Forbidden(ApiError):
 
 class Invalid(ApiError):
     status_code = 422
+
+
+class Unavailable(ApiError):
+    status_code = 503

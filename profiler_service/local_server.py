@@ -6,6 +6,7 @@ Used by the tests, the benches, the agent conformance suite and the quickstart's
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
-ADMIN = "local-admin-token-0123456789"
 
 
 def free_port() -> int:
@@ -73,10 +72,11 @@ def running_service(
     workers: int = 1,
     lease_seconds: float = 30,
     port: int | None = None,
-    admin_token: str = ADMIN,
+    admin_token: str | None = None,
     **env: str,
 ) -> Iterator[Service]:
     port = port or free_port()
+    admin_token = admin_token or f"local-admin-{secrets.token_urlsafe(32)}"  # the service refuses short ones
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"service-{port}.log"
     environ = os.environ | {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,17 @@ def network_path(artifact_dir: Path, key: str) -> Path:
     return artifact_dir / "networks" / f"{key}.onnx"
 
 
-def ensure_network(session: Session, artifact_dir: Path, space: SearchSpace, arch: list[str]) -> Operator:
+@dataclass(frozen=True)
+class PreparedNetwork:
+    key: str
+    arch: list[str]
+    space: SearchSpace
+    path: Path
+
+
+def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str]) -> PreparedNetwork:
+    """Export the architecture's ONNX file if it is missing. No database here: exporting takes seconds, and
+    must never run while a transaction holds one of the pool's connections."""
     try:
         names = list(space.check_arch(arch))
     except OpSpecError as exc:
@@ -51,14 +62,19 @@ def ensure_network(session: Session, artifact_dir: Path, space: SearchSpace, arc
         torch.random.set_rng_state(state)
         shape = (space.batch, space.in_channels, space.resolution, space.resolution)
         atomic_write(path, export_network(model, shape))
-    op = session.get(Operator, key)
+    return PreparedNetwork(key=key, arch=names, space=space, path=path)
+
+
+def register_network(session: Session, net: PreparedNetwork) -> Operator:
+    op = session.get(Operator, net.key)
     if op is None:
-        spec = {"kind": "network", "arch": names, "space": space.to_dict(),
+        space = net.space
+        spec = {"kind": "network", "arch": net.arch, "space": space.to_dict(),
                 "input_shape": [space.batch, space.in_channels, space.resolution, space.resolution]}  # fmt: skip
-        insert_ignore(session, Operator, [{"key": key, "spec": spec, "onnx_sha256": sha256_file(path),
-                                            "onnx_bytes": path.stat().st_size}])  # fmt: skip
+        insert_ignore(session, Operator, [{"key": net.key, "spec": spec, "onnx_sha256": sha256_file(net.path),
+                                            "onnx_bytes": net.path.stat().st_size}])  # fmt: skip
         session.commit()
-        op = session.get(Operator, key)
+        op = session.get(Operator, net.key)
     assert op is not None
     return op
 
@@ -129,7 +145,9 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
             row["measurement"] = _measurement(m)
         networks.append(row)
     states = {n["status"] for n in networks}
-    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed"} else "running"
+    # A set ends when every network is measured, failed or cancelled (its device retired): `failed` unless
+    # all were measured, so clients waiting for done/failed never wait on a set that can no longer finish.
+    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed", "cancelled"} else "running"
     return {"set": set_id, "status": status, "config_hash": jobs[0].config_hash, "networks": networks}
 
 

@@ -2,7 +2,12 @@
 
 Every claim hands out a fresh lease token; heartbeat, result and failure must present it, so an agent whose
 lease expired (and whose job went to another agent) can never overwrite newer work. Expired leases are taken
-back inside the normal claim, so no janitor process is needed.
+back inside the normal claim. A claim that finds nothing writes nothing: an idle agent's long poll is reads
+only (the sweep, profiler_service/sweep.py, fails leases that expired on their last attempt).
+
+An expired lease's token keeps working until the job is taken by another claim, failed by the sweep, or
+cancelled: a late heartbeat extends it again, a late result is stored. After that, every call with it is
+409 (a replay of a result already stored is still answered 200, `replayed`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
             query = query.with_for_update(skip_locked=True)
         job_id = session.scalar(query)
         if job_id is None:
-            _fail_exhausted_leases(session, device_id, now)
+            session.rollback()
             return None
         token = secrets.token_hex(24)
         # The WHERE repeats the claim condition: on SQLite (no SKIP LOCKED) two workers may pick the same id,
@@ -74,7 +79,7 @@ def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_j
             select(Job.id, Job.batch_group, Job.config_hash).where(_claimable(device_id, now)).order_by(Job.id).limit(1)
         ).first()
         if first is None:
-            _fail_exhausted_leases(session, device_id, now)
+            session.rollback()
             return [], 0
         same_group = Job.batch_group == first.batch_group if first.batch_group is not None else Job.id == first.id
         query = (
@@ -116,22 +121,6 @@ def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_j
             return won, max(group_jobs or 0, len(won))
         session.rollback()
     return [], 0
-
-
-def _fail_exhausted_leases(session: Session, device_id: int, now) -> None:  # type: ignore[no-untyped-def]
-    """A lease that expired on its last attempt ends the job: the device keeps dying on it. Checked only when
-    nothing is claimable, so the busy path stays one write per claim."""
-    session.execute(
-        update(Job)
-        .where(
-            Job.device_id == device_id,
-            Job.status == "leased",
-            Job.lease_expires_at < now,
-            Job.attempts >= Job.max_attempts,
-        )
-        .values(status="failed", finished_at=now, last_error="lease expired on the last attempt (agent lost?)")
-    )
-    session.commit()
 
 
 def _job_of(session: Session, device_id: int, job_id: int) -> Job:
@@ -176,6 +165,8 @@ def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
     if job.status == "done" and job.lease_token and same(job.lease_token, lease_token):
         m_id = session.scalar(select(Measurement.id).where(Measurement.job_id == job.id))
         return Ack(job_id=job.id, status="done", replayed=True, measurement_id=m_id)
+    if job.status == "cancelled":
+        raise Conflict(f"job {job.id} was cancelled ({job.last_error}); discard this result")
     raise Conflict(
         f"job {job.id}: the lease token is stale (job is {job.status} under another lease); discard this result"
     )
@@ -258,6 +249,7 @@ def record_failure(session: Session, *, device_id: int, job_id: int, body: Failu
     """Requeue while attempts remain; after that the job is failed with the agent's reason."""
     job = _job_of(session, device_id, job_id)
     if job.status != "leased" or not job.lease_token or not same(job.lease_token, body.lease_token):
+        session.rollback()
         raise Conflict(f"job {job_id}: the lease token is stale (job is {job.status}); nothing recorded")
     exhausted = job.attempts >= job.max_attempts
     status = "failed" if exhausted else "queued"
@@ -275,4 +267,8 @@ def record_failure(session: Session, *, device_id: int, job_id: int, body: Failu
     session.commit()
     if changed != 1:
         raise Conflict(f"job {job_id}: the lease changed while reporting the failure; nothing recorded")
+    if exhausted:  # the run it belonged to may now be unable to finish: store that now, not at the next sweep
+        from profiler_service.sweep import settle_failed_runs
+
+        settle_failed_runs(session, device_id=device_id)
     return Ack(job_id=job_id, status=status)

@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, Measurement, ProfilingRun, RunOperator
 from profiler_service.errors import Conflict, Invalid, NotFound
-from profiler_service.networks import ensure_network
+from profiler_service.networks import prepare_network, register_network
 from profiler_service.operators import ensure_operators, insert_ignore
 from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
 from profiler_service.tables import publish_complete_runs
+from profiler_service.timeutil import utcnow
 from search.cost import op_cost
 from search.enumerate import enumerate_ops
 from search.export import ExportCache
@@ -68,20 +69,29 @@ def create_run(
 ) -> ProfilingRun:
     """Queue the space's ops, a call-overhead probe per input shape and the space's anchor networks as one
     batch group: an agent measures them together, so the table's prediction rule (search/predict.py) is
-    fitted on numbers taken in the same rounds as the ops it corrects."""
+    fitted on numbers taken in the same rounds as the ops it corrects.
+
+    Exporting (seconds per op on a cold cache) happens with no transaction open: a few large runs must not
+    hold the pool's connections while torch works, or agents and readers get 503s."""
     device = session.get(Device, body.device_id)
     if device is None:
         raise NotFound(f"device {body.device_id} does not exist")
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired; register it again to profile it")
+    session.commit()  # end the read: no connection held while exporting
     space = resolve_space(body.space)
     ops = enumerate_ops(space).ops
     check_budget(ops)
     config, config_hash = body.config.model_dump(), body.config.hash
 
     probes = probe_specs(ops.values())
-    ensure_operators(session, cache, [*ops.values(), *probes.values()])
-    anchors = [ensure_network(session, artifact_dir, space, arch).key for arch in anchor_archs(space, body.anchors)]
+    specs = [*ops.values(), *probes.values()]
+    for spec in specs:
+        cache.get(spec)  # exports what is missing
+    nets = [prepare_network(artifact_dir, space, arch) for arch in anchor_archs(space, body.anchors)]
+
+    ensure_operators(session, cache, specs)
+    anchors = [register_network(session, net).key for net in nets]
     keys = list(dict.fromkeys([*ops, *probes, *anchors]))
     run = ProfilingRun(
         device_id=device.id,
@@ -122,7 +132,7 @@ def create_run(
         if key in measured:
             continue
         generation, status = latest.get(key, (-1, "failed"))
-        if status == "failed":  # never tried, or gave up earlier: a new run earns a fresh set of attempts
+        if status in ("failed", "cancelled"):  # never tried, gave up or was cancelled: a new run tries afresh
             new_jobs.append(job(key, generation + 1))
     if any(j["op_key"] in ops for j in new_jobs):
         # Ops will be measured now: measure the probes and anchors again beside them, so the rule that corrects
@@ -135,11 +145,10 @@ def create_run(
     return run
 
 
-def run_status(session: Session, run_id: int) -> RunPublic:
-    run = session.get(ProfilingRun, run_id, populate_existing=True)
-    if run is None:
-        raise NotFound(f"profiling run {run_id} does not exist")
-    keys = select(RunOperator.op_key).where(RunOperator.run_id == run_id).scalar_subquery()
+def run_progress(session: Session, run: ProfilingRun) -> tuple[int, list[tuple[str, str | None]]]:
+    """How many of the run's ops are measured, and which failed (the newest job of the op gave up, and no
+    measurement exists for it), with the reason."""
+    keys = select(RunOperator.op_key).where(RunOperator.run_id == run.id).scalar_subquery()
     done = session.scalar(
         select(func.count(func.distinct(Measurement.op_key))).where(
             Measurement.device_id == run.device_id,
@@ -147,35 +156,114 @@ def run_status(session: Session, run_id: int) -> RunPublic:
             Measurement.op_key.in_(keys),
         )
     )
-    # Failed: the newest job of an op gave up, and no measurement exists for it.
     newest = (
         select(Job.op_key, func.max(Job.generation).label("g"))
         .where(Job.device_id == run.device_id, Job.config_hash == run.config_hash, Job.op_key.in_(keys))
         .group_by(Job.op_key)
         .subquery()
     )
+    measured = exists().where(
+        Measurement.device_id == run.device_id,
+        Measurement.config_hash == run.config_hash,
+        Measurement.op_key == Job.op_key,
+    )
     failed_rows = session.execute(
         select(Job.op_key, Job.last_error)
         .join(newest, (Job.op_key == newest.c.op_key) & (Job.generation == newest.c.g))
-        .where(Job.device_id == run.device_id, Job.config_hash == run.config_hash, Job.status == "failed")
+        .where(Job.device_id == run.device_id, Job.config_hash == run.config_hash, Job.status == "failed", ~measured)
+        .order_by(Job.op_key)
     ).all()
-    failed = len(failed_rows)
+    return done or 0, [(key, err) for key, err in failed_rows]
+
+
+def _public(session: Session, run: ProfilingRun) -> RunPublic:
+    done, failed_rows = run_progress(session, run)
     version = session.scalar(select(LatencyTable.version).where(LatencyTable.run_id == run.id))
-    status = run.status
-    if status == "running" and failed and (done or 0) + failed >= run.total:
-        status = "failed"
     return RunPublic(
         id=run.id,
         device_id=run.device_id,
-        status=status,
+        status=run.status,
         total=run.total,
-        done=done or 0,
-        failed=failed,
+        done=done,
+        failed=len(failed_rows),
         space_hash=run.space_hash,
         config=run.config,
         config_hash=run.config_hash,
         table_version=version,
         created_at=run.created_at,
         finished_at=run.finished_at,
+        reason=run.reason,
         errors=[f"{key}: {err}" for key, err in failed_rows[:10]],
     )
+
+
+def run_status(session: Session, run_id: int) -> RunPublic:
+    """The run as stored (its status is never computed on read), with its progress."""
+    run = session.get(ProfilingRun, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"profiling run {run_id} does not exist")
+    return _public(session, run)
+
+
+RUN_STATUSES = ("running", "published", "failed", "cancelled")
+
+
+def list_runs(
+    session: Session, *, device_id: int | None, status: str | None, after: int, limit: int
+) -> list[RunPublic]:
+    query = select(ProfilingRun).where(ProfilingRun.id > after).order_by(ProfilingRun.id).limit(limit)
+    if device_id is not None:
+        query = query.where(ProfilingRun.device_id == device_id)
+    if status is not None:
+        query = query.where(ProfilingRun.status == status)
+    return [_public(session, run) for run in session.scalars(query)]
+
+
+def _cancel_jobs(session: Session, *, where, reason: str) -> int:  # type: ignore[no-untyped-def]
+    """Queued and leased jobs matching `where` are cancelled: never leased again, and an agent holding one is
+    told to stop (its heartbeat and result are answered 409)."""
+    return session.execute(
+        update(Job)
+        .where(where, Job.status.in_(("queued", "leased")))
+        .values(status="cancelled", finished_at=utcnow(), last_error=reason[:4000])
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def cancel_run(session: Session, run_id: int, reason: str = "cancelled by an admin") -> RunPublic:
+    """Stop a running run: it will never publish. Its queued (and leased) jobs are cancelled, except those
+    another running run of the same device and config is waiting for. Measurements already taken stay."""
+    run = session.get(ProfilingRun, run_id, populate_existing=True)
+    if run is None:
+        raise NotFound(f"profiling run {run_id} does not exist")
+    if run.status != "cancelled":
+        flipped = session.execute(
+            update(ProfilingRun)
+            .where(ProfilingRun.id == run_id, ProfilingRun.status == "running")
+            .values(status="cancelled", finished_at=utcnow(), reason=reason)
+        ).rowcount
+        if flipped != 1:
+            session.rollback()
+            run = session.get(ProfilingRun, run_id, populate_existing=True)
+            assert run is not None
+            raise Conflict(f"profiling run {run_id} is already {run.status}; only a running run can be cancelled")
+        still_needed = (
+            select(RunOperator.op_key)
+            .join(ProfilingRun, ProfilingRun.id == RunOperator.run_id)
+            .where(ProfilingRun.device_id == run.device_id, ProfilingRun.config_hash == run.config_hash,
+                   ProfilingRun.status == "running", ProfilingRun.id != run_id)
+        )  # fmt: skip
+        _cancel_jobs(session, where=(Job.batch_group == f"run:{run_id}") & Job.op_key.not_in(still_needed),
+                     reason=f"run {run_id} cancelled: {reason}")  # fmt: skip
+        session.commit()
+    return run_status(session, run_id)
+
+
+def cancel_device_work(session: Session, device_id: int, reason: str) -> None:
+    """A retired device measures nothing more: its running runs and all its unfinished jobs are cancelled."""
+    session.execute(
+        update(ProfilingRun)
+        .where(ProfilingRun.device_id == device_id, ProfilingRun.status == "running")
+        .values(status="cancelled", finished_at=utcnow(), reason=reason)
+    )
+    _cancel_jobs(session, where=Job.device_id == device_id, reason=reason)

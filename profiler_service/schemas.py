@@ -7,9 +7,9 @@ import hashlib
 import json
 import statistics
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
@@ -19,23 +19,49 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+KiB = 1024
+
+
+def at_most(limit: int):  # type: ignore[no-untyped-def]
+    def check(value: Any) -> Any:
+        if len(json.dumps(value, separators=(",", ":"))) > limit:
+            raise ValueError(f"must serialise to at most {limit // KiB} KiB of JSON")
+        return value
+
+    return check
+
+
+def JsonObject(limit: int) -> Any:
+    """A free-form JSON object with a size cap. NaN, Infinity and unstorable strings never get this far: the
+    strict body parser (api/strict_json.py) refuses them for every route."""
+    return Annotated[dict[str, Any], AfterValidator(at_most(limit))]
+
+
+# Limits on what callers store (PROTOCOL.md and the README list them).
+PROPERTIES_LIMIT = 16 * KiB
+EXTRA_LIMIT = 16 * KiB
+CONTEXT_LIMIT = 64 * KiB
+SPACE_LIMIT = 256 * KiB
+
+
 # ---- devices ----------------------------------------------------------------------------------------------
+Properties = JsonObject(PROPERTIES_LIMIT)
+Extra = JsonObject(EXTRA_LIMIT)
+Context = JsonObject(CONTEXT_LIMIT)
+SpaceObject = JsonObject(SPACE_LIMIT)
+
+
 class DeviceCreate(Strict):
     name: str = Name
     platform: Platform
-    properties: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("properties")
-    @classmethod
-    def _small(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(v)) > 16_384:
-            raise ValueError("properties must serialise to at most 16 KiB")
-        return v
+    properties: Properties = Field(default_factory=dict)
 
 
 class DeviceUpdate(Strict):
-    name: str | None = Name
-    properties: dict[str, Any] | None = None
+    """Either field alone, or both. `properties` replaces the whole object."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
+    properties: Properties | None = None
 
 
 class DevicePublic(BaseModel):
@@ -61,7 +87,7 @@ class Fingerprint(Strict):
     runtime: str | None = Field(default=None, max_length=100)
     runtime_version: str | None = Field(default=None, max_length=100)
     cores: int | None = Field(default=None, ge=1, le=1024)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: Extra = Field(default_factory=dict)
 
 
 # ---- measurement config -----------------------------------------------------------------------------------
@@ -131,7 +157,7 @@ class SpaceRequest(Strict):
 
 class RunCreate(Strict):
     device_id: int = Field(ge=1, le=2**31 - 1)
-    space: dict[str, Any] = Field(description="SpaceRequest fields, or a full space with 'stages'.")
+    space: SpaceObject = Field(description="SpaceRequest fields, or a full space with 'stages'.")
     config: MeasureConfig = Field(default_factory=MeasureConfig)
     anchors: int = Field(
         default=8, ge=0, le=20, description="Whole networks of the space measured with the ops to fit the table's rule."
@@ -141,7 +167,7 @@ class RunCreate(Strict):
 class RunPublic(BaseModel):
     id: int
     device_id: int
-    status: str
+    status: Literal["running", "published", "failed", "cancelled"]
     total: int
     done: int
     failed: int
@@ -151,7 +177,8 @@ class RunPublic(BaseModel):
     table_version: int | None
     created_at: datetime
     finished_at: datetime | None
-    errors: list[str] = Field(default_factory=list)
+    reason: str | None = Field(default=None, description="Why it failed or was cancelled.")
+    errors: list[str] = Field(default_factory=list, description="Failed jobs with their reasons (at most 10).")
 
 
 # ---- agent protocol ---------------------------------------------------------------------------------------
@@ -219,7 +246,9 @@ class ResultStats(Strict):
     rounds: int | None = Field(default=None, ge=1, le=10_000)
     round_medians_us: list[float] | None = Field(default=None, min_length=1, max_length=10_000)
     estimator: str | None = Field(default=None, max_length=100)
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: Context = Field(
+        default_factory=dict, description="What shaped the numbers (runtime, threads, affinity, ...); at most 64 KiB."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ResultStats:
@@ -277,13 +306,24 @@ class TableSummary(BaseModel):
     version: int
     space_hash: str
     config_hash: str
-    content_sha256: str
+    content_sha256: str = Field(description="SHA-256 of the numbers: two versions with equal numbers share it.")
+    etag: str | None = Field(description="SHA-256 of the bytes served (the ETag); None until first read for "
+                                         "versions published before migration 0004.")  # fmt: skip
+    run_id: int | None
     created_at: datetime
     entries: int
 
 
 class TokenCreate(Strict):
     name: str = Name
+
+
+class TokenPublic(BaseModel):
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class TokenCreated(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -53,5 +54,25 @@ def ensure_admin_token(session: Session, configured: str | None) -> str | None:
     return token
 
 
+ADMIN_HASH_TTL_S = 30.0
+_admin_cache: tuple[float, str] | None = None
+
+
+def cached_admin_hash() -> str | None:
+    """The admin hash if this worker read it within ADMIN_HASH_TTL_S, without touching the database."""
+    if _admin_cache is not None and time.monotonic() - _admin_cache[0] < ADMIN_HASH_TTL_S:
+        return _admin_cache[1]
+    return None
+
+
 def admin_hash(session: Session) -> str | None:
-    return session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))
+    """The stored admin token hash. It changes only when a service starts with another configured token, so
+    each worker keeps it for ADMIN_HASH_TTL_S: the hot read path (table fetches) saves a query per request."""
+    global _admin_cache
+    now = time.monotonic()
+    if _admin_cache is not None and now - _admin_cache[0] < ADMIN_HASH_TTL_S:
+        return _admin_cache[1]
+    value = session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))
+    if value is not None:
+        _admin_cache = (now, value)
+    return value

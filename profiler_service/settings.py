@@ -17,6 +17,9 @@ from profiler_service.schemas import Platform
 # A provisioned device's name becomes its token file's name, so it is held to what is safe in a path.
 _PROVISION_ITEM = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<platform>[a-z]+))?$")
 
+MIN_ADMIN_TOKEN = 32  # characters; `dnas serve` generates 43 (32 random bytes, url-safe base64)
+PLACEHOLDERS = ("change-me", "changeme", "replace-me", "replaceme")
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DNAS_SERVICE_", env_file=".env", extra="ignore")
@@ -33,7 +36,9 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8321, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (PostgreSQL for > 1).")
     admin_token: str | None = Field(
-        default=None, description="Admin token; if unset one is generated on first start and printed once."
+        default=None,
+        description=f"Admin token, at least {MIN_ADMIN_TOKEN} characters and not a placeholder; if unset one is "
+        "generated on first start and printed once.",
     )
     admin_token_file: Path | None = Field(
         default=None,
@@ -47,16 +52,32 @@ class ServiceSettings(BaseSettings):
     )
     provision_token_dir: Path | None = Field(default=None, description="Where provisioned agent tokens go.")
     artifact_dir: Path = Field(default_factory=lambda: Path(user_data_dir("dnas")) / "artifacts")
-    lease_seconds: float = Field(default=60.0, gt=0, description="How long a leased job stays with its agent.")
+    lease_seconds: float = Field(default=60.0, gt=0, le=86_400, description="How long a leased job stays leased.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
-    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted (413).")
+    sweep_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="How often each worker publishes complete runs, stores failed ones and ends dead leases.",
+    )  # fmt: skip
 
     @field_validator("admin_token", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        """`DNAS_SERVICE_ADMIN_TOKEN=` (as compose and .env files leave it) means no token, not an empty one."""
-        return None if value == "" else value
+    def _strong(cls, value: object) -> object:
+        """`DNAS_SERVICE_ADMIN_TOKEN=` (as compose and .env files leave it) means no token, not an empty one. A
+        guessable admin token is worse than none: refuse short ones and the example file's placeholder."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            return value
+        if len(value) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"DNAS_SERVICE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters (it has {len(value)}); "
+                "unset it to have one generated, or use: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if any(word in value.lower() for word in PLACEHOLDERS):
+            raise ValueError("DNAS_SERVICE_ADMIN_TOKEN is a placeholder (from .env.example?); set a random value")
+        return value
 
     @model_validator(mode="after")
     def _database_from_parts(self) -> ServiceSettings:

@@ -7,12 +7,13 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections import Counter
 from typing import Any
 
 from sqlalchemy import String, cast, exists, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
@@ -51,8 +52,8 @@ def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dic
     return published
 
 
-def complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[int]:
-    """Runs of this device and config whose every op now has a measurement."""
+def complete_runs(session: Session, *, device_id: int | None = None, config_hash: str | None = None) -> list[int]:
+    """Running runs (of this device and config, or all of them: the sweep) whose every op has a measurement."""
     unmeasured = (
         select(RunOperator.op_key)
         .where(RunOperator.run_id == ProfilingRun.id)
@@ -70,14 +71,12 @@ def complete_runs(session: Session, *, device_id: int, config_hash: str) -> list
         Job.batch_group == literal("run:") + cast(ProfilingRun.id, String),
         Job.status.in_(("queued", "leased")),
     )
-    query = select(ProfilingRun.id).where(
-        ProfilingRun.device_id == device_id,
-        ProfilingRun.config_hash == config_hash,
-        ProfilingRun.status == "running",
-        ~unmeasured.exists(),
-        ~pending,
-    )
-    return list(session.scalars(query))
+    query = select(ProfilingRun.id).where(ProfilingRun.status == "running", ~unmeasured.exists(), ~pending)
+    if device_id is not None:
+        query = query.where(ProfilingRun.device_id == device_id)
+    if config_hash is not None:
+        query = query.where(ProfilingRun.config_hash == config_hash)
+    return list(session.scalars(query.order_by(ProfilingRun.id)))
 
 
 def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
@@ -116,7 +115,8 @@ def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
 
 def publish_run(session: Session, run_id: int) -> LatencyTable | None:
     """Publish a complete run as the device's next table version: the run's status flip and the table with all
-    its entries commit together, or not at all."""
+    its entries and its payload commit together, or not at all. None if another worker published it, or if
+    it lost the race for a version number 5 times (the sweep tries again)."""
     for _ in range(5):
         flipped = session.execute(
             update(ProfilingRun)
@@ -158,6 +158,8 @@ def publish_run(session: Session, run_id: int) -> LatencyTable | None:
             session.add_all(
                 LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements
             )
+            session.flush()
+            table.payload, table.payload_sha256 = serialise(table_payload(session, table))
             session.commit()
             return table
         except IntegrityError:  # another run of this device took the version number: try the next one
@@ -175,22 +177,58 @@ def publish_complete_runs(session: Session, *, device_id: int, config_hash: str)
 
 
 # ---- reading --------------------------------------------------------------------------------------------
-def find_table(session: Session, device_id: int, version: str, space_hash: str | None = None) -> LatencyTable:
-    query = select(LatencyTable).where(LatencyTable.device_id == device_id)
+def serialise(payload: dict[str, Any]) -> tuple[str, str]:
+    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication."""
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+VERSION = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+
+
+def parse_version(version: str) -> int | None:
+    """'latest' -> None, else the version number; anything else is a 422."""
+    if version == "latest":
+        return None
+    if not VERSION.fullmatch(version) or not 1 <= int(version) <= 2**31 - 1:
+        raise Invalid(f"version must be a positive number or 'latest', got {version[:40]!r}")
+    return int(version)
+
+
+def find_table_id(session: Session, device_id: int, version: str, space_hash: str | None = None) -> tuple[int, int]:
+    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path)."""
+    query = select(LatencyTable.id, LatencyTable.version).where(LatencyTable.device_id == device_id)
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
-    if version == "latest":
+    number = parse_version(version)
+    if number is None:
         query = query.order_by(LatencyTable.version.desc()).limit(1)
     else:
-        if not version.isdigit() or not 1 <= int(version) <= 2**31 - 1:
-            raise Invalid(f"version must be a positive number or 'latest', got {version!r}")
-        number = int(version)
         query = query.where(LatencyTable.version == number)
-    table = session.scalar(query)
-    if table is None:
+    found = session.execute(query).first()
+    if found is None:
         scope = f" for space {space_hash}" if space_hash else ""
-        raise NotFound(f"device {device_id} has no latency table version {version}{scope}")
-    return table
+        raise NotFound(f"device {device_id} has no latency table version {version[:40]}{scope}")
+    return found[0], found[1]
+
+
+def stored_payload(session: Session, table: LatencyTable) -> tuple[str, str]:
+    """The version's stored bytes and ETag. A table published before migration 0004 has none yet: its
+    payload is built now, once, and stored (write-once: a concurrent reader's copy wins, being equal)."""
+    payload = session.scalar(select(LatencyTable.payload).where(LatencyTable.id == table.id))
+    if payload is not None and table.payload_sha256:
+        return payload, table.payload_sha256
+    text, digest = serialise(table_payload(session, table))
+    session.execute(
+        update(LatencyTable)
+        .where(LatencyTable.id == table.id, LatencyTable.payload.is_(None))
+        .values(payload=text, payload_sha256=digest)
+    )
+    session.commit()
+    row = session.execute(
+        select(LatencyTable.payload, LatencyTable.payload_sha256).where(LatencyTable.id == table.id)
+    ).one()
+    return row[0], row[1]
 
 
 def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
@@ -239,16 +277,26 @@ def table_csv(payload: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def list_tables(session: Session, device_id: int, space_hash: str | None) -> list[LatencyTable]:
+def list_tables(
+    session: Session, device_id: int, space_hash: str | None, *, after: int = 0, limit: int = 100
+) -> list[tuple[LatencyTable, int]]:
+    """Versions after `after`, oldest first, each with its number of entries (counted, not loaded)."""
+    entries = (  # the ops, as served: not the probes and anchor networks measured beside them
+        select(func.count())
+        .where(LatencyTableEntry.table_id == LatencyTable.id)
+        .where(~LatencyTableEntry.op_key.startswith("probe-"), ~LatencyTableEntry.op_key.startswith("net-"))
+        .correlate(LatencyTable)
+        .scalar_subquery()
+    )
     query = (
-        select(LatencyTable)
-        .options(selectinload(LatencyTable.entries))
-        .where(LatencyTable.device_id == device_id)
+        select(LatencyTable, entries)
+        .where(LatencyTable.device_id == device_id, LatencyTable.version > after)
         .order_by(LatencyTable.version)
+        .limit(limit)
     )
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
-    return list(session.scalars(query))
+    return [(table, n) for table, n in session.execute(query)]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

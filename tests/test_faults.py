@@ -94,6 +94,7 @@ def test_postgres_restarted_under_a_running_service_recovers_in_every_worker(tmp
         down = admin.get("/v1/health")
         assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
         assert admin.get("/v1/devices").status_code == 503
+        assert admin.get("/v1/health/live").status_code == 200  # liveness: do not restart it for this
         cluster.start()
         # No service restart: each pool notices its dead connections (pre-ping) and reconnects, so not one
         # request fails once the database is back, in whichever worker answers it.

@@ -1,5 +1,7 @@
 """Register, profile, lease, result, publish, fetch: real processes over real HTTP, on SQLite and PostgreSQL."""
 
+import hashlib
+
 import pytest
 
 from search.enumerate import enumerate_ops
@@ -47,8 +49,10 @@ def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
         assert prediction["rule"] == "overhead-v1" and prediction["constant_from"] == "anchors"
         assert set(prediction["overhead_us"]) == set(probes) and len(prediction["anchors"]) == N_ANCHORS
         assert all(a["measured_us"] > 0 for a in prediction["anchors"])
+        # The ETag identifies the bytes sent (gzip-compressed here, so the weak form of the identity's hash).
         etag = resp.headers["etag"]
-        assert etag == f'"{table["content_sha256"]}"'
+        assert resp.headers["content-encoding"] == "gzip"
+        assert etag == f'W/"{hashlib.sha256(resp.content).hexdigest()}"'
 
         again = admin.get(f"/v1/devices/{device['id']}/latency-tables/1", headers={"If-None-Match": etag})
         assert again.status_code == 304 and again.content == b""
@@ -57,11 +61,14 @@ def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
         assert csv.text.splitlines()[0] == "key,median_us,mean_us,p10_us,p90_us,std_us,n"
         assert len(csv.text.splitlines()) == expected_ops + 1
 
-        # Profiling the same space again reuses every measurement: published at once as version 2, same content.
+        # Profiling the same space again reuses every measurement: published at once as version 2, same numbers,
+        # but other bytes (its version number): a client holding version 1 is not told it is unchanged.
         rerun = start_run(admin, device["id"])
         assert rerun["status"] == "published" and rerun["table_version"] == 2
-        v2 = admin.get(f"/v1/devices/{device['id']}/latency-tables/2").json()
-        assert v2["content_sha256"] == table["content_sha256"]
+        latest = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest", headers={"If-None-Match": etag})
+        assert latest.status_code == 200 and latest.headers["etag"] != etag
+        v2 = latest.json()
+        assert v2["version"] == 2 and v2["content_sha256"] == table["content_sha256"]
         versions = admin.get(f"/v1/devices/{device['id']}/latency-tables").json()
         assert [v["version"] for v in versions] == [1, 2]
 

@@ -1,19 +1,24 @@
-"""Named dependencies: the database session and the three kinds of caller (admin, agent, reader)."""
+"""Named dependencies: the database session and the three kinds of caller (admin, agent, reader).
+
+No token, or a token the service does not know (never issued, revoked, rotated), is 401 with
+`WWW-Authenticate`; a valid token without the right for the call is 403.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from db.models import ApiToken, Device
 from profiler_service.errors import Forbidden, Unauthorized
-from profiler_service.security import admin_hash, hash_token, same
+from profiler_service.security import admin_hash, cached_admin_hash, hash_token, same
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
 
@@ -37,50 +42,113 @@ def get_settings(request: Request) -> ServiceSettings:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+Role = Literal["admin", "reader", "agent"]
 
 
 def _token(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
     if creds is None or not creds.credentials:
-        raise Unauthorized(f"this call needs a {role} token: send 'Authorization: Bearer <token>'")
+        raise Unauthorized(f"this call needs a {role} token: send 'Authorization: Bearer <token>'", sent=False)
     return creds.credentials
 
 
-def _is_admin(session: Session, token: str) -> bool:
+def _is_admin(session: Session, digest: str) -> bool:
     stored = admin_hash(session)
-    return stored is not None and same(stored, hash_token(token))
+    return stored is not None and same(stored, digest)
 
 
-def require_admin(session: SessionDep, creds: Credentials) -> None:
-    token = _token(creds, "admin")
-    allowed = _is_admin(session, token)
+def _is_reader(session: Session, digest: str) -> bool:
+    return session.scalar(
+        select(ApiToken.id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+    ) is not None  # fmt: skip
+
+
+def _role_of(session: Session, digest: str) -> Role | None:
+    """Only on the refusal path: which kind of valid token this is, to tell 403 from 401."""
+    if _is_admin(session, digest):
+        return "admin"
+    if _is_reader(session, digest):
+        return "reader"
+    if session.scalar(select(Device.id).where(Device.token_hash == digest)) is not None:
+        return "agent"
+    return None
+
+
+def _unknown(role: str) -> Unauthorized:
+    return Unauthorized(f"the token sent is not a valid token (never issued, revoked or rotated); "
+                        f"this call needs a {role} token")  # fmt: skip
+
+
+def _admin_fast(digest: str) -> bool:
+    """The admin token, checked against this worker's cached hash: no thread hop, no query."""
+    cached = cached_admin_hash()
+    return cached is not None and same(cached, digest)
+
+
+async def require_admin(request: Request, creds: Credentials) -> None:
+    digest = hash_token(_token(creds, "admin"))
+    if not _admin_fast(digest):
+        await run_in_threadpool(_check_admin, request.app.state.sessionmaker, digest)
+
+
+def _check_admin(sessions: sessionmaker, digest: str) -> None:
+    with sessions() as session:
+        _check_admin_in(session, digest)
+
+
+def _check_admin_in(session: Session, digest: str) -> None:
+    allowed = _is_admin(session, digest)
+    role = None if allowed else _role_of(session, digest)
     session.rollback()  # end the read: no connection is held while the request waits for its next thread
     if not allowed:
-        raise Forbidden("this call needs the admin token; the token sent is not it")
+        if role is None:
+            raise _unknown("admin")
+        raise Forbidden(f"this call needs the admin token; the token sent is a{'n' if role == 'agent' else ''} "
+                        f"{role} token")  # fmt: skip
 
 
-def require_reader(session: SessionDep, creds: Credentials) -> None:
-    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
-    token = _token(creds, "reader or admin")
-    allowed = _is_admin(session, token) or session.scalar(
-        select(ApiToken.id).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-    )
+async def require_reader(request: Request, creds: Credentials) -> None:
+    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
+    token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
+    digest = hash_token(_token(creds, "reader or admin"))
+    if not _admin_fast(digest):
+        await run_in_threadpool(_check_reader, request.app.state.sessionmaker, digest)
+
+
+def _check_reader(sessions: sessionmaker, digest: str) -> None:
+    with sessions() as session:
+        _check_reader_in(session, digest)
+
+
+def _check_reader_in(session: Session, digest: str) -> None:
+    allowed = _is_admin(session, digest) or _is_reader(session, digest)
+    role = None if allowed else _role_of(session, digest)
     session.rollback()  # end the read before the next thread hop
     if not allowed:
-        raise Forbidden("this call needs a reader or admin token; the token sent is neither (agent tokens can't read)")
+        if role is None:
+            raise _unknown("reader or admin")
+        raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
 
 
 def require_agent(session: SessionDep, creds: Credentials) -> Device:
-    token = _token(creds, "device agent")
-    device = session.scalar(select(Device).where(Device.token_hash == hash_token(token)))
+    digest = hash_token(_token(creds, "device agent"))
+    device = session.scalar(select(Device).where(Device.token_hash == digest))
     if device is None:
-        raise Forbidden("this call needs a device's agent token (issued when the device was registered)")
+        role = _role_of(session, digest)
+        session.rollback()
+        if role is None:
+            raise _unknown("device agent")
+        raise Forbidden(f"this call needs a device's agent token (issued when the device was registered), "
+                        f"not the {role} token")  # fmt: skip
     if device.retired_at is not None:
+        session.rollback()
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
     now = utcnow()
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=30):  # bounded write rate from polling agents
         device.last_seen_at = now
-    session.commit()  # ends the transaction either way: no connection held between thread hops
+    # Ends the transaction either way (a read-only one writes nothing); commit, not rollback, because a
+    # rollback would expire `device` and reload it later, on the event loop.
+    session.commit()
     return device
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -11,8 +12,9 @@ from fastapi.responses import FileResponse
 from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
-from db.models import Device, Job, Operator
+from db.models import KEY_LEN, Device, Job, Operator
 from profiler_service.api.deps import AgentDep, Id, SessionDep
+from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import NotFound
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
@@ -42,9 +44,10 @@ from profiler_service.tables import publish_complete_runs
 from profiler_service.timeutil import as_utc
 from search.opspec import OpSpec, OpSpecError
 
-router = APIRouter(prefix="/agent", tags=["agent"])
+router = APIRouter(prefix="/agent", tags=["agent"], route_class=StrictJsonRoute)
 
 POLL_INTERVAL_S = 0.25
+log = logging.getLogger("dnas.service.agent")
 
 
 @router.put("/fingerprint", status_code=204)
@@ -68,7 +71,9 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
         attempt=job.attempts,
         op_key=job.op_key,
         op_spec=op.spec,
-        model_url=str(request.url_for("download_model", op_key=job.op_key)),
+        # A path, resolved by the agent against the server it was configured with: never a URL built from
+        # this request's Host header (behind a TLS proxy that would be an http:// URL the token is sent to).
+        model_url=str(request.app.url_path_for("download_model", op_key=job.op_key)),
         model_sha256=op.onnx_sha256 or "",
         model_bytes=op.onnx_bytes or 0,
         input_shape=input_shape,
@@ -130,9 +135,14 @@ async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> Lease
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-@router.get("/models/{op_key}", name="download_model", response_class=FileResponse)
+MODEL_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such model."}}
+
+
+@router.get("/models/{op_key}", name="download_model", response_class=FileResponse, responses=MODEL_RESPONSES)
 def download_model(op_key: str, device: AgentDep, session: SessionDep, request: Request) -> FileResponse:
     """The op's ONNX file. Keys are parsed, never used as paths, so no name can escape the artifact dir."""
+    if len(op_key) > KEY_LEN:  # no op key is this long; parsing one would only cost (and int() has limits)
+        raise NotFound(f"{op_key[:40]!r}... is not an op key (longer than {KEY_LEN} characters)")
     if NETWORK_KEY.fullmatch(op_key):
         if session.get(Operator, op_key) is None:
             raise NotFound(f"network {op_key} is not registered with this service")
@@ -142,10 +152,11 @@ def download_model(op_key: str, device: AgentDep, session: SessionDep, request: 
         return FileResponse(path, media_type="application/octet-stream", filename=f"{op_key}.onnx")
     try:
         spec = OpSpec.from_key(op_key)
-    except OpSpecError:
+    except (OpSpecError, ValueError):
         raise NotFound(f"{op_key!r} is not an op key") from None
     if session.get(Operator, spec.key) is None:
         raise NotFound(f"operator {op_key} is not registered with this service")
+    session.rollback()  # no connection held if the file must be exported again
     path = model_path(request.app.state.cache, spec)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{spec.key}.onnx")
 
@@ -171,8 +182,18 @@ def batch_results(body: BatchResultsIn, device: AgentDep, session: SessionDep) -
     acks = record_results(session, device_id=device.id, body=body)
     configs = {job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == "done") if job}
     for config_hash in configs:
-        publish_complete_runs(session, device_id=device.id, config_hash=config_hash)
+        _publish_now(session, device.id, config_hash)
     return BatchAck(acks=acks)
+
+
+def _publish_now(session, device_id: int, config_hash: str) -> None:  # type: ignore[no-untyped-def]
+    """Publish what the results just completed. The results are committed already, so a failure here must
+    not turn their acknowledgement into an error: the sweep publishes it instead."""
+    try:
+        publish_complete_runs(session, device_id=device_id, config_hash=config_hash)
+    except Exception as exc:  # the sweep (profiler_service/sweep.py) is the safety net
+        session.rollback()
+        log.warning("publishing after results failed (the sweep will retry): %s", exc)
 
 
 @router.post("/jobs/{job_id}/result", response_model=Ack)
@@ -181,7 +202,7 @@ def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep
     ack = record_result(session, device_id=device.id, job_id=job_id, body=body)
     job = session.get(Job, job_id)
     if job is not None:
-        publish_complete_runs(session, device_id=device.id, config_hash=job.config_hash)
+        _publish_now(session, device.id, job.config_hash)
     return ack
 
 

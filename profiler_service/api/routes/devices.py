@@ -1,17 +1,20 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Device
 from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
+from profiler_service.api.pagination import After, Limit, paginated
+from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Conflict, NotFound
+from profiler_service.runs import cancel_device_work
 from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
 from profiler_service.security import hash_token, new_token
 from profiler_service.timeutil import utcnow
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix="/devices", tags=["devices"], route_class=StrictJsonRoute)
 
 
 def public(device: Device) -> DevicePublic:
@@ -40,11 +43,14 @@ def register(body: DeviceCreate, session: SessionDep) -> DeviceCreated:
 
 
 @router.get("", response_model=list[DevicePublic], dependencies=[ReaderDep])
-def list_devices(session: SessionDep, include_retired: bool = False) -> list[DevicePublic]:
-    query = select(Device).order_by(Device.id)
+def list_devices(session: SessionDep, request: Request, response: Response, include_retired: bool = False,
+                 after: After = 0, limit: Limit = 100) -> list[DevicePublic]:  # fmt: skip
+    """Devices by id, `limit` at a time after the id `after` (the `Link` header has the next page)."""
+    query = select(Device).where(Device.id > after).order_by(Device.id).limit(limit)
     if not include_retired:
         query = query.where(Device.retired_at.is_(None))
-    return [public(d) for d in session.scalars(query)]
+    rows = [public(d) for d in session.scalars(query)]
+    return paginated(rows, request, response, limit, cursor=lambda d: d.id)
 
 
 @router.get("/{device_id}", response_model=DevicePublic, dependencies=[ReaderDep])
@@ -54,6 +60,8 @@ def show(device_id: Id, session: SessionDep) -> DevicePublic:
 
 @router.patch("/{device_id}", response_model=DevicePublic, dependencies=[AdminDep])
 def update(device_id: Id, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+    """Rename, or replace the properties, or both. Published table versions keep the name they were
+    published with (their bytes never change); the current name is here."""
     device = get_device(session, device_id)
     if body.name is not None:
         device.name = body.name
@@ -67,11 +75,24 @@ def update(device_id: Id, body: DeviceUpdate, session: SessionDep) -> DevicePubl
     return public(device)
 
 
+@router.post("/{device_id}/rotate-token", response_model=DeviceCreated, dependencies=[AdminDep])
+def rotate_token(device_id: Id, session: SessionDep) -> DeviceCreated:
+    """A new agent token, shown once; the old one stops working at once (401). Leases the device holds stay
+    valid under their lease tokens, so an agent restarted with the new token loses no work."""
+    device = get_device(session, device_id)
+    token = new_token("dnas_agent")
+    device.token_hash = hash_token(token)
+    session.commit()
+    return DeviceCreated(**public(device).model_dump(), agent_token=token)
+
+
 @router.post("/{device_id}/retire", response_model=DevicePublic, dependencies=[AdminDep])
 def retire(device_id: Id, session: SessionDep) -> DevicePublic:
-    """Stop a device taking jobs; its measurements and tables stay readable."""
+    """Stop a device taking jobs: its running runs and unfinished jobs are cancelled. Its measurements and
+    tables stay readable."""
     device = get_device(session, device_id)
     if device.retired_at is None:
         device.retired_at = utcnow()
+        cancel_device_work(session, device.id, reason=f"device {device.id} ({device.name}) retired")
         session.commit()
     return public(device)

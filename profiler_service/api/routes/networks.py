@@ -1,48 +1,65 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from db.models import Calibration, LatencyTable
 from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.routes.devices import get_device
-from profiler_service.errors import NotFound
-from profiler_service.networks import ensure_network, network_status, request_measurement, request_set, set_status
+from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.errors import Conflict, NotFound
+from profiler_service.networks import (
+    network_status,
+    prepare_network,
+    register_network,
+    request_measurement,
+    request_set,
+    set_status,
+)
 from profiler_service.runs import resolve_space
-from profiler_service.schemas import MeasureConfig, Strict
+from profiler_service.schemas import JsonObject, KiB, MeasureConfig, SpaceObject, Strict, at_most
 from profiler_service.timeutil import as_utc
 
-router = APIRouter(prefix="/devices/{device_id}", tags=["networks"])
+router = APIRouter(prefix="/devices/{device_id}", tags=["networks"], route_class=StrictJsonRoute)
+
+CALIBRATION_RETRIES = 20
 
 
 class NetworkRequest(Strict):
-    space: dict[str, Any]
+    space: SpaceObject
     arch: list[str] = Field(min_length=1, max_length=64)
     config: MeasureConfig = Field(default_factory=MeasureConfig)
 
 
 class NetworkSetRequest(Strict):
-    space: dict[str, Any]
+    space: SpaceObject
     archs: list[list[str]] = Field(min_length=1, max_length=200)
     config: MeasureConfig = Field(default_factory=MeasureConfig)
 
 
+CalibrationModel = JsonObject(64 * KiB)
+FittedOn = Annotated[list[dict[str, Any]], AfterValidator(at_most(2048 * KiB))]
+
+
 class CalibrationCreate(Strict):
     table_version: int = Field(ge=1, le=2**31 - 1)
-    model: dict[str, Any]
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    fitted_on: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    model: CalibrationModel
+    metrics: CalibrationModel = Field(default_factory=dict)
+    fitted_on: FittedOn = Field(default_factory=list, max_length=10_000)
 
 
 @router.post("/network-measurements", status_code=201, dependencies=[AdminDep])
 def measure_network(device_id: Id, body: NetworkRequest, session: SessionDep, request: Request) -> dict:
     """Measure a whole architecture end to end on the device (to check what the table predicts)."""
     device = get_device(session, device_id)
+    session.commit()  # release the connection (device stays loaded) while the network exports
     settings = request.app.state.settings
-    op = ensure_network(session, settings.artifact_dir, resolve_space(body.space), body.arch)
+    net = prepare_network(settings.artifact_dir, resolve_space(body.space), body.arch)
+    op = register_network(session, net)
     return request_measurement(session, device=device, op=op, config=body.config, max_attempts=settings.max_attempts)
 
 
@@ -58,9 +75,11 @@ def measure_network_set(device_id: Id, body: NetworkSetRequest, session: Session
     """Measure several architectures together, in the same interleaved rounds (what `dnas validate` does).
     A set is one measurement session: every network is measured now, even if it was measured before."""
     device = get_device(session, device_id)
+    session.commit()  # release the connection (device stays loaded) while the networks export
     settings = request.app.state.settings
     space = resolve_space(body.space)
-    ops = [ensure_network(session, settings.artifact_dir, space, arch) for arch in body.archs]
+    nets = [prepare_network(settings.artifact_dir, space, arch) for arch in body.archs]
+    ops = [register_network(session, net) for net in nets]
     set_id = request_set(session, device=device, ops=ops, config=body.config, max_attempts=settings.max_attempts)
     return set_status(session, device_id=device.id, set_id=set_id)
 
@@ -80,12 +99,20 @@ def store_calibration(device_id: Id, body: CalibrationCreate, session: SessionDe
     )
     if table is None:
         raise NotFound(f"device {device_id} has no latency table version {body.table_version}")
-    version = (session.scalar(select(func.max(Calibration.version)).where(Calibration.device_id == device_id)) or 0) + 1
-    row = Calibration(device_id=device_id, version=version, table_id=table.id, space_hash=table.space_hash,
-                      model=body.model, metrics=body.metrics, fitted_on=body.fitted_on)  # fmt: skip
-    session.add(row)
-    session.commit()
-    return _public(row, table.version)
+    fields = {"device_id": device_id, "table_id": table.id, "space_hash": table.space_hash, "model": body.model,
+              "metrics": body.metrics, "fitted_on": body.fitted_on}  # fmt: skip
+    table_version = table.version
+    for _ in range(CALIBRATION_RETRIES):  # two admins at once may pick the same next version: the loser retries
+        latest = session.scalar(select(func.max(Calibration.version)).where(Calibration.device_id == device_id))
+        row = Calibration(version=(latest or 0) + 1, **fields)
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            continue
+        return _public(row, table_version)
+    raise Conflict("calibrations are being stored concurrently for this device; retry")
 
 
 @router.get("/calibrations/latest", dependencies=[ReaderDep])

@@ -1,48 +1,88 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from db.models import LatencyTable
 from profiler_service.api.deps import Id, ReaderDep, SessionDep
+from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.routes.devices import get_device
-from profiler_service.errors import Invalid
+from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.errors import Invalid, NotFound
 from profiler_service.schemas import TableSummary
-from profiler_service.tables import compare, compare_png, find_table, list_tables, table_csv, table_payload
+from profiler_service.table_cache import CachedTable, Representation, accepts_gzip
+from profiler_service.tables import (
+    compare,
+    compare_png,
+    find_table_id,
+    list_tables,
+    parse_version,
+    stored_payload,
+    table_csv,
+)
 from profiler_service.timeutil import as_utc
 
-router = APIRouter(tags=["latency-tables"], dependencies=[ReaderDep])
+router = APIRouter(tags=["latency-tables"], dependencies=[ReaderDep], route_class=StrictJsonRoute)
 
 SpaceHash = Query(default=None, pattern=r"^[0-9a-f]{6,64}$", description="Only tables of this space.")
 
 
 @router.get("/devices/{device_id}/latency-tables", response_model=list[TableSummary])
-def versions(device_id: Id, session: SessionDep, space_hash: str | None = SpaceHash) -> list[TableSummary]:
+def versions(
+    device_id: Id,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    space_hash: str | None = SpaceHash,
+    after: After = 0,
+    limit: Limit = 100,
+) -> list[TableSummary]:
+    """Published versions, oldest first, `limit` at a time after version `after` (the `Link` header has the
+    next page)."""
     get_device(session, device_id)
-    return [
+    rows = [
         TableSummary(
             device_id=t.device_id,
             version=t.version,
             space_hash=t.space_hash,
             config_hash=t.config_hash,
             content_sha256=t.content_sha256,
+            etag=t.payload_sha256,
+            run_id=t.run_id,
             created_at=as_utc(t.created_at),
-            entries=sum(1 for e in t.entries if not e.op_key.startswith(("probe-", "net-"))),  # ops, as served
+            entries=n,
         )
-        for t in list_tables(session, device_id, space_hash)
+        for t, n in list_tables(session, device_id, space_hash, after=after, limit=limit)
     ]
+    return paginated(rows, request, response, limit, cursor=lambda t: t.version)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2): W/"x" matches "x", so a client that got the gzip form revalidates."""
     if not if_none_match:
         return False
     candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
     return etag in candidates or "*" in candidates
 
 
-@router.get("/devices/{device_id}/latency-tables/{version}")
+def _cached(session, table_id: int) -> CachedTable:  # type: ignore[no-untyped-def]
+    text, digest = stored_payload(session, session.get(LatencyTable, table_id))
+    body = text.encode()
+    csv = table_csv(json.loads(body)).encode()
+    return CachedTable(json=Representation.of(body, digest), csv=Representation.of(csv))
+
+
+TABLE_RESPONSES = {
+    200: {"description": "The version's published JSON (or CSV)."},
+    304: {"description": "Not modified."},
+}
+
+
+@router.get("/devices/{device_id}/latency-tables/{version}", responses=TABLE_RESPONSES)
 def get_table(
     device_id: Id,
     version: str,
@@ -51,35 +91,50 @@ def get_table(
     space_hash: str | None = SpaceHash,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
-    """One version ('latest' or a number). Versions are immutable, so the ETag is the content hash."""
-    get_device(session, device_id)
-    table = find_table(session, device_id, version, space_hash)
-    etag = f'"{table.content_sha256}"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Table-Version": str(table.version)}
-    if _matches(request.headers.get("if-none-match"), etag):
+    """One version ('latest' or a number). A version's bytes are fixed when it is published (the device's
+    name as it was then included), so its ETag, the SHA-256 of those bytes, never changes; `If-None-Match`
+    answers 304. Sent gzip-compressed (weak ETag) when the client accepts it."""
+    number = parse_version(version)
+    try:
+        table_id, table_version = find_table_id(session, device_id, version, space_hash)
+    except NotFound:
+        get_device(session, device_id)  # the better message when the device itself does not exist
+        raise
+    cached = request.app.state.table_cache.get_or_build(table_id, lambda: _cached(session, table_id))
+    session.rollback()  # nothing more to read: the connection goes back to the pool before the body is sent
+    rep = cached.csv if format == "csv" else cached.json
+    gz = accepts_gzip(request.headers.get("accept-encoding"))
+    headers = {
+        "ETag": f"W/{rep.etag}" if gz else rep.etag,
+        "Cache-Control": "private, no-cache" if number is None else "private, max-age=31536000, immutable",
+        "Vary": "Accept-Encoding",
+        "X-Table-Version": str(table_version),
+    }
+    if _matches(request.headers.get("if-none-match"), rep.etag):
         return Response(status_code=304, headers=headers)
-    cache = request.app.state.table_cache
-    body = cache.get(table.id)
-    if body is None:  # versions never change, so their serialised form can be kept
-        payload = table_payload(session, table)
-        body = {"json": json.dumps(payload).encode(), "csv": table_csv(payload).encode()}
-        cache.put(table.id, body)
     media = "text/csv" if format == "csv" else "application/json"
-    return Response(body[format], media_type=media, headers=headers)
+    if gz:
+        return Response(rep.gzipped, media_type=media, headers=headers | {"Content-Encoding": "gzip"})
+    return Response(rep.body, media_type=media, headers=headers)
+
+
+REF = re.compile(r"([0-9]{1,10}):(latest|[0-9]{1,10})")
 
 
 def _ref(text: str) -> tuple[int, str]:
-    device, sep, version = text.partition(":")
-    if not sep or not device.isdigit() or not 1 <= int(device) <= 2**31 - 1:
-        raise Invalid(f"table reference {text!r} must look like DEVICE_ID:VERSION (e.g. 3:latest)")
-    return int(device), version
+    found = REF.fullmatch(text)
+    if not found or not 1 <= int(found[1]) <= 2**31 - 1:
+        raise Invalid(f"table reference {text[:40]!r} must look like DEVICE_ID:VERSION (e.g. 3:latest)")
+    parse_version(found[2])
+    return int(found[1]), found[2]
 
 
 @router.get("/latency-tables/compare")
 def compare_tables(
     session: SessionDep,
-    a: str = Query(description="DEVICE_ID:VERSION"),
-    b: str = Query(description="DEVICE_ID:VERSION"),
+    request: Request,
+    a: str = Query(description="DEVICE_ID:VERSION", max_length=32),
+    b: str = Query(description="DEVICE_ID:VERSION", max_length=32),
     format: Literal["json", "png"] = "json",
     top: int = Query(default=20, ge=1, le=200),
 ) -> Response:
@@ -88,7 +143,10 @@ def compare_tables(
     for ref in (a, b):
         device_id, version = _ref(ref)
         get_device(session, device_id)
-        tables.append(table_payload(session, find_table(session, device_id, version)))
+        table_id, _ = find_table_id(session, device_id, version)
+        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: _cached(session, t))
+        tables.append(json.loads(cached.json.body))
+    session.rollback()
     result = compare(*tables)
     if format == "png":
         return Response(compare_png(result, top), media_type="image/png")
