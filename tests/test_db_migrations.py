@@ -1,3 +1,4 @@
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,13 @@ def _upgrade_with_data(url: str, workdir: Path) -> None:
         assert [(d["name"], d["platform"], d["properties"], d["fingerprint"]) for d in devices] == [
             ("pixel-7", "android", {"lab": "bench-2"}, seeded["fingerprint"])
         ]
-        table = reader.get("/v1/devices/1/latency-tables/latest")
+        table = reader.get("/v1/devices/1/latency-tables/latest", headers={"Accept-Encoding": "identity"})
         assert table.status_code == 200, table.text
-        assert table.headers["etag"] == f'"{seeded["sha"]}"'
+        # Its bytes are built once, on first read after the upgrade, and the ETag names exactly those bytes.
+        assert table.headers["etag"] == f'"{hashlib.sha256(table.content).hexdigest()}"'
+        again = reader.get("/v1/devices/1/latency-tables/1", headers={"If-None-Match": table.headers["etag"],
+                                                                      "Accept-Encoding": "identity"})  # fmt: skip
+        assert again.status_code == 304
         payload = table.json()
         assert (payload["version"], payload["content_sha256"], payload["space_hash"]) == (1, seeded["sha"], MINI.hash)
         assert {e["key"]: {f: e[f] for f in STAT_FIELDS} for e in payload["entries"]} == seeded["stats"]
