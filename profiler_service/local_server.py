@@ -76,7 +76,8 @@ def running_service(
     **env: str,
 ) -> Iterator[Service]:
     port = port or free_port()
-    admin_token = admin_token or f"local-admin-{secrets.token_urlsafe(32)}"  # the service refuses short ones
+    if admin_token is None:  # "" is kept: an empty setting, as compose leaves it (the token file then rules)
+        admin_token = f"local-admin-{secrets.token_urlsafe(32)}"  # the service refuses short ones
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"service-{port}.log"
     environ = os.environ | {
