@@ -80,21 +80,29 @@ class Agent:
         signal.signal(signal.SIGTERM, handler)
 
     def run(self) -> AgentStats:
-        fingerprint = self.backend.fingerprint()
-        self.client.report_fingerprint(fingerprint)
-        log.info(
-            "agent %s ready (protocol %d): %s", self.backend.name, 2 if self.batches else 1, fingerprint.get("model")
-        )
         try:
+            fingerprint = self.backend.fingerprint()  # may refuse a device that cannot run the backend's runner
+            self.client.report_fingerprint(fingerprint)
+            log.info(
+                "agent %s ready (protocol %d): %s",
+                self.backend.name,
+                2 if self.batches else 1,
+                fingerprint.get("model"),
+            )
             while not self.stopping.is_set():
                 remaining = None if self.max_jobs is None else self.max_jobs - self.stats.done - self.stats.failed
                 if remaining is not None and remaining <= 0:
                     break
-                if self.batches:
-                    size = self.batch_size if remaining is None else min(self.batch_size, remaining)
-                    work = self.client.lease_batch(self.wait_seconds, size)
-                else:
-                    work = self.client.lease(self.wait_seconds)
+                try:
+                    if self.batches:
+                        size = self.batch_size if remaining is None else min(self.batch_size, remaining)
+                        work = self.client.lease_batch(self.wait_seconds, size)
+                    else:
+                        work = self.client.lease(self.wait_seconds)
+                except ConnectionError as exc:  # the network or service is away: an agent outlives an outage
+                    log.warning("cannot lease: %s; trying again", exc)
+                    self.stopping.wait(min(30.0, max(1.0, self.wait_seconds)))
+                    continue
                 if work is None:
                     if self.exit_when_idle:
                         break
@@ -115,7 +123,8 @@ class Agent:
         log.info("batch of %d jobs (%s)", len(jobs), batch.get("batch_group"))
         failures: dict[str, str] = {}
         results: list[dict[str, Any]] = []
-        with _Heartbeat(lambda: self.client.heartbeat_batch(token), batch["lease_seconds"] / 3) as beat:
+        every = batch["lease_seconds"] / 3
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
             try:
                 models = {}
                 for key, job in jobs.items():
@@ -169,7 +178,8 @@ class Agent:
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
-        with _Heartbeat(lambda: self.client.heartbeat(job), job["lease_seconds"] / 3) as beat:
+        every = job["lease_seconds"] / 3
+        with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
                 if self.abort.is_set():

@@ -77,16 +77,29 @@ def android(
         Path | None, typer.Option(help="Folder with onnxruntime_perf_test and libonnxruntime.so built for Android.")
     ] = None,
     taskset: Annotated[
-        str | None, typer.Option(help="CPU mask to pin runs to, e.g. f0 (big cores; SoC-specific).")
+        str,
+        typer.Option(
+            help="CPU mask to pin runs to (hex, e.g. f0); 'auto': the cores with the highest "
+            "cpuinfo_max_freq; 'none': no pinning."
+        ),
+    ] = "auto",
+    runtime_version: Annotated[
+        str | None,
+        typer.Option(help="onnxruntime version of the perf-test build (else read from VERSION_NUMBER beside it)."),
     ] = None,
-    cooldown: Annotated[float, typer.Option(help="Seconds to rest between operators.")] = 0.0,
+    cooldown: Annotated[float, typer.Option(help="Seconds to rest before each batch.")] = 0.0,
+    thermal_wait: Annotated[
+        float, typer.Option(help="Most seconds to wait before a batch while Android reports thermal throttling.")
+    ] = 600.0,
     key: Annotated[Path | None, typer.Option(help="adb RSA private key (generated on first use).")] = None,
     wait: Wait = 20.0,
     exit_when_idle: Once = False,
     cache_dir: Cache = None,
+    batch_size: Batch = 500,
+    protocol: Protocol = 2,
 ) -> None:
     """Measure on an Android device over adb (TCP or USB), with no host adb server."""
-    from device_agents.android.backend import AndroidBackend
+    from device_agents.android.backend import AndroidBackend, DeviceUnfit
     from device_agents.android.connection import AdbConnection
     from dnas.errors import UserError
 
@@ -102,10 +115,15 @@ def android(
             taskset=taskset,
             cooldown_s=cooldown,
             perf_test_dir=perf_test_dir,
+            runtime_version=runtime_version,
+            thermal_wait_s=thermal_wait,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    _serve(server, token, backend, cache_dir, wait, exit_when_idle)
+    try:
+        _serve(server, token, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
+    except DeviceUnfit as exc:  # checked at start: say what the phone lacks instead of failing every job
+        raise UserError(str(exc)) from None
 
 
 @app.command()
