@@ -110,8 +110,9 @@ class Sandbox:
                              '(2147483646)" >&2\nexit 255\n')  # fmt: skip
         else:
             self._write_tool("python3", f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-            self._write_tool("cmd", "#!/bin/sh\nexit 0\n")
         state = shlex.quote(str(self.root / STATE))
+        if not self.stock:  # the calls are logged, so a test can see the mode switched on and back off
+            self._write_tool("cmd", f'#!/bin/sh\necho "$@" >> {state}/cmd.log\nexit 0\n')
         dumpsys = (
             '#!/bin/sh\ncase "$1" in\n'
             '  thermalservice) echo "IsStatusOverride: false"; '
