@@ -166,14 +166,17 @@ class Agent:
             done = sum(1 for a in acks if a["status"] == "done")
             self.stats.done += done
             log.info("batch done: %d stored, %d refused", done, len(acks) - done)
+        reachable = True
         for key, reason in failures.items():
             log.error("job %s failed: %s", key, reason)
-            self._fail(jobs[key], reason)
+            if reachable:  # once the service is unreachable, the leases running out give the rest back
+                reachable = self._fail(jobs[key], reason)
             self.stats.failed += 1
 
     def _give_back(self, jobs: Any, reason: str) -> None:
         for job in jobs:
-            self._fail(job, reason)
+            if not self._fail(job, reason):
+                break
 
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
@@ -211,11 +214,16 @@ class Agent:
         log.info("job %s done: median %.1f us%s", job["job_id"], stats["median_us"],
                  " (replayed)" if ack.get("replayed") else "")  # fmt: skip
 
-    def _fail(self, job: dict[str, Any], reason: str) -> None:
+    def _fail(self, job: dict[str, Any], reason: str) -> bool:
+        """Report a failure (the job is requeued or failed with the reason); False if the service is unreachable."""
         try:
             self.client.failure(job, reason)
-        except (ProtocolError, ConnectionError) as exc:
+        except ProtocolError as exc:
             log.warning("job %s: failure report refused: %s", job["job_id"], exc)
+        except ConnectionError as exc:
+            log.warning("job %s: failure not reported (%s); its lease will run out and requeue it", job["job_id"], exc)
+            return False
+        return True
 
 
 def _statistics(timing: Timing) -> dict[str, Any]:

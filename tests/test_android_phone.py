@@ -38,7 +38,7 @@ def test_usb_code_path_through_a_transport_the_emulator_serves(tmp_path, models)
     bus = tmp_path / "usb"
     with running_emulator(tmp_path / "sandbox", "--usb-bus", str(bus)) as emu:
         conn = AdbConnection(serial=SERIAL, key_path=tmp_path / "adbkey",
-                             usb_transport=lambda serial, timeout: EmulatedUsbTransport.find_adb(bus, serial, timeout))  # fmt: skip
+                             usb_transport=lambda s, t: EmulatedUsbTransport.find_adb(bus, s, t))  # fmt: skip
         assert conn.name == f"usb:{SERIAL}"
         assert conn.getprop("ro.serialno") == SERIAL
         assert conn.shell("exit 4").returncode == 4
@@ -62,7 +62,7 @@ def test_usb_code_path_through_a_transport_the_emulator_serves(tmp_path, models)
 def test_real_libusb_path_imports_and_says_what_to_check(tmp_path):
     """The default USB transport is adb-shell's own (libusb1 installed with adb-shell[usb]); with no such phone
     the error says what to check, not an ImportError."""
-    with pytest.raises(AdbError, match="no USB device with serial NOPHONE.*USB debugging"):
+    with pytest.raises(AdbError, match=r"no USB device with serial NOPHONE.*USB debugging"):
         AdbConnection(serial="NOPHONE", key_path=tmp_path / "adbkey").shell("true")
 
 
@@ -83,7 +83,7 @@ def test_perf_test_build_is_checked_pushed_by_checksum_and_replaced_when_rebuilt
     build = write_build(tmp_path / "build")
     if (build / "libc++_shared.so").exists():  # a real ELF that links the NDK's C++ runtime
         (build / "libc++_shared.so").rename(tmp_path / "libc++_shared.so")
-        with pytest.raises(PerfTestBuildError, match="needs libc\\+\\+_shared.so.*NDK"):
+        with pytest.raises(PerfTestBuildError, match=r"needs libc\+\+_shared.so.*NDK"):
             build_files(build, "x86_64")
         with pytest.raises(PerfTestBuildError, match="built for x86_64, the device is arm64-v8a"):
             (tmp_path / "libc++_shared.so").rename(build / "libc++_shared.so")
