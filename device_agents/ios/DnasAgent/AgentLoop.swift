@@ -122,10 +122,11 @@ final class AgentLoop: ObservableObject {
         }
         let jobs = Dictionary(uniqueKeysWithValues: batch.jobs.map { ($0.job_id, $0) })
         switch measured {
-        case .failure(MeasureError.stopped(let why)):
-            await giveBack(batch.jobs, why, client)
-            return
         case .failure(let error):
+            if case .stopped(let why)? = error as? MeasureError {
+                await giveBack(batch.jobs, why, client)
+                return
+            }
             for job in batch.jobs where failures[job.job_id] == nil { failures[job.job_id] = error.localizedDescription }
         case .success(let (outcomes, context)):
             var results: [BatchResult] = []
