@@ -19,6 +19,7 @@ from device_agents.android.perf_test import PerfTestBuildError, build_files
 from device_agents.backend import BatchPlan, MeasurementError, Timing
 from device_agents.emulator.perf_test_standin import write_build
 from device_agents.emulator.usb import EmulatedUsbTransport
+from profiler_service.local_server import stop_process
 from search.enumerate import enumerate_ops
 from search.export import ExportCache
 from search.space import get_space
@@ -155,3 +156,30 @@ def test_big_cores_are_the_fastest_cluster():
     assert device_state.Cpus(max_khz=pixel7).big_core_mask() == "c0"
     assert device_state.Cpus(max_khz={0: 1, 1: 1}).big_core_mask() is None
     assert device_state.Cpus().big_core_mask() is None
+
+
+def test_a_phone_dropping_off_mid_batch_fails_the_batch_at_once(tmp_path, models):
+    """adb-shell's TCP reader would spin on a closed socket until its read timeout (ten minutes for a batch):
+    the link going away must fail the batch as it happens."""
+    with running_emulator(tmp_path / "sandbox") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), taskset="none")
+        backend.fingerprint()
+        box: dict = {}
+
+        def measure() -> None:
+            try:
+                box["out"] = backend.measure_batch(models, BatchPlan(1, 1, rounds=1000, runs_per_round=50, seed=1))
+            except MeasurementError as exc:
+                box["error"] = exc
+
+        worker = threading.Thread(target=measure)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not (emu.sandbox / "data/local/tmp/dnas/request.json").exists():  # the batch is on the device
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop_process(emu.proc, timeout_s=10)  # the phone is gone (cable pulled, Wi-Fi dropped)
+        gone = time.monotonic()
+        worker.join(timeout=120)
+    assert not worker.is_alive() and time.monotonic() - gone < 60
+    assert "closed the connection" in str(box["error"])

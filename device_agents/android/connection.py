@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adb_shell.adb_device import AdbDevice, AdbDeviceTcp
+from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.transport.base_transport import BaseTransport
+from adb_shell.transport.tcp_transport import TcpTransport
 from platformdirs import user_config_dir
 
 log = logging.getLogger("dnas.android")
@@ -48,6 +49,18 @@ def libusb_transport(serial: str, timeout_s: float) -> BaseTransport:
 class ShellResult:
     output: str
     returncode: int
+
+
+class _TcpTransport(TcpTransport):
+    """adb-shell's TCP transport returns b"" forever once the device closes the socket, and its reader spins
+    on that until `read_timeout_s` (minutes, for a batch). A closed link is an error at once: a phone that
+    drops off the network fails its batch now, not ten minutes later."""
+
+    def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+        data = super().bulk_read(numbytes, transport_timeout_s)
+        if not data:
+            raise ConnectionResetError(f"{self._host}:{self._port} closed the connection")
+        return bytes(data)
 
 
 def default_key_path() -> Path:
@@ -93,8 +106,8 @@ class AdbConnection:
             return self._device
         if self.tcp:
             host, _, port = self.tcp.rpartition(":")
-            device: AdbDevice = AdbDeviceTcp(host or self.tcp, int(port or 5555),
-                                             default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
+            device = AdbDevice(_TcpTransport(host or self.tcp, int(port or 5555)),
+                               default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
         else:
             assert self.serial is not None
             try:
