@@ -42,8 +42,9 @@ class AgentClient:
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        deadline = time.monotonic() + self.retry_for_s
+    def _call(self, method: str, path: str, *, retry_for_s: float | None = None, **kwargs: Any) -> httpx.Response:
+        retry_for_s = self.retry_for_s if retry_for_s is None else retry_for_s
+        deadline = time.monotonic() + retry_for_s
         delay = 0.5
         while True:
             try:
@@ -54,7 +55,7 @@ class AgentClient:
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"{method} {path} kept failing for {self.retry_for_s:.0f}s: {reason}")
+                raise ConnectionError(f"{method} {path} kept failing for {retry_for_s:.0f}s: {reason}")
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, reason, delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.max_backoff_s)
@@ -111,11 +112,13 @@ class AgentClient:
         path = url.raw_path.decode()
         return path[len(base) :] if base and path.startswith(base + "/") else path
 
-    def heartbeat(self, job: dict[str, Any]) -> None:
-        self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]})
+    # A heartbeat retries only until the next one is due: one stuck in backoff would outlive its job.
+    def heartbeat(self, job: dict[str, Any], retry_for_s: float | None = None) -> None:
+        self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]},
+                   retry_for_s=retry_for_s)  # fmt: skip
 
-    def heartbeat_batch(self, lease_token: str) -> None:
-        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token})
+    def heartbeat_batch(self, lease_token: str, retry_for_s: float | None = None) -> None:
+        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token}, retry_for_s=retry_for_s)
 
     def results(self, lease_token: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A batch's results in one call; each item is acknowledged on its own."""

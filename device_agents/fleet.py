@@ -2,6 +2,9 @@
 
 [{"backend": "local", "server": "http://...", "token": "..."},
  {"backend": "android", "server": "http://...", "token": "...", "adb": "10.0.0.7:5555", "taskset": "f0"}]
+
+Optional per worker: "retry_for" (seconds a call is retried before the job is given up; default 600),
+android: "serial" (USB), "runner", "perf_test_dir", "runtime_version", "cooldown", "key".
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from device_agents.android.backend import DeviceUnfit
 from device_agents.client import AgentClient
 from device_agents.loop import Agent, AgentStats
 
@@ -35,9 +39,10 @@ def _backend(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
         return AndroidBackend(
             conn,
             runner=spec.get("runner", "python"),
-            taskset=spec.get("taskset"),
+            taskset=spec.get("taskset", "auto"),
             cooldown_s=spec.get("cooldown", 0.0),
             perf_test_dir=perf_test_dir,
+            runtime_version=spec.get("runtime_version"),
         )
     raise ValueError(f"worker backend must be 'local' or 'android', not {kind!r}")
 
@@ -57,8 +62,8 @@ def run_fleet(
     workers: list[dict[str, Any]], cache_dir: Path, *, wait: float = 20.0, exit_when_idle: bool = False
 ) -> list[AgentStats]:
     agents = [
-        Agent(AgentClient(w["server"], w["token"]), _backend(w), cache_dir=cache_dir, wait_seconds=wait,
-              exit_when_idle=exit_when_idle)
+        Agent(AgentClient(w["server"], w["token"], retry_for_s=float(w.get("retry_for", 600))), _backend(w),
+              cache_dir=cache_dir, wait_seconds=wait, exit_when_idle=exit_when_idle)
         for w in workers
     ]  # fmt: skip
 
@@ -74,6 +79,8 @@ def run_fleet(
     def work(i: int) -> None:
         try:
             results[i] = agents[i].run()
+        except DeviceUnfit as exc:
+            log.error("worker %d (%s) refused its device: %s", i, workers[i]["backend"], exc)
         except Exception:
             log.exception("worker %d (%s) stopped with an error", i, workers[i]["backend"])
 

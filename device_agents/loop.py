@@ -80,21 +80,29 @@ class Agent:
         signal.signal(signal.SIGTERM, handler)
 
     def run(self) -> AgentStats:
-        fingerprint = self.backend.fingerprint()
-        self.client.report_fingerprint(fingerprint)
-        log.info(
-            "agent %s ready (protocol %d): %s", self.backend.name, 2 if self.batches else 1, fingerprint.get("model")
-        )
         try:
+            fingerprint = self.backend.fingerprint()  # may refuse a device that cannot run the backend's runner
+            self.client.report_fingerprint(fingerprint)
+            log.info(
+                "agent %s ready (protocol %d): %s",
+                self.backend.name,
+                2 if self.batches else 1,
+                fingerprint.get("model"),
+            )
             while not self.stopping.is_set():
                 remaining = None if self.max_jobs is None else self.max_jobs - self.stats.done - self.stats.failed
                 if remaining is not None and remaining <= 0:
                     break
-                if self.batches:
-                    size = self.batch_size if remaining is None else min(self.batch_size, remaining)
-                    work = self.client.lease_batch(self.wait_seconds, size)
-                else:
-                    work = self.client.lease(self.wait_seconds)
+                try:
+                    if self.batches:
+                        size = self.batch_size if remaining is None else min(self.batch_size, remaining)
+                        work = self.client.lease_batch(self.wait_seconds, size)
+                    else:
+                        work = self.client.lease(self.wait_seconds)
+                except ConnectionError as exc:  # the network or service is away: an agent outlives an outage
+                    log.warning("cannot lease: %s; trying again", exc)
+                    self.stopping.wait(min(30.0, max(1.0, self.wait_seconds)))
+                    continue
                 if work is None:
                     if self.exit_when_idle:
                         break
@@ -118,7 +126,8 @@ class Agent:
                         "(raise --batch-size)", batch["group_jobs"], len(jobs))  # fmt: skip
         failures: dict[str, str] = {}
         results: list[dict[str, Any]] = []
-        with _Heartbeat(lambda: self.client.heartbeat_batch(token), batch["lease_seconds"] / 3) as beat:
+        every = batch["lease_seconds"] / 3
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
             try:
                 models = {}
                 for key, job in jobs.items():
@@ -154,9 +163,11 @@ class Agent:
             log.warning("batch lease lost while measuring; %d results discarded", len(results))
             return
         self.stats.batches += 1
+        reachable = True
         for key, reason in failures.items():  # first: a refused results POST must not leave these leased
             log.error("job %s failed: %s", key, reason)
-            self._fail(jobs[key], reason)
+            if reachable:  # once the service is unreachable, the leases running out give the rest back
+                reachable = self._fail(jobs[key], reason)
             self.stats.failed += 1
         if results:
             self._report(token, jobs, results)
@@ -189,12 +200,14 @@ class Agent:
 
     def _give_back(self, jobs: Any, reason: str) -> None:
         for job in jobs:
-            self._fail(job, reason)
+            if not self._fail(job, reason):
+                break
 
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
-        with _Heartbeat(lambda: self.client.heartbeat(job), job["lease_seconds"] / 3) as beat:
+        every = job["lease_seconds"] / 3
+        with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
                 if self.abort.is_set():
@@ -226,11 +239,16 @@ class Agent:
         log.info("job %s done: median %.1f us%s", job["job_id"], stats["median_us"],
                  " (replayed)" if ack.get("replayed") else "")  # fmt: skip
 
-    def _fail(self, job: dict[str, Any], reason: str) -> None:
+    def _fail(self, job: dict[str, Any], reason: str) -> bool:
+        """Report a failure (the job is requeued or failed with the reason); False if the service is unreachable."""
         try:
             self.client.failure(job, reason)
-        except (ProtocolError, ConnectionError) as exc:
+        except ProtocolError as exc:
             log.warning("job %s: failure report refused: %s", job["job_id"], exc)
+        except ConnectionError as exc:
+            log.warning("job %s: failure not reported (%s); its lease will run out and requeue it", job["job_id"], exc)
+            return False
+        return True
 
 
 def _statistics(timing: Timing) -> dict[str, Any]:

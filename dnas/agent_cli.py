@@ -130,21 +130,41 @@ def android(
         ),
     ] = None,
     taskset: Annotated[
+        str,
+        typer.Option(
+            envvar="DNAS_AGENT_TASKSET",
+            help="CPU mask to pin runs to (hex, e.g. f0); 'auto': the cores with the highest "
+            "cpuinfo_max_freq; 'none': no pinning.",
+        ),
+    ] = "auto",
+    runtime_version: Annotated[
         str | None,
-        typer.Option(envvar="DNAS_AGENT_TASKSET", help="CPU mask to pin runs to, e.g. f0 (big cores; SoC-specific)."),
+        typer.Option(
+            envvar="DNAS_AGENT_RUNTIME_VERSION",
+            help="onnxruntime version of the perf-test build (else read from VERSION_NUMBER beside it).",
+        ),
     ] = None,
     cooldown: Annotated[
-        float, typer.Option(envvar="DNAS_AGENT_COOLDOWN", help="Seconds to rest between operators.")
+        float, typer.Option(envvar="DNAS_AGENT_COOLDOWN", help="Seconds to rest before each batch.")
     ] = 0.0,
+    thermal_wait: Annotated[
+        float,
+        typer.Option(
+            envvar="DNAS_AGENT_THERMAL_WAIT",
+            help="Most seconds to wait before a batch while Android reports thermal throttling.",
+        ),
+    ] = 600.0,
     key: Annotated[
         Path | None, typer.Option(envvar="DNAS_AGENT_ADB_KEY", help="adb RSA private key (generated on first use).")
     ] = None,
     wait: Wait = 20.0,
     exit_when_idle: Once = False,
     cache_dir: Cache = None,
+    batch_size: Batch = 500,
+    protocol: Protocol = 2,
 ) -> None:
     """Measure on an Android device over adb (TCP or USB), with no host adb server."""
-    from device_agents.android.backend import AndroidBackend
+    from device_agents.android.backend import AndroidBackend, DeviceUnfit
     from device_agents.android.connection import AdbConnection
     from dnas.errors import UserError
 
@@ -161,10 +181,15 @@ def android(
             taskset=taskset,
             cooldown_s=cooldown,
             perf_test_dir=perf_test_dir,
+            runtime_version=runtime_version,
+            thermal_wait_s=thermal_wait,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    _serve(server, secret, backend, cache_dir, wait, exit_when_idle)
+    try:
+        _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
+    except DeviceUnfit as exc:  # checked at start: say what the phone lacks instead of failing every job
+        raise UserError(str(exc)) from None
 
 
 @app.command()

@@ -3,12 +3,20 @@
 adb-shell's traps are handled here: `shell()` gives up when no packet arrives within `read_timeout_s`, so all
 three timeouts are passed (transport <= read <= total); the plain `shell:` service returns no exit status,
 so every command ends with `; echo __RC=$?`, which is parsed and stripped.
+
+USB goes through adb-shell's own `UsbTransport` (the `adb-shell[usb]` extra: libusb1), handed to `AdbDevice`
+as a transport object. That seam is also how the tests drive this code path without a phone: the ADB device
+emulator serves the same byte stream, transfer by transfer, over a local socket
+(`device_agents.emulator.usb`); only libusb itself is not exercised.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +24,7 @@ from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.exceptions import TcpTimeoutException, UsbReadFailedError
+from adb_shell.transport.base_transport import BaseTransport
 from adb_shell.transport.tcp_transport import TcpTransport
 from platformdirs import user_config_dir
 
@@ -31,10 +40,32 @@ class AdbAuthError(AdbError):
     """The device did not authorise this computer's key: nobody tapped "Allow" on it (in time)."""
 
 
+UsbTransportFactory = Callable[[str, float], BaseTransport]
+
+
+def libusb_transport(serial: str, timeout_s: float) -> BaseTransport:
+    """adb-shell's USB transport for the device with this serial (needs libusb-1.0 on the host)."""
+    from adb_shell.transport.usb_transport import UsbTransport  # imports libusb1: only when USB is used
+
+    return UsbTransport.find_adb(serial, None, timeout_s)
+
+
 @dataclass
 class ShellResult:
     output: str
     returncode: int
+
+
+class _TcpTransport(TcpTransport):
+    """adb-shell's TCP transport returns b"" forever once the device closes the socket, and its reader spins
+    on that until `read_timeout_s` (minutes, for a batch). A closed link is an error at once: a phone that
+    drops off the network fails its batch now, not ten minutes later."""
+
+    def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+        data = super().bulk_read(numbytes, transport_timeout_s)
+        if not data:
+            raise ConnectionResetError(f"{self._host}:{self._port} closed the connection")
+        return bytes(data)
 
 
 def default_key_path() -> Path:
@@ -51,22 +82,6 @@ def load_signer(key_path: Path) -> PythonRSASigner:
     return PythonRSASigner(Path(f"{key_path}.pub").read_text(), key_path.read_text())
 
 
-class _TcpTransport(TcpTransport):
-    """adb-shell's TCP transport, except that a closed connection is an error.
-
-    adb-shell takes the empty read at end of stream for "no data yet" and reads again at once until its read
-    timeout, which for a measurement is the run timeout: a device that vanishes mid-command (adbd killed, USB
-    pulled under adb over TCP, emulator gone) kept a host core busy for up to ten minutes before the job
-    failed. Here the first empty read raises, and the job fails with the reason at once.
-    """
-
-    def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
-        data = super().bulk_read(numbytes, transport_timeout_s)
-        if not data:
-            raise ConnectionResetError(f"{self._host}:{self._port} closed the adb connection")
-        return data
-
-
 class AdbConnection:
     def __init__(
         self,
@@ -76,10 +91,12 @@ class AdbConnection:
         key_path: Path | None = None,
         transport_timeout_s: float = 10.0,
         auth_timeout_s: float = 30.0,
+        usb_transport: UsbTransportFactory = libusb_transport,
     ) -> None:
         if bool(tcp) == bool(serial):
             raise ValueError("give exactly one of tcp='HOST:PORT' or serial='SERIAL'")
         self.tcp, self.serial = tcp, serial
+        self.usb_transport = usb_transport
         self.key_path = key_path or default_key_path()
         self.transport_timeout_s = transport_timeout_s
         self.auth_timeout_s = auth_timeout_s
@@ -94,12 +111,19 @@ class AdbConnection:
             return self._device
         if self.tcp:
             host, _, port = self.tcp.rpartition(":")
-            transport = _TcpTransport(host or self.tcp, int(port or 5555))
-            device: AdbDevice = AdbDevice(transport, default_transport_timeout_s=self.transport_timeout_s)
+            device = AdbDevice(_TcpTransport(host or self.tcp, int(port or 5555)),
+                               default_transport_timeout_s=self.transport_timeout_s)  # fmt: skip
         else:
-            from adb_shell.adb_device_usb import AdbDeviceUsb  # needs libusb; only imported for USB
-
-            device = AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.transport_timeout_s)
+            assert self.serial is not None
+            try:
+                transport = self.usb_transport(self.serial, self.transport_timeout_s)
+            except Exception as exc:
+                raise AdbError(
+                    f"no USB device with serial {self.serial} ({type(exc).__name__}: {exc}). Check that USB debugging "
+                    "is on, the cable carries data, the phone shows this computer as allowed, and no adb server "
+                    "holds the device (`adb kill-server`)"
+                ) from exc
+            device = AdbDevice(transport, default_transport_timeout_s=self.transport_timeout_s)
         offered = False
 
         def on_offer(_device: AdbDevice) -> None:
@@ -168,8 +192,83 @@ class AdbConnection:
             self.close()
             raise AdbError(f"{self.name}: push {local.name} -> {remote} failed: {type(exc).__name__}: {exc}") from exc
 
+    def stream(self, command: str, on_line: Callable[[str], None], idle_timeout_s: float = 600.0) -> int:
+        """Run a command, handing each output line to `on_line` as it arrives; returns the exit status.
+
+        For long runs that print progress (a batch in rounds): the run may last hours as long as some output
+        arrives every `idle_timeout_s`. If `on_line` raises, the connection is closed (which ends the command on
+        the device, as adbd does when its stream closes) and the exception propagates."""
+        device = self._open()
+        pending = ""
+        returncode: int | None = None
+        try:
+            chunks = device.streaming_shell(
+                f"({command}); echo __RC=$?",
+                transport_timeout_s=idle_timeout_s,  # a quiet stretch is not a dead link
+                read_timeout_s=idle_timeout_s,
+                decode=True,
+            )
+            for chunk in chunks:
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    if m := re.fullmatch(r"__RC=(\d+)\s*", line):
+                        returncode = int(m.group(1))
+                    else:
+                        on_line(line)
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, (AdbError, KeyboardInterrupt)) or not _is_link_error(exc):
+                raise
+            raise AdbError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
+        if pending.strip():
+            if m := re.fullmatch(r"__RC=(\d+)\s*", pending.strip()):
+                returncode = int(m.group(1))
+            else:
+                on_line(pending)
+        if returncode is None:
+            raise AdbError(f"{self.name}: no exit status from {command[:80]!r} (cut off?)")
+        return returncode
+
+    def sha256sums(self, folder: str, names: list[str]) -> dict[str, str]:
+        """SHA-256 of the named files in a device folder (toybox's sha256sum, Android 7+); missing files are left
+        out. Names are relative so the answer does not depend on how the device spells its paths."""
+        if not names:
+            return {}
+        quoted = " ".join(shlex.quote(n) for n in names)
+        out = self.shell(f"cd {shlex.quote(folder)} 2>/dev/null && sha256sum {quoted} 2>/dev/null").output
+        sums = {}
+        for line in out.splitlines():
+            digest, _, name = line.strip().partition(" ")
+            name = name.strip().lstrip("*")
+            if re.fullmatch(r"[0-9a-f]{64}", digest) and name in names:
+                sums[name] = digest
+        return sums
+
+    def push_if_changed(self, local: Path, remote_dir: str, name: str | None = None) -> bool:
+        """Push unless the device already holds the same bytes (by SHA-256): a rebuilt file always replaces
+        the old one, an unchanged one is never sent twice. Returns whether it pushed."""
+        name = name or local.name
+        if self.sha256sums(remote_dir, [name]).get(name) == sha256_file(local):
+            return False
+        self.push(local, f"{remote_dir.rstrip('/')}/{name}")
+        return True
+
     def exists(self, remote: str) -> bool:
         return self.shell(f"test -e {remote}").returncode == 0
 
     def getprop(self, name: str) -> str:
         return self.check(f"getprop {name}").strip()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_link_error(exc: Exception) -> bool:
+    """Errors of adb-shell or the socket underneath, as opposed to errors raised by a line handler."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("adb_shell")

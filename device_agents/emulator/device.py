@@ -15,6 +15,7 @@ from pathlib import Path
 from device_agents.emulator import services
 from device_agents.emulator.auth import KeyStore
 from device_agents.emulator.sandbox import Sandbox
+from device_agents.emulator.usb import FramedReader, frame
 from device_agents.emulator.wire import (
     AUTH,
     AUTH_RSAPUBLICKEY,
@@ -22,6 +23,7 @@ from device_agents.emulator.wire import (
     AUTH_TOKEN,
     CLSE,
     CNXN,
+    HEADER,
     MAX_PAYLOAD,
     OKAY,
     OPEN,
@@ -78,8 +80,13 @@ class Stream:
 
 
 class Connection:
-    def __init__(self, device: EmulatedDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.device, self.reader, self.writer = device, reader, writer
+    """One host link. Over TCP messages are a byte stream; over (emulated) USB every header and payload is
+    its own bulk transfer (device_agents/emulator/usb.py)."""
+
+    def __init__(self, device: EmulatedDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, usb: bool = False) -> None:  # fmt: skip
+        self.device, self.writer, self.usb = device, writer, usb
+        self.reader: asyncio.StreamReader | FramedReader = FramedReader(reader) if usb else reader
         self.online = False
         self.version = VERSION_SKIP_CHECKSUM
         self.max_payload = MAX_PAYLOAD
@@ -90,7 +97,8 @@ class Connection:
 
     async def send(self, msg: Message) -> None:
         async with self._send_lock:
-            self.writer.write(encode(msg))
+            raw = encode(msg)
+            self.writer.write(frame(raw[: HEADER.size], raw[HEADER.size :]) if self.usb else raw)
             await self.writer.drain()
 
     async def run(self) -> None:
@@ -219,8 +227,9 @@ class Connection:
 
 class EmulatedDevice:
     def __init__(self, sandbox: Path, *, props: dict[str, str] | None = None, require_auth: bool = True,
-                 accept_new_keys: bool = True) -> None:  # fmt: skip
-        self.sandbox = Sandbox(sandbox, props)
+                 accept_new_keys: bool = True, stock: bool = False,
+                 cpu_max_khz: list[int] | None = None) -> None:  # fmt: skip
+        self.sandbox = Sandbox(sandbox, props, stock=stock, cpu_max_khz=cpu_max_khz)
         self.keys = KeyStore(self.sandbox.root / "data/misc/adb/adb_keys") if require_auth else None
         self.accept_new_keys = accept_new_keys
 
@@ -229,3 +238,14 @@ class EmulatedDevice:
             await Connection(self, reader, writer).run()
 
         return await asyncio.start_server(handle, host, port)
+
+    async def serve_usb(self, bus: Path) -> asyncio.Server:
+        """Attach to an emulated USB bus: a socket named by the device's serial (ro.serialno)."""
+        bus.mkdir(parents=True, exist_ok=True)
+        path = bus / self.sandbox.props["ro.serialno"]
+        path.unlink(missing_ok=True)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await Connection(self, reader, writer, usb=True).run()
+
+        return await asyncio.start_unix_server(handle, str(path))

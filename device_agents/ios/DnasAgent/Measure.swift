@@ -1,67 +1,155 @@
-// Time one ONNX model with onnxruntime (onnxruntime-objc): warm-up, then timed runs, robust statistics.
+// Measure a batch with onnxruntime (the Swift package's OnnxRuntimeBindings module) in interleaved rounds,
+// exactly as device_agents/runners/rounds.py says: open every model, warm each, then R rounds visiting every
+// model in a fresh random order (one untimed run, then k timed runs); estimate = median of round medians.
 import CryptoKit
 import Foundation
-import onnxruntime_objc
+import OnnxRuntimeBindings
 
 func sha256Hex(_ data: Data) -> String {
     SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
 }
 
-struct Stats {
-    let median, mean, p10, p90, std: Double
-    let n: Int
+/// ORTVersion() is declared `NSString*` (nonnull in recent headers, nullable in older ones): either way a String.
+func ortVersionString() -> String {
+    let version: String? = ORTVersion()
+    return version ?? "unknown"
+}
 
-    init(samples: [Double]) {
-        let s = samples.sorted()
-        func pct(_ q: Double) -> Double {  // linear interpolation, as numpy.percentile does
-            let pos = q * Double(s.count - 1)
-            let lo = Int(pos.rounded(.down)), hi = min(lo + 1, s.count - 1)
-            return s[lo] + (s[hi] - s[lo]) * (pos - Double(lo))
+enum MeasureError: Error, LocalizedError {
+    case badModel(String)
+    case stopped(String)  // given back: the app is stopping now, went to the background, or lost its lease
+
+    var errorDescription: String? {
+        switch self {
+        case .badModel(let why): return why
+        case .stopped(let why): return why
         }
-        n = s.count
-        mean = s.reduce(0, +) / Double(n)
-        median = pct(0.5); p10 = pct(0.1); p90 = pct(0.9)
-        std = n > 1 ? (s.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(n - 1)).squareRoot() : 0
     }
 }
 
-enum MeasureError: Error { case badShape }
+/// What shapes the numbers, chosen in the app and recorded in every result's context.
+struct MeasureOptions {
+    var coreML = false  // the CoreML execution provider (CPU still runs what CoreML does not take)
+    var coreMLOnlyWithANE = false
+}
 
-/// Runs on a background task; the UI thread never blocks on a measurement.
-func measure(model: Data, inputShape: [Int], config: MeasureConfig) throws -> (Stats, [String: String]) {
-    let env = try ORTEnv(loggingLevel: .warning)
-    let options = try ORTSessionOptions()
-    try options.setIntraOpNumThreads(Int32(config.threads))
-    try options.setGraphOptimizationLevel(.all)
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(sha256Hex(model)).onnx")
-    try model.write(to: path)
-    defer { try? FileManager.default.removeItem(at: path) }
-    let session = try ORTSession(env: env, modelPath: path.path, sessionOptions: options)
-    guard let inputName = try session.inputNames().first else { throw MeasureError.badShape }
+/// One model, open and ready: its session and a fixed random input of its shape.
+private struct OpenModel {
+    let session: ORTSession
+    let inputs: [String: ORTValue]
+    let outputs: Set<String>
+
+    func run() throws {
+        _ = try session.run(withInputs: inputs, outputNames: outputs, runOptions: nil)
+    }
+}
+
+private func openModel(env: ORTEnv, path: URL, inputShape: [Int], threads: Int, options: MeasureOptions) throws -> OpenModel {
+    let sessionOptions = try ORTSessionOptions()
+    try sessionOptions.setIntraOpNumThreads(Int32(threads))
+    try sessionOptions.setGraphOptimizationLevel(.all)
+    // As onnxruntime_perf_test's -Z and the Python runner: intra-op threads stop spinning between runs.
+    try sessionOptions.addConfigEntry(withKey: "session.force_spinning_stop", value: "1")
+    if options.coreML {
+        let coreML = ORTCoreMLExecutionProviderOptions()
+        coreML.onlyEnableForDevicesWithANE = options.coreMLOnlyWithANE
+        try sessionOptions.appendCoreMLExecutionProvider(with: coreML)
+    }
+    let session = try ORTSession(env: env, modelPath: path.path, sessionOptions: sessionOptions)
+    guard let inputName = try session.inputNames().first else { throw MeasureError.badModel("model has no input") }
     let count = inputShape.reduce(1, *)
-    var values = (0..<count).map { _ in Float.random(in: -1...1) }
-    let tensorData = NSMutableData(bytes: &values, length: count * MemoryLayout<Float>.size)
-    let input = try ORTValue(tensorData: tensorData, elementType: .float,
-                             shape: inputShape.map { NSNumber(value: $0) })
-    let outputs = Set(try session.outputNames())
-    for _ in 0..<config.warmup {
-        _ = try session.run(withInputs: [inputName: input], outputNames: outputs, runOptions: nil)
+    var generator = SystemRandomNumberGenerator()
+    var values = (0..<count).map { _ in Float.random(in: -1...1, using: &generator) }
+    let data = NSMutableData(bytes: &values, length: count * MemoryLayout<Float>.size)
+    let input = try ORTValue(tensorData: data, elementType: .float, shape: inputShape.map { NSNumber(value: $0) })
+    return OpenModel(session: session, inputs: [inputName: input], outputs: Set(try session.outputNames()))
+}
+
+struct BatchModel {
+    let key: String  // the job id
+    let path: URL
+    let inputShape: [Int]
+}
+
+enum BatchOutcome {
+    case measured(RoundStats)
+    case failed(String)
+}
+
+/// Waits while iOS reports the device above nominal thermal state (its own throttling signal), up to maxWait.
+func waitUntilCool(maxWait: TimeInterval, shouldStop: () -> String?) throws -> TimeInterval {
+    let start = Date()
+    while ProcessInfo.processInfo.thermalState.rawValue > ProcessInfo.ThermalState.nominal.rawValue,
+          Date().timeIntervalSince(start) < maxWait {
+        if let why = shouldStop() { throw MeasureError.stopped(why) }
+        Thread.sleep(forTimeInterval: 5)
     }
-    var samples: [Double] = []
-    samples.reserveCapacity(config.runs)
-    for _ in 0..<config.runs {
-        let start = DispatchTime.now().uptimeNanoseconds
-        _ = try session.run(withInputs: [inputName: input], outputNames: outputs, runOptions: nil)
-        samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3)
+    return Date().timeIntervalSince(start)
+}
+
+/// Runs on a background thread; `shouldStop` is polled between visits and answers why to give up, if so.
+func measureBatch(_ models: [BatchModel], config: MeasureConfig, seed: UInt64, options: MeasureOptions,
+                  progress: (Int, Int) -> Void, shouldStop: () -> String?) throws
+    -> (outcomes: [String: BatchOutcome], context: [String: JSONValue])
+{
+    guard Rounds.selfCheck() else { throw MeasureError.badModel("visit orders differ from rounds.py: app is broken") }
+    let thermalBefore = ProcessInfo.processInfo.thermalState.rawValue
+    let waited = try waitUntilCool(maxWait: 600, shouldStop: shouldStop)
+    let env = try ORTEnv(loggingLevel: .warning)
+    var outcomes: [String: BatchOutcome] = [:]
+    var opened: [(key: String, model: OpenModel)] = []
+    for m in models {  // a model that fails to load or warm fails alone
+        do {
+            let model = try openModel(env: env, path: m.path, inputShape: m.inputShape, threads: config.threads,
+                                      options: options)
+            for _ in 0..<config.warmup { try model.run() }
+            opened.append((m.key, model))
+        } catch {
+            outcomes[m.key] = .failed("onnxruntime: \(error.localizedDescription)")
+        }
+        if let why = shouldStop() { throw MeasureError.stopped(why) }
     }
-    let context = [
-        "runtime": "onnxruntime-objc",
-        "runtime_version": ORTVersion() ?? "unknown",
-        "threads": String(config.threads),
-        "warmup": String(config.warmup),
-        "runs": String(config.runs),
-        "thermal_state": String(ProcessInfo.processInfo.thermalState.rawValue),
-        "low_power_mode": String(ProcessInfo.processInfo.isLowPowerModeEnabled),
+    var samples = Array(repeating: [[Double]](), count: opened.count)
+    let orders = Rounds.visitOrders(models: opened.count, rounds: config.rounds, seed: seed)
+    for (r, order) in orders.enumerated() {
+        for i in order {
+            if let why = shouldStop() { throw MeasureError.stopped(why) }
+            let model = opened[i].model
+            try model.run()  // untimed: the previous visit was another model
+            var times: [Double] = []
+            times.reserveCapacity(config.runs_per_round)
+            for _ in 0..<config.runs_per_round {
+                let start = DispatchTime.now().uptimeNanoseconds
+                try model.run()
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3)
+            }
+            samples[i].append(times)
+        }
+        progress(r + 1, config.rounds)
+    }
+    for (i, entry) in opened.enumerated() {
+        outcomes[entry.key] = .measured(Rounds.summarise(samples[i]))
+    }
+    let info = ProcessInfo.processInfo
+    let context: [String: JSONValue] = [
+        "backend": .string("ios"),
+        "runtime": .string("onnxruntime-objc"),
+        "runtime_version": .string(ortVersionString()),
+        "threads": .number(Double(config.threads)),
+        "method": .string("interleaved"),
+        "estimator": .string(Rounds.estimator),
+        "rounds": .number(Double(config.rounds)),
+        "runs_per_round": .number(Double(config.runs_per_round)),
+        "warmup": .number(Double(config.warmup)),
+        "seed": .number(Double(seed)),
+        "batch_models": .number(Double(opened.count)),
+        "execution_provider": .string(options.coreML ? "coreml+cpu" : "cpu"),
+        "coreml_only_with_ane": .bool(options.coreMLOnlyWithANE),
+        "spinning": .string("stopped between runs"),
+        "thermal_state_before": .number(Double(thermalBefore)),
+        "thermal_state_after": .number(Double(info.thermalState.rawValue)),
+        "thermal_wait_s": .number(waited.rounded()),
+        "low_power_mode": .bool(info.isLowPowerModeEnabled),
     ]
-    return (Stats(samples: samples), context)
+    return (outcomes, context)
 }

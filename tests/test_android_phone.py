@@ -1,0 +1,185 @@
+"""The Android agent against what a real phone does: USB, a stock phone, thermal throttling, a perf-test
+build that needs its C++ runtime, files pushed by checksum. All through the ADB device emulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from device_agents.android import device_state
+from device_agents.android.backend import AndroidBackend
+from device_agents.android.connection import AdbConnection, AdbError
+from device_agents.android.perf_test import PerfTestBuildError, build_files
+from device_agents.backend import BatchPlan, MeasurementError, Timing
+from device_agents.emulator.perf_test_standin import write_build
+from device_agents.emulator.usb import EmulatedUsbTransport
+from profiler_service.local_server import stop_process
+from search.enumerate import enumerate_ops
+from search.export import ExportCache
+from search.space import get_space
+from tests.emulator_harness import running_emulator
+
+SERIAL = "EMULATOR0001"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    cache = ExportCache(tmp_path_factory.mktemp("onnx"))
+    specs = list(enumerate_ops(get_space(resolution=32, width=0.25, num_classes=10, candidates=("skip",))).ops.values())
+    return {str(i): cache.get(spec) for i, spec in enumerate(specs[:3])}
+
+
+def test_usb_code_path_through_a_transport_the_emulator_serves(tmp_path, models):
+    bus = tmp_path / "usb"
+    with running_emulator(tmp_path / "sandbox", "--usb-bus", str(bus)) as emu:
+        conn = AdbConnection(serial=SERIAL, key_path=tmp_path / "adbkey",
+                             usb_transport=lambda s, t: EmulatedUsbTransport.find_adb(bus, s, t))  # fmt: skip
+        assert conn.name == f"usb:{SERIAL}"
+        assert conn.getprop("ro.serialno") == SERIAL
+        assert conn.shell("exit 4").returncode == 4
+        blob = os.urandom(300_000)  # many transfers each way
+        (tmp_path / "blob").write_bytes(blob)
+        conn.push(tmp_path / "blob", "/data/local/tmp/blob")
+        assert (emu.sandbox / "data/local/tmp/blob").read_bytes() == blob
+
+        backend = AndroidBackend(conn)
+        assert backend.fingerprint()["extra"]["adb"] == f"usb:{SERIAL}"
+        out = backend.measure_batch(models, BatchPlan(threads=1, warmup=1, rounds=3, runs_per_round=2, seed=5))
+        assert all(isinstance(t, Timing) and len(t.round_samples_us or []) == 3 for t in out.values()), out
+        backend.close()
+
+        wrong = AdbConnection(serial="NOSUCHPHONE", key_path=tmp_path / "adbkey",
+                              usb_transport=lambda s, t: EmulatedUsbTransport.find_adb(bus, s, t))  # fmt: skip
+        with pytest.raises(AdbError, match="no USB device with serial NOSUCHPHONE"):
+            wrong.shell("true")
+
+
+def test_real_libusb_path_imports_and_says_what_to_check(tmp_path):
+    """The default USB transport is adb-shell's own (libusb1 installed with adb-shell[usb]); with no such phone
+    the error says what to check, not an ImportError."""
+    with pytest.raises(AdbError, match=r"no USB device with serial NOPHONE.*USB debugging"):
+        AdbConnection(serial="NOPHONE", key_path=tmp_path / "adbkey").shell("true")
+
+
+def test_stock_phone_is_refused_at_start_with_what_it_lacks(tmp_path):
+    with running_emulator(tmp_path / "sandbox", "--stock") as emu:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dnas", "agent", "android", "--server", "http://127.0.0.1:9", "--token", "t",
+             "--adb", emu.address, "--key", str(tmp_path / "adbkey")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: dnas-emulator (127.0.0.1:")
+    assert "has no python3 in its adb shell" in message and "--runner perf-test" in message
+
+
+def test_perf_test_build_is_checked_pushed_by_checksum_and_replaced_when_rebuilt(tmp_path):
+    build = write_build(tmp_path / "build")
+    if (build / "libc++_shared.so").exists():  # a real ELF that links the NDK's C++ runtime
+        (build / "libc++_shared.so").rename(tmp_path / "libc++_shared.so")
+        with pytest.raises(PerfTestBuildError, match=r"needs libc\+\+_shared.so.*NDK"):
+            build_files(build, "x86_64")
+        with pytest.raises(PerfTestBuildError, match="built for x86_64, the device is arm64-v8a"):
+            (tmp_path / "libc++_shared.so").rename(build / "libc++_shared.so")
+            build_files(build, "arm64-v8a")
+    with running_emulator(tmp_path / "sandbox", "--stock") as emu:
+        conn = AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey")
+        backend = AndroidBackend(conn, runner="perf-test", perf_test_dir=build)
+        fp = backend.fingerprint()
+        assert fp["runtime"] == "onnxruntime_perf_test" and fp["runtime_version"]
+        assert fp["extra"]["performance_mode"] is False  # the stock phone's `cmd` refused it
+        binary = build / "onnxruntime_perf_test"
+        assert not conn.push_if_changed(binary, "/data/local/tmp/dnas")  # same bytes: not sent again
+        binary.write_bytes(binary.read_bytes() + b"\0")  # a rebuild
+        assert conn.push_if_changed(binary, "/data/local/tmp/dnas")
+        assert (emu.sandbox / "data/local/tmp/dnas/onnxruntime_perf_test").read_bytes() == binary.read_bytes()
+        conn.close()
+
+
+def test_batch_waits_out_throttling_and_records_the_device_state(tmp_path, models, caplog):
+    caplog.set_level("WARNING", logger="dnas.android")
+    with running_emulator(tmp_path / "sandbox", "--cpu-max-khz", "1800000,2800000") as emu:
+        state = emu.sandbox / "emulator"
+        (state / "thermal_status").write_text("2\n")
+        (state / "battery_temperature").write_text("395\n")
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), thermal_poll_s=0.2)
+        fp = backend.fingerprint()
+        assert fp["extra"]["taskset"] == "2"  # the core with the highest cpuinfo_max_freq
+        assert fp["extra"]["build_fingerprint"].startswith("dnas/") and fp["extra"]["adb_user"] == "shell"
+        box: dict = {}
+        worker = threading.Thread(
+            target=lambda: box.update(out=backend.measure_batch(models, BatchPlan(1, 1, 2, 2, 1)))
+        )
+        worker.start()
+        deadline = time.monotonic() + 60  # the batch waits while Android reports "moderate" throttling
+        while sum("waiting for the device to cool" in r.message for r in caplog.records) < 2:
+            assert time.monotonic() < deadline and worker.is_alive()
+            time.sleep(0.05)
+        assert "out" not in box
+        (state / "battery_temperature").write_text("341\n")
+        (state / "thermal_status").write_text("0\n")
+        worker.join(timeout=120)
+        ctx = next(iter(box["out"].values())).context
+        assert ctx["thermal_wait_s"] > 0 and ctx["still_throttled"] is False
+        assert ctx["thermal_status_before"] == 0 and ctx["thermal_status_after"] == 0
+        assert ctx["battery_temp_c_before"] == 34.1 and ctx["taskset"] == "2"
+        assert ctx["performance_mode"] is True and ctx["governors"] == {"0": "schedutil", "1": "schedutil"}
+        backend.close()
+        calls = (state / "cmd.log").read_text().splitlines()
+        assert calls == [
+            "power set-fixed-performance-mode-enabled true",
+            "power set-fixed-performance-mode-enabled false",
+        ]
+
+
+def test_a_model_that_fails_to_load_fails_alone(tmp_path, models):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with running_emulator(tmp_path / "sandbox") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), taskset="none")
+        out = backend.measure_batch({"bad": bad, **models}, BatchPlan(1, 1, 2, 2, 3))
+        backend.close()
+    assert isinstance(out["bad"], MeasurementError)
+    assert all(isinstance(out[k], Timing) for k in models)
+
+
+def test_big_cores_are_the_fastest_cluster():
+    pixel7 = {0: 1_803_000, 1: 1_803_000, 2: 1_803_000, 3: 1_803_000, 4: 2_348_000, 5: 2_348_000,
+              6: 2_850_000, 7: 2_850_000}  # fmt: skip
+    assert device_state.Cpus(max_khz=pixel7).big_core_mask() == "c0"
+    assert device_state.Cpus(max_khz={0: 1, 1: 1}).big_core_mask() is None
+    assert device_state.Cpus().big_core_mask() is None
+
+
+def test_a_phone_dropping_off_mid_batch_fails_the_batch_at_once(tmp_path, models):
+    """adb-shell's TCP reader would spin on a closed socket until its read timeout (ten minutes for a batch):
+    the link going away must fail the batch as it happens."""
+    with running_emulator(tmp_path / "sandbox") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), taskset="none")
+        backend.fingerprint()
+        box: dict = {}
+
+        def measure() -> None:
+            try:
+                box["out"] = backend.measure_batch(models, BatchPlan(1, 1, rounds=1000, runs_per_round=50, seed=1))
+            except MeasurementError as exc:
+                box["error"] = exc
+
+        worker = threading.Thread(target=measure)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not (emu.sandbox / "data/local/tmp/dnas/request.json").exists():  # the batch is on the device
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop_process(emu.proc, timeout_s=10)  # the phone is gone (cable pulled, Wi-Fi dropped)
+        gone = time.monotonic()
+        worker.join(timeout=120)
+    assert not worker.is_alive() and time.monotonic() - gone < 60
+    assert "closed the connection" in str(box["error"])

@@ -1,0 +1,41 @@
+"""What can be checked of the iOS app without Xcode: the module it imports, the protocol it speaks, and that
+its visit orders are rounds.py's (the vectors its self-check compares with are what rounds.py prints)."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from device_agents.runners import rounds
+
+IOS = Path(__file__).resolve().parent.parent / "device_agents" / "ios"
+SOURCES = {p.name: p.read_text() for p in (IOS / "DnasAgent").glob("*.swift")}
+
+
+def test_imports_the_swift_package_module_not_the_cocoapods_one():
+    imports = {m for text in SOURCES.values() for m in re.findall(r"^import (\w+)", text, re.M)}
+    assert "OnnxRuntimeBindings" in imports and "onnxruntime_objc" not in imports
+
+
+def test_speaks_protocol_2():
+    client = SOURCES["Protocol.swift"]
+    assert "v1/agent/results" in client and "v1/agent/heartbeat" in client and "protocol: 2" in client
+    assert 'v1/agent/jobs/\\(job.job_id)/result"' not in client  # no protocol-1 result path left
+
+
+def test_self_check_vectors_are_what_rounds_py_prints():
+    text = SOURCES["Rounds.swift"]
+    checks = re.findall(r"visitOrders\(models: (\d+), rounds: (\d+), seed: ([\d_]+)\) == (\[\[[\d, \[\]]+\]\])", text)
+    assert len(checks) == 2
+    for models, n_rounds, seed, expected in checks:
+        orders = list(rounds.visit_orders(int(models), int(n_rounds), int(seed.replace("_", ""))))
+        assert orders == eval(expected)  # a literal list of lists
+
+
+def test_project_declares_a_bundle_id_and_the_registration_link():
+    spec = yaml.safe_load((IOS / "project.yml").read_text())
+    target = spec["targets"]["DnasAgent"]
+    assert target["settings"]["base"]["PRODUCT_BUNDLE_IDENTIFIER"]
+    assert target["dependencies"] == [{"package": "onnxruntime", "product": "onnxruntime"}]
+    schemes = target["info"]["properties"]["CFBundleURLTypes"][0]["CFBundleURLSchemes"]
+    assert schemes == ["dnas-agent"]
