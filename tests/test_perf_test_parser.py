@@ -128,7 +128,7 @@ def test_the_perf_test_runner_asks_for_statistics_and_records_the_runs_it_timed(
     (tmp_path / "op.onnx").write_bytes(b"model")
     with running_emulator(tmp_path / "sandbox") as emu:
         backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), runner="perf-test",
-                                 perf_test_dir=tools, fixed_performance=False)  # fmt: skip
+                                 perf_test_dir=tools, fixed_performance=False, runtime_version="1.20.0")  # fmt: skip
         try:
             timing = backend.measure(tmp_path / "op.onnx", threads=1, warmup=10, runs=37)
         finally:
