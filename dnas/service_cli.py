@@ -68,6 +68,8 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
+    typer.echo(f"dashboard: http://{settings.host}:{settings.port}/ui (sign in with the admin or a reader token)",
+               err=True)  # fmt: skip
     try:
         uvicorn.run(
             "profiler_service.app:create_app",
