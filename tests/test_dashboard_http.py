@@ -5,6 +5,7 @@ real (uvicorn on loopback) and its one table is measured by a real local agent."
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +37,14 @@ class Site:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[Site]:
-    work = tmp_path_factory.mktemp("dashboard-http")
-    db = f"sqlite:///{work / 'ui.db'}"
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def site(request, tmp_path_factory) -> Iterator[Site]:
+    """The dashboard's queries (live leases grouped by device, newest runs, joins to table versions) on both."""
+    work = tmp_path_factory.mktemp(f"dashboard-http-{request.param}")
+    if request.param == "sqlite":
+        db = f"sqlite:///{work / 'ui.db'}"
+    else:
+        db = request.getfixturevalue("pg_cluster").create_database(f"ui_{os.getpid()}")
     with running_service(db, work, DNAS_SERVICE_LONG_POLL_SECONDS="2") as svc, svc.client() as admin:
         reader = admin.post("/v1/tokens", json={"name": "http-reader"}).raise_for_status().json()["token"]
         device = register(admin, "http-host")
@@ -291,3 +296,47 @@ def test_calibrations_are_listed_and_read_whole(site: Site) -> None:
         assert reader.get(f"/v1/devices/{d}/calibrations/999").status_code == 404
         page = reader.get(f"/ui/devices/{d}/fidelity", params={"calibration": version}).text
         assert "intercept 2.0 us" in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"candidates": []}, "at least one candidate"),
+        ({"resolution": "big"}, "needs a number"),
+        ({"width": "9"}, "width"),
+        ({"rounds": "3", "runs_per_round": "5000"}, "10000"),
+    ],
+    ids=["no-candidate", "not-a-number", "width-above-4", "too-many-runs"],
+)
+def test_a_refused_run_form_says_why_keeps_what_was_typed_and_starts_nothing(site: Site, fields, says: str) -> None:
+    d = site.device["id"]
+    admin = sign_in(site, site.svc.admin_token)
+    form = {"csrf": csrf_of(admin), "resolution": "32", "width": "0.25", "num_classes": "10", "warmup": "1",
+            "rounds": "4", "runs_per_round": "1", "anchors": "0", "candidates": ["skip"]} | fields  # fmt: skip
+    with site.svc.client() as api:
+        before = api.get("/v1/profiling-runs", params={"device_id": d}).json()
+        resp = admin.post(f"/ui/devices/{d}/runs", data=form)
+        assert resp.status_code == 422 and says in resp.text, resp.text[-2000:]
+        assert 'id="run-error"' in resp.text and f'value="{form["resolution"]}"' in resp.text
+        assert api.get("/v1/profiling-runs", params={"device_id": d}).json() == before
+
+
+def test_a_device_page_shows_its_agent_connected_and_the_jobs_it_holds(site: Site) -> None:
+    with site.svc.client() as admin:
+        device = register(admin, f"holder-{os.getpid()}")
+        body = {"device_id": device["id"], "space": SPACE, "config": CONFIG, "anchors": 0}
+        run = admin.post("/v1/profiling-runs", json=body).raise_for_status().json()
+    with site.bearer(device["agent_token"]) as agent:
+        batch = agent.post("/v1/agent/lease", json={"wait_seconds": 0, "max_jobs": 5, "protocol": 2}).json()
+    assert len(batch["jobs"]) == 5
+    with site.bearer(site.reader) as reader:
+        page = reader.get(f"/ui/devices/{device['id']}").text
+        assert f'<a href="/ui/runs/{run["id"]}">run {run["id"]}</a>: 5 jobs leased until' in page
+        assert ">connected<" in page
+        overview = reader.get("/ui/").text
+        assert f'<a href="/ui/runs/{run["id"]}">run {run["id"]}</a>: 5 jobs' in overview
+        progress = reader.get(f"/ui/runs/{run['id']}/progress").json()
+        assert (progress["status"], progress["measuring"], progress["done"]) == ("running", 5, 0)
+        assert progress["queued"] == progress["total"] - 5
+    with site.svc.client() as admin:
+        admin.post(f"/v1/profiling-runs/{run['id']}/cancel").raise_for_status()

@@ -97,9 +97,15 @@ async def retire(request: Request, device_id: Id, caller: AdminCallerDep, sessio
     return RedirectResponse(f"/ui/devices/{device_id}", status_code=303)
 
 
-def _run_body(device_id: int, fields: dict[str, list[str]]) -> tuple[dict[str, Any], RunCreate]:
-    form = {k: first(fields, k, views.RUN_DEFAULTS[k]) for k in views.RUN_DEFAULTS}
+def _run_form(fields: dict[str, list[str]]) -> dict[str, Any]:
+    """The form's values as sent, to show them again if the run is refused."""
+    form: dict[str, Any] = {k: first(fields, k, views.RUN_DEFAULTS[k]) for k in views.RUN_DEFAULTS}
     form["candidates"] = [c for c in fields.get("candidates", []) if c]
+    return form
+
+
+def _run_body(device_id: int, form: dict[str, Any]) -> RunCreate:
+    """The API's request body, validated by the API's own model."""
     space: dict[str, Any] = {"name": "fbnet"}
     try:
         space |= {
@@ -115,18 +121,18 @@ def _run_body(device_id: int, fields: dict[str, list[str]]) -> tuple[dict[str, A
         anchors = int(form["anchors"])
     except ValueError as exc:
         raise ApiError(f"every field needs a number: {exc}") from None
-    if form["candidates"]:
-        space["candidates"] = form["candidates"]
-    return form, RunCreate(device_id=device_id, space=space, config=config, anchors=anchors)  # type: ignore[arg-type]
+    if not form["candidates"]:
+        raise ApiError("pick at least one candidate block")
+    space["candidates"] = form["candidates"]
+    return RunCreate(device_id=device_id, space=space, config=config, anchors=anchors)  # type: ignore[arg-type]
 
 
 @router.post("/devices/{device_id}/runs", include_in_schema=False)
 async def start_run(request: Request, device_id: Id, caller: AdminCallerDep, session: SessionDep) -> Response:
     """Start a profiling run through the API's own function (exporting what is missing may take a while)."""
-    fields = await read_form(request, caller.csrf)
-    form: dict[str, Any] = {}
+    form = _run_form(await read_form(request, caller.csrf))
     try:
-        form, body = _run_body(device_id, fields)
+        body = _run_body(device_id, form)
         run = await run_in_threadpool(runs_api.start, body, session, request)
     except (ValidationError, ApiError) as exc:
         status = exc.status_code if isinstance(exc, ApiError) and exc.status_code != 400 else 422
@@ -135,7 +141,7 @@ async def start_run(request: Request, device_id: Id, caller: AdminCallerDep, ses
             request,
             session,
             device_id,
-            form=form or views.RUN_DEFAULTS | {"candidates": []},
+            form=form,
             run_error=_refusal(exc),
         )
         return page(request, "device.html", status, **context)
