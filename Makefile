@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's adb client (a test drives the ADB emulator with it) and the PostgreSQL server binaries (the tests
-# start their own throwaway server, found through pg_config --bindir). Installed when missing and we may
+# Debian's adb client (a test drives the ADB emulator with it), the PostgreSQL server binaries (the tests
+# start their own throwaway server, found through pg_config --bindir) and Chromium (the dashboard's browser
+# tests drive it through Playwright). Installed when missing and we may
 # (root + apt); without them their tests skip outside CI and fail in CI.
 apt_install = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null
@@ -26,6 +27,8 @@ system-deps:
 		echo "note: Debian's adb not installed; its test is skipped outside CI (apt-get install adb)"
 	@[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || { $(call apt_install,postgresql); } || \
 		echo "note: PostgreSQL server not installed; its tests are skipped outside CI (apt-get install postgresql)"
+	@command -v chromium >/dev/null || { $(call apt_install,chromium); } || \
+		echo "note: Chromium not installed; the dashboard's browser tests are skipped outside CI (apt-get install chromium)"
 
 demo: $(STAMP)
 	$(BIN)/dnas quickstart

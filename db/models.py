@@ -231,3 +231,17 @@ class Calibration(Base):
     metrics: Mapped[dict[str, Any]]  # MAPE before / after (leave-one-out), n networks, Kendall tau
     fitted_on: Mapped[list[Any]]  # [{"key", "predicted_us", "measured_us"}]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ValidationReport(Base):
+    """What `dnas validate` found: networks of a table's space predicted by its rule and measured end to end,
+    with the error figures, the noise ceiling and the drift. Kept so the team can see how far a table is
+    trusted (a calibration is stored only with 20+ networks and when it beats the rule; most checks store
+    none). `report` is the client's report as written to fidelity.json, with `rows` of predicted/measured."""
+
+    __tablename__ = "validation_reports"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    table_id: Mapped[int] = mapped_column(ForeignKey("latency_tables.id"))
+    report: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,6 +68,8 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
+    typer.echo(f"dashboard: http://{settings.host}:{settings.port}/ui (sign in with the admin or a reader token)",
+               err=True)  # fmt: skip
     try:
         uvicorn.run(
             "profiler_service.app:create_app",
@@ -234,6 +237,10 @@ def validate(
     resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
     width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
     classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    candidates: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated candidate blocks, as the table was profiled with (default: all)."),
+    ] = None,
     version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
@@ -244,9 +251,16 @@ def validate(
     """How far a table is from whole networks measured end to end, next to the noise of measuring them."""
     from search.fidelity import FidelityError
     from search.fidelity import validate as run_validate
+    from search.opspec import OpSpecError
     from search.space import get_space
 
-    target = get_space(space, resolution=resolution, width=width, num_classes=classes)
+    kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
+    if candidates:
+        kwargs["candidates"] = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    try:
+        target = get_space(space, **kwargs)
+    except OpSpecError as exc:
+        raise UserError(f"space: {exc}") from None
     try:
         report = run_validate(ServiceClient(server, token), device, target, samples, out, calibrate=calibrate,
                               seed=seed, version=version)  # fmt: skip
@@ -275,3 +289,26 @@ def validate(
     elif cal:
         typer.echo(f"  calibration not stored: {cal['why']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")
+    _upload_report(ServiceClient(server, token), device, report)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN (Kendall's tau of fewer than 2 networks is one): such a figure is sent as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _upload_report(client: ServiceClient, device: int, report: dict[str, Any]) -> None:
+    """The service keeps the report for the dashboard's fidelity page; the local files are written already, so
+    a service that cannot keep it (older, or a reader token) costs a note, not the check."""
+    try:
+        stored = client.json("POST", f"/v1/devices/{device}/validations", json=_finite(report))
+    except UserError as exc:
+        typer.echo(f"note: the service did not keep this report ({exc})")
+        return
+    typer.echo(f"the service keeps it as validation report {stored['id']} (dashboard: /ui/devices/{device}/fidelity)")

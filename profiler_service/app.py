@@ -28,6 +28,7 @@ from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
+from profiler_service.ui import install as install_dashboard
 from search.export import ExportCache
 from search.opspec import OpSpecError
 
@@ -111,6 +112,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
     app.include_router(api_router)
+    install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
 

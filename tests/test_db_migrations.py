@@ -20,7 +20,7 @@ from tests.tables import MINI
 
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
-    "latency_tables", "latency_table_entries", "service_settings", "api_tokens", "calibrations",
+    "latency_tables", "latency_table_entries", "service_settings", "api_tokens", "calibrations", "validation_reports",
 }  # fmt: skip
 
 

@@ -84,10 +84,30 @@ def _admin_fast(digest: str) -> bool:
     return cached is not None and same(cached, digest)
 
 
+async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
+    """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
+    session cookie carries the digest, never the token) both decide through it. Raises 401 or 403."""
+    if _admin_fast(digest):
+        return
+    check = _check_admin if need == "admin" else _check_reader
+    await run_in_threadpool(check, request.app.state.sessionmaker, digest)
+
+
+async def token_role(request: Request, digest: str) -> Role | None:
+    """Which kind of token this digest belongs to (None: unknown, revoked or rotated). The dashboard asks it
+    to choose what to show; what it lets a caller do is decided by `authorise`."""
+    if _admin_fast(digest):
+        return "admin"
+
+    def look() -> Role | None:
+        with request.app.state.sessionmaker() as session:
+            return _role_of(session, digest)
+
+    return await run_in_threadpool(look)
+
+
 async def require_admin(request: Request, creds: Credentials) -> None:
-    digest = hash_token(_token(creds, "admin"))
-    if not _admin_fast(digest):
-        await run_in_threadpool(_check_admin, request.app.state.sessionmaker, digest)
+    await authorise(request, hash_token(_token(creds, "admin")), "admin")
 
 
 def _check_admin(sessions: sessionmaker, digest: str) -> None:
@@ -109,9 +129,7 @@ def _check_admin_in(session: Session, digest: str) -> None:
 async def require_reader(request: Request, creds: Credentials) -> None:
     """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
     token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
-    digest = hash_token(_token(creds, "reader or admin"))
-    if not _admin_fast(digest):
-        await run_in_threadpool(_check_reader, request.app.state.sessionmaker, digest)
+    await authorise(request, hash_token(_token(creds, "reader or admin")), "reader")
 
 
 def _check_reader(sessions: sessionmaker, digest: str) -> None:
@@ -129,6 +147,9 @@ def _check_reader_in(session: Session, digest: str) -> None:
         raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
 
 
+LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
+
+
 def require_agent(session: SessionDep, creds: Credentials) -> Device:
     digest = hash_token(_token(creds, "device agent"))
     device = session.scalar(select(Device).where(Device.token_hash == digest))
@@ -144,7 +165,7 @@ def require_agent(session: SessionDep, creds: Credentials) -> Device:
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
     now = utcnow()
     seen = as_utc(device.last_seen_at)
-    if seen is None or now - seen > timedelta(seconds=30):  # bounded write rate from polling agents
+    if seen is None or now - seen > timedelta(seconds=LAST_SEEN_EVERY_S):  # bounded write rate from polling agents
         device.last_seen_at = now
     # Ends the transaction either way (a read-only one writes nothing); commit, not rollback, because a
     # rollback would expire `device` and reload it later, on the event loop.

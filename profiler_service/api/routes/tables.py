@@ -69,7 +69,8 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
-def _cached(session, table_id: int) -> CachedTable:  # type: ignore[no-untyped-def]
+def cached_table(session, table_id: int) -> CachedTable:  # type: ignore[no-untyped-def]
+    """A version's served forms (JSON and CSV), built from its stored bytes; also what the dashboard reads."""
     text, digest = stored_payload(session, session.get(LatencyTable, table_id))
     body = text.encode()
     csv = table_csv(json.loads(body)).encode()
@@ -100,7 +101,7 @@ def get_table(
     except NotFound:
         get_device(session, device_id)  # the better message when the device itself does not exist
         raise
-    cached = request.app.state.table_cache.get_or_build(table_id, lambda: _cached(session, table_id))
+    cached = request.app.state.table_cache.get_or_build(table_id, lambda: cached_table(session, table_id))
     session.rollback()  # nothing more to read: the connection goes back to the pool before the body is sent
     rep = cached.csv if format == "csv" else cached.json
     gz = accepts_gzip(request.headers.get("accept-encoding"))
@@ -144,7 +145,7 @@ def compare_tables(
         device_id, version = _ref(ref)
         get_device(session, device_id)
         table_id, _ = find_table_id(session, device_id, version)
-        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: _cached(session, t))
+        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
         tables.append(json.loads(cached.json.body))
     session.rollback()
     result = compare(*tables)
