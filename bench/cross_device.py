@@ -11,8 +11,8 @@ agent process. Each device is profiled in turn; both tables are fetched over RES
 Prints JSON (predicted and measured matrices, whether each device's architecture is the fastest there, the
 budgets) and writes the PNGs into --out.
 
-    python -m bench.cross_device [--out runs/cross] [--epochs 6] [--fraction 0.75] [--fraction-all 0.7]
-                                 [--agent-cpus 1] [--agent-nice 10]
+    python -m bench.cross_device [--out runs/cross] [--epochs 8] [--mode hard] [--fraction 0.75]
+                                 [--fraction-all 0.7] [--agent-cpus 1] [--agent-nice 10]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,11 @@ def family_scaling(a: Any, b: Any) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/cross_device"))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--mode", choices=("soft", "hard"), default="hard", help="hard: ~5x cheaper per step")
+    parser.add_argument("--lr-theta", type=float, default=0.3)
+    parser.add_argument("--search-threads", type=int, default=1, help="torch threads of the searches")
     parser.add_argument("--fraction", type=float, default=0.75, help="per-device budget: x the baseline there")
     parser.add_argument("--fraction-all", type=float, default=0.7, help="all-devices budgets: x the baseline")
     parser.add_argument("--threads", type=int, nargs=2, default=[1, 2], help="the two devices' runtime threads")
@@ -68,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the agents
 
     from dnas.api_client import ServiceClient
     from dnas.service_cli import wait_for_run
@@ -105,8 +111,9 @@ def main() -> None:
             space = tables[0].space
             baseline = [BASELINE] * len(space.slots)
             base_ms = [t.predict_us(baseline) / 1e3 for t in tables]
-            cfg = dict(epochs=args.epochs, warmup_epochs=1, batch_size=32, mode="soft", lr_w=0.05, lr_theta=0.1,
-                       samples=1, seed=args.seed, workers=0)  # fmt: skip
+            cfg = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=32, mode=args.mode,
+                       lr_w=0.05, lr_theta=args.lr_theta, samples=1, seed=args.seed, workers=0,
+                       threads=args.search_threads)  # fmt: skip
 
             t0 = time.perf_counter()
             per_budgets = tuple(args.fraction * b for b in base_ms)
@@ -137,6 +144,7 @@ def main() -> None:
                      "baseline_predicted_ms": round(b, 4)}
                     for lab, t, b in zip(labels, tables, base_ms, strict=True)],
         "agents": {"cpus": args.agent_cpus or None, "nice": args.agent_nice},
+        "search": cfg,
         "op_cost_scaling_second_over_first": family_scaling(tables[0], tables[1]),
         "profile_s": profile_s,
         "per_device": {

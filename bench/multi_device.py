@@ -3,10 +3,12 @@
 A per-device search shares the super net's weights: one weight phase per epoch, then a theta phase per
 device. N separate searches pay the weight phase N times. This bench measures both for N = 1, 2, 3 (each
 "device" a table of this host's CPU measured with a different onnxruntime thread count: real tables, the
-same space), with the same settings, one after another in one process, and prints JSON: wall seconds,
+same space), with the same settings, one after another in one process (after one untimed warm-up search;
+with --repeats, the two alternate which goes first), and prints JSON: wall seconds (median over repeats),
 seconds in the weight and theta phases, and the ratio separate / per-device.
 
     python -m bench.multi_device [--devices 1 2 3] [--epochs 3] [--steps 10] [--mode hard] [--threads 1]
+                                 [--repeats 1]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("soft", "hard"), default="hard")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the search")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per op when measuring the tables")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating which of the two runs first")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -88,7 +92,7 @@ def main() -> None:
     space = get_space(resolution=32, width=0.25, num_classes=10)
     cfg = SearchConfig(epochs=args.epochs, warmup_epochs=1, batch_size=args.batch, mode=args.mode,
                        steps_per_epoch=args.steps, threads=args.threads, samples=1, workers=0, validate=False,
-                       tensorboard=False, lr_theta=0.05)  # fmt: skip
+                       tensorboard=False, lr_w=0.05, lr_theta=0.05)  # fmt: skip
     clock = PhaseClock()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,32 +100,52 @@ def main() -> None:
         t0 = time.perf_counter()
         tables = [measure_table(space, threads, work, args.runs) for threads in range(1, max(args.devices) + 1)]
         measure_s = time.perf_counter() - t0
-        for n in args.devices:
+        run_search(tables[0], "digits", cfg, work / "warm-up")  # imports, data, first allocations: untimed
+        clock.take()
+
+        def per_device(n: int, tag: str) -> tuple[float, dict[str, float]]:
             start = time.perf_counter()
-            run_search(tables[:n], "digits", cfg, work / f"per-device-{n}")
-            joint_s, joint_phases = time.perf_counter() - start, clock.take()
+            run_search(tables[:n], "digits", cfg, work / f"per-device-{n}-{tag}")
+            return time.perf_counter() - start, clock.take()
+
+        def separate(n: int, tag: str) -> tuple[float, dict[str, float]]:
             start = time.perf_counter()
             for i in range(n):
-                run_search(tables[i], "digits", cfg, work / f"separate-{n}-{i}")
-            separate_s, separate_phases = time.perf_counter() - start, clock.take()
+                run_search(tables[i], "digits", cfg, work / f"separate-{n}-{i}-{tag}")
+            return time.perf_counter() - start, clock.take()
+
+        for n in args.devices:
+            joint, apart = [], []
+            for r in range(args.repeats):
+                if r % 2 == 0:
+                    joint.append(per_device(n, str(r)))
+                    apart.append(separate(n, str(r)))
+                else:
+                    apart.append(separate(n, str(r)))
+                    joint.append(per_device(n, str(r)))
+            joint_s = statistics.median(t for t, _ in joint)
+            separate_s = statistics.median(t for t, _ in apart)
             rows.append({
                 "devices": n,
                 "per_device_search_s": round(joint_s, 1),
-                "per_device_phases_s": joint_phases,
+                "per_device_phases_s": joint[0][1],
                 "separate_searches_s": round(separate_s, 1),
-                "separate_phases_s": separate_phases,
+                "separate_phases_s": apart[0][1],
                 "separate_over_per_device": round(separate_s / joint_s, 2),
+                "all_runs_s": {"per_device": [round(t, 1) for t, _ in joint],
+                               "separate": [round(t, 1) for t, _ in apart]},
             })  # fmt: skip
     print(json.dumps({
         "bench": "multi_device",
         "space": {"resolution": 32, "width": 0.25, "classes": 10, "hash": space.hash[:12]},
         "tables": [t.payload["device"]["name"] for t in tables],
         "search": {"epochs": args.epochs, "warmup_epochs": 1, "steps_per_phase": args.steps, "batch": args.batch,
-                   "mode": args.mode, "torch_threads": args.threads, "data": "digits"},
+                   "mode": args.mode, "torch_threads": args.threads, "data": "digits", "repeats": args.repeats},
         "measure_tables_s": round(measure_s, 1),
         "results": rows,
-        "note": "wall seconds on a shared 2-core machine; the weight phase runs once per epoch in a per-device "
-                "search and once per search when searching separately; the theta phases are the same work",
+        "note": "wall seconds (median over repeats; phases of the first repeat) on a shared 2-core machine; the "
+                "weight phase runs once per epoch in a per-device search and once per search when searching "
+                "separately; the theta phases are the same work",
     }, indent=2))  # fmt: skip
 
 

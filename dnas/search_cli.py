@@ -53,7 +53,8 @@ def _run_options() -> list[inspect.Parameter]:
 
 
 def search(**kwargs: Any) -> None:
-    """Search the table's space for the architecture that is accurate and fast on that device.
+    """Search the table's space for the architecture that is accurate and fast on that device (several devices:
+    repeat --device or --table; see --device-mode).
 
     Every search setting is an option (with its default shown); `python -m search.run` takes the same ones.
     """

@@ -159,7 +159,7 @@ def measure_on_devices(client: Any, found: dict[str, Any], out: Path,
     report["budgets"] = _budgets({keys.index(k): ms for k, ms in found["budgets_ms"].items() if k in keys},
                                  own_cols, names, labels, predicted, measured)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    matrix_png(out / "cross_device.png", report["matrix"], "searched architectures on every device: predicted "
+    matrix_png(out / "cross_device.png", report["matrix"], "searched architectures on every device:\npredicted "
                "(table rule) and measured end to end through each device's agent", own_cols or None)  # fmt: skip
     (out / "cross_device.json").write_text(json.dumps(report, indent=2))
     return report

@@ -217,9 +217,10 @@ def _lagrangian(logp: torch.Tensor, tables: list[torch.Tensor], fixed: list[floa
 def decode_budgets(theta: torch.Tensor, luts: list[LatencyLUT], budgets_us: list[float | None],
                    labels: list[str] | None = None) -> BudgetDecode:  # fmt: skip
     """One architecture within every device's budget (at most T_d on device d): the most likely one if it
-    already is (never slowed down); otherwise the swaps that cost the least log-probability per unit of
-    overshoot removed (relative to each budget, summed over devices), with a multiplier search as a way out
-    when single swaps stall; then any swap back toward probability that keeps every budget. A budget that
+    already is (never slowed down); otherwise the one- or two-layer changes that cost the least
+    log-probability per unit of overshoot removed (relative to each budget, summed over devices), with a
+    multiplier search as a way out where those stall; then any swap back toward probability that keeps every
+    budget. A budget that
     cannot be met is named: either no network of the space meets it even alone, or none was found that meets
     it together with the others."""
     labels = labels or [f"device {d}" for d in range(len(luts))]
