@@ -15,7 +15,10 @@ import typer
 from dnas.errors import UserError
 from search.cli_options import typer_parameters
 
-Table = Annotated[Path | None, typer.Option("--table", help="A latency table file (as `dnas table get` writes).")]
+Table = Annotated[
+    list[Path] | None,
+    typer.Option("--table", help="A latency table file (as `dnas table get` writes); repeat for several devices."),
+]
 Server = Annotated[str | None, typer.Option("--server", envvar="DNAS_SERVER", help="Fetch the table from here.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Reader or admin token.")]
 Data = Annotated[str, typer.Option(help="digits, cifar10:PATH or imagefolder:PATH.")]
@@ -29,8 +32,11 @@ def _run_options() -> list[inspect.Parameter]:
          None),
         ("table", Table, None),
         ("server", Server, None),
-        ("device", Annotated[int | None, typer.Option(help="Device id, with --server.")], None),
-        ("version", Annotated[str, typer.Option(help="Table version or 'latest'.")], "latest"),
+        ("device", Annotated[list[int] | None, typer.Option(
+            help="Device id, with --server; repeat to search for several devices at once (see --device-mode).")],
+         None),
+        ("version", Annotated[list[str] | None, typer.Option(
+            help="Table version or 'latest' (default): one for every device, or one per device.")], None),
         ("token", Token, None),
         ("data", Data, "digits"),
         ("raw", Annotated[bool, typer.Option(
@@ -47,7 +53,8 @@ def _run_options() -> list[inspect.Parameter]:
 
 
 def search(**kwargs: Any) -> None:
-    """Search the table's space for the architecture that is accurate and fast on that device.
+    """Search the table's space for the architecture that is accurate and fast on that device (several devices:
+    repeat --device or --table; see --device-mode).
 
     Every search setting is an option (with its default shown); `python -m search.run` takes the same ones.
     """
@@ -59,10 +66,12 @@ def search(**kwargs: Any) -> None:
         cfg = config_from_kwargs(kwargs)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    args = ["--data", run["data"], "--version", run["version"]]
-    for flag, value in (("--out", run["out"]), ("--table", run["table"]), ("--server", run["server"]),
-                        ("--device", run["device"])):  # fmt: skip
+    args = ["--data", run["data"]]
+    for flag, value in (("--out", run["out"]), ("--server", run["server"])):
         if value is not None:
+            args += [flag, str(value)]
+    for flag, values in (("--table", run["table"]), ("--device", run["device"]), ("--version", run["version"])):
+        for value in values or []:
             args += [flag, str(value)]
     for flag in ("raw", "allow_table_change", "print_config"):
         if run[flag]:
@@ -129,6 +138,8 @@ def train(
     _, result = train_architecture(space, doc["arch"], splits, cfg)
     summary = {"arch": doc["arch"], "val_accuracy": result["val_accuracy"], "epochs": epochs,
                "predicted_latency_ms": doc.get("predicted_latency_ms"), "flops": doc.get("flops"),
+               **({"predicted_latency_ms_by_device": doc["predicted_latency_ms_by_device"]}
+                  if "predicted_latency_ms_by_device" in doc else {}),
                "params": doc.get("params"),
                "data": {k: splits.record.get(k) for k in ("spec", "split_seed", "sizes")}}  # fmt: skip
     if out:

@@ -231,7 +231,20 @@ def table_compare(
 
 
 def validate(
-    device: Annotated[int, typer.Option("--device", help="Device id (an agent must be serving it).")],
+    device: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--device", help="Device id (an agent must be serving it). With --arch: only these of its devices."
+        ),
+    ] = None,
+    arch: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--arch",
+            help="Measure searched architectures instead of random ones, on every device they were searched "
+            "for: a search's --out folder (every device's chosen network) or architecture JSON files; repeatable.",
+        ),
+    ] = None,
     samples: Annotated[int, typer.Option(help="Random architectures to measure end to end.")] = 20,
     space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
     resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
@@ -248,12 +261,17 @@ def validate(
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """How far a table is from whole networks measured end to end, next to the noise of measuring them."""
+    """How far a table is from whole networks measured end to end, next to the noise of measuring them; with
+    --arch, searched architectures measured on each device they target (the cross-device matrix)."""
     from search.fidelity import FidelityError
     from search.fidelity import validate as run_validate
     from search.opspec import OpSpecError
     from search.space import get_space
 
+    if arch:
+        return _validate_searched(arch, device, out, ServiceClient(server, token))
+    if not device or len(device) != 1:
+        raise UserError("give one --device (random architectures are checked against one device's table)")
     kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
     if candidates:
         kwargs["candidates"] = tuple(c.strip() for c in candidates.split(",") if c.strip())
@@ -262,11 +280,11 @@ def validate(
     except OpSpecError as exc:
         raise UserError(f"space: {exc}") from None
     try:
-        report = run_validate(ServiceClient(server, token), device, target, samples, out, calibrate=calibrate,
+        report = run_validate(ServiceClient(server, token), device[0], target, samples, out, calibrate=calibrate,
                               seed=seed, version=version)  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
-    typer.echo(f"{samples} networks on device {device}, table v{report['table_version']} "
+    typer.echo(f"{samples} networks on device {device[0]}, table v{report['table_version']} "
                f"(rule: {report['prediction_rule']}):")  # fmt: skip
     rows = [("table rule", report["raw"])]
     if "calibrated_held_out" in report:
@@ -289,7 +307,7 @@ def validate(
     elif cal:
         typer.echo(f"  calibration not stored: {cal['why']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")
-    _upload_report(ServiceClient(server, token), device, report)
+    _upload_report(ServiceClient(server, token), device[0], report)
 
 
 def _finite(value: Any) -> Any:
@@ -312,3 +330,32 @@ def _upload_report(client: ServiceClient, device: int, report: dict[str, Any]) -
         typer.echo(f"note: the service did not keep this report ({exc})")
         return
     typer.echo(f"the service keeps it as validation report {stored['id']} (dashboard: /ui/devices/{device}/fidelity)")
+
+
+def _validate_searched(paths: list[Path], devices: list[int] | None, out: Path, client: ServiceClient) -> None:
+    """`dnas validate --arch ...`: the searched architectures measured on each of their devices."""
+    from search.cross_device import measure_on_devices, searched_architectures
+    from search.fidelity import FidelityError
+
+    try:
+        report = measure_on_devices(client, searched_architectures(paths), out, devices or None)
+    except FidelityError as exc:
+        raise UserError(str(exc)) from None
+    m = report["matrix"]
+    width = max(len(a) for a in m["architectures"]) + 2
+    typer.echo(f"{'':{width}s}" + "".join(f"{d[:22]:>24s}" for d in m["devices"]))
+    for name, pred, meas in zip(m["architectures"], m["predicted_ms"], m["measured_ms"], strict=True):
+        cells = "".join(f"{p:9.3f} / {q:7.3f} ms  " for p, q in zip(pred, meas, strict=True))
+        typer.echo(f"{name:{width}s}{cells}")
+    typer.echo("(each cell: predicted by the device's table / measured end to end)")
+    for row in report["own_fastest"]:
+        verdict = ", ".join(f"{k.replace('_', ' ')}: {'yes' if v else 'NO'}" for k, v in row["fastest_here"].items())
+        typer.echo(f"{row['architecture']} fastest on {row['device']}? {verdict}")
+    for row in report["budgets"]:
+        typer.echo(f"{row['architecture']} on {row['device']}: budget {row['budget_ms']:.3f} ms, predicted "
+                   f"{row['predicted_ms']:.3f} ({'within' if row['within_predicted'] else 'OVER'}), measured "
+                   f"{row['measured_ms']:.3f} ({'within' if row['within_measured'] else 'OVER'})")  # fmt: skip
+    for d in report["devices"]:
+        if d["drift"] is not None:
+            typer.echo(f"drift on {d['label']} since profiling (anchor networks now / then): {d['drift'] - 1:+.1%}")
+    typer.echo(f"wrote {out / 'cross_device.json'} and {out / 'cross_device.png'}")

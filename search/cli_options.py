@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from search.config import SearchConfig
 
+REPEATED = -1
+
 
 @dataclass(frozen=True)
 class ConfigOption:
@@ -28,7 +30,7 @@ class ConfigOption:
     help: str
     optional: bool = False  # `X | None`
     choices: tuple[str, ...] | None = None  # Literal[...]
-    arity: int = 1  # tuple[float, float] -> 2
+    arity: int = 1  # tuple[float, float] -> 2; tuple[float, ...] -> REPEATED (the option may be given repeatedly)
 
     @property
     def flag(self) -> str:
@@ -49,7 +51,8 @@ def _describe(name: str, hint: Any, default: Any, help_text: str) -> ConfigOptio
         return ConfigOption(name, str, default, help_text, optional, tuple(typing.get_args(hint)))
     if origin is tuple:
         args = typing.get_args(hint)
-        return ConfigOption(name, args[0], default, help_text, optional, arity=len(args))
+        arity = REPEATED if len(args) == 2 and args[1] is Ellipsis else len(args)
+        return ConfigOption(name, args[0], default, help_text, optional, arity=arity)
     if hint not in (int, float, str, bool):
         raise TypeError(f"SearchConfig.{name}: no command-line form for {hint!r}")
     return ConfigOption(name, hint, default, help_text, optional)
@@ -70,6 +73,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for o in config_options():
         if o.base is bool:
             group.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=o.default, help=o.help)
+        elif o.arity == REPEATED:  # `--x 1 --x 2` (what config_to_argv and typer write) or `--x 1 2`
+            group.add_argument(o.flag, type=o.base, nargs="+", action="extend", default=o.default, help=o.help)
         elif o.arity > 1:
             group.add_argument(o.flag, type=o.base, nargs=o.arity, default=o.default, help=o.help,
                                metavar=("LO", "HI") if o.arity == 2 else None)  # fmt: skip
@@ -81,7 +86,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SearchConfig:
     values = {}
     for o in config_options():
         value = getattr(ns, o.name)
-        values[o.name] = tuple(value) if o.arity > 1 else value
+        values[o.name] = tuple(value) if o.arity != 1 and value is not None else value
     return SearchConfig(**values)
 
 
@@ -94,6 +99,9 @@ def config_to_argv(cfg: SearchConfig) -> list[str]:
             continue
         if o.base is bool:
             argv.append(o.flag if value else "--no-" + o.flag[2:])
+        elif o.arity == REPEATED:
+            for v in value:
+                argv += [o.flag, repr(v) if isinstance(v, float) else str(v)]
         elif o.arity > 1:
             argv += [o.flag, *(repr(v) for v in value)]
         else:
@@ -111,6 +119,8 @@ def typer_parameters() -> list[inspect.Parameter]:
         annotation: Any = o.base
         if o.choices:
             annotation = Literal[o.choices]  # typer offers them as choices
+        elif o.arity == REPEATED:
+            annotation = list[o.base]  # type: ignore[name-defined]  # a repeatable option
         elif o.arity > 1:
             annotation = tuple[(o.base,) * o.arity]  # type: ignore[misc]
         if o.optional:
@@ -125,5 +135,12 @@ def typer_parameters() -> list[inspect.Parameter]:
 def config_from_kwargs(kwargs: dict[str, Any]) -> SearchConfig:
     """The SearchConfig part of a typer call's keyword arguments."""
     names = {o.name: o for o in config_options()}
-    values = {k: (tuple(v) if names[k].arity > 1 else v) for k, v in kwargs.items() if k in names}
+    values = {}
+    for k, v in kwargs.items():
+        if k in names:
+            if names[k].arity == REPEATED:
+                v = tuple(v) if v else None  # typer gives an empty list for a repeatable option not given
+            elif names[k].arity > 1:
+                v = tuple(v)
+            values[k] = v
     return SearchConfig(**values)

@@ -47,13 +47,24 @@ class SearchConfig:
         True, "Divide the loss's latency factor out of the weights' step (off: the raw paper loss)."
     )
     # A latency target is a budget: the reported network is the most likely one predicted at most T.
-    target_latency_ms: float | None = _opt(None, "Latency budget T: steer beta toward it, report a network <= T.")
+    target_latency_ms: tuple[float, ...] | None = _opt(
+        None,
+        "Latency budget T: steer beta toward it, report a network <= T. Several tables: one T per device (in "
+        "their order; repeat the option), or one T for every device.",
+    )
     target_mode: Literal["at_most", "band"] = _opt(
         "at_most", "at_most: predicted latency <= T; band: within T +- tolerance."
     )
     target_tolerance: float = _opt(0.10, "Half-width of the band, as a fraction of T (--target-mode band).")
     beta_gain: float = _opt(3.0, "Steering: beta *= (E[LAT] / T) ** gain after each theta epoch.")
     beta_range: tuple[float, float] = _opt((0.0, 20.0), "Steering keeps beta within LO HI.")
+    # several devices (several tables)
+    device_mode: Literal["per-device", "all-devices"] = _opt(
+        "per-device",
+        "Several tables: per-device: shared weights, a theta per device trained against its own table, one "
+        "architecture per device; all-devices: one theta whose loss prices every device, one architecture "
+        "within every device's budget.",
+    )
     samples: int = _opt(5, "Architectures to sample from P_theta at the end.")
     seed: int = _opt(0, "Random seed (weights, Gumbel draws, data order).")
     # data
@@ -71,6 +82,10 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         self.beta_range = tuple(self.beta_range)  # type: ignore[assignment]
+        if isinstance(self.target_latency_ms, int | float):  # one budget, as the Python API has always taken it
+            self.target_latency_ms = (float(self.target_latency_ms),)
+        elif self.target_latency_ms is not None:
+            self.target_latency_ms = tuple(float(t) for t in self.target_latency_ms)
         self.check()
 
     def check(self) -> None:
@@ -88,8 +103,13 @@ class SearchConfig:
             raise ConfigError(f"target_mode must be at_most or band, not {self.target_mode!r}")
         if self.compute_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"compute_device must be auto, cpu or cuda, not {self.compute_device!r}")
-        if self.target_latency_ms is not None and not self.target_latency_ms > 0:
-            raise ConfigError("target_latency_ms must be positive")
+        if self.target_latency_ms is not None:
+            if not self.target_latency_ms:
+                raise ConfigError("target_latency_ms needs at least one value")
+            if not all(t > 0 and math.isfinite(t) for t in self.target_latency_ms):
+                raise ConfigError("target_latency_ms must be positive")
+        if self.device_mode not in ("per-device", "all-devices"):
+            raise ConfigError(f"device_mode must be per-device or all-devices, not {self.device_mode!r}")
         if not 0 < self.target_tolerance < 1:
             raise ConfigError("target_tolerance must be in (0, 1)")
         if len(self.beta_range) != 2 or not 0 <= self.beta_range[0] <= self.beta_range[1]:
@@ -105,6 +125,20 @@ class SearchConfig:
     def split_seed(self) -> int:
         """The seed that decides which images are held out; `dnas train` must use the same one."""
         return self.seed if self.data_seed is None else self.data_seed
+
+    def targets_us(self, devices: int = 1) -> list[float | None]:
+        """The budget of each of `devices` devices in microseconds (None: no budget). One value applies to
+        every device; otherwise there must be one per device."""
+        if self.target_latency_ms is None:
+            return [None] * devices
+        if len(self.target_latency_ms) == 1:
+            return [self.target_latency_ms[0] * 1e3] * devices
+        if len(self.target_latency_ms) != devices:
+            raise ConfigError(
+                f"{len(self.target_latency_ms)} latency targets for {devices} device(s): give one per device, in "
+                "the order of the tables, or one for all"
+            )
+        return [t * 1e3 for t in self.target_latency_ms]
 
     def tau(self, epoch: int) -> float:
         return self.tau0 * math.exp(-self.tau_decay * epoch)

@@ -3,10 +3,15 @@ searchable layer, mixed by Gumbel-softmax masks drawn per sample from theta.
 
 The same masks weight the outputs (eq. 5) and the latency (eq. 9): one draw per forward pass, so the loss
 prices exactly the network that produced the prediction.
+
+Several devices: the net holds one latency table per device and prices every sample's network on each of
+them. It has one theta (one architecture distribution, priced on every device) or one theta per device
+(shared weights, a distribution per device); `rows` says which theta draws each sample's masks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -65,57 +70,100 @@ class MixedLayer(nn.Module):
 
 
 class SuperNet(nn.Module):
-    def __init__(self, space: SearchSpace, lut: LatencyLUT) -> None:
+    def __init__(self, space: SearchSpace, lut: LatencyLUT | Sequence[LatencyLUT], thetas: int = 1) -> None:
+        """`lut`: one table, or one per device. `thetas`: 1 (one distribution, priced on every table) or one
+        per table. With one table, `forward` returns each sample's latency as [B], as it always has; with
+        several, [B, D]: the sample's network on every device."""
         super().__init__()
+        luts = [lut] if isinstance(lut, LatencyLUT) else list(lut)
+        if not luts or thetas not in (1, len(luts)):
+            raise ValueError(f"{thetas} thetas for {len(luts)} latency tables: one, or one per table")
         self.space = space
+        self.devices = len(luts)
         fixed = space.fixed_ops()
         self.stem = build_op(fixed["stem"])
         self.layers = nn.ModuleList(
             MixedLayer([build_op(slot.op(c, space.batch)) for c in space.candidates]) for slot in space.slots
         )
         self.head = nn.Sequential(build_op(fixed["head"]), build_op(fixed["pool"]), build_op(fixed["fc"]))
-        # theta starts uniform: every candidate equally likely.
-        self.theta = nn.Parameter(torch.zeros(len(space.slots), len(space.candidates)))
+        # theta starts uniform: every candidate equally likely. One theta: [L, K]; one per device: [D, L, K].
+        shape = (len(space.slots), len(space.candidates))
+        self.theta = nn.Parameter(torch.zeros(shape if thetas == 1 else (thetas, *shape)))
         # Not persistent: a checkpoint holds weights and theta, never a table. The table in use is always the
         # one this run was given (a resume checks it is the same one, see the trainer).
-        self.register_buffer("lut", lut.table.clone(), persistent=False)
-        self.fixed_us = lut.fixed_us
+        self.register_buffer("lut", torch.stack([t.table for t in luts]), persistent=False)  # [D, L, K]
+        self.fixed_us = [float(t.fixed_us) for t in luts]
+
+    @property
+    def thetas(self) -> int:
+        return 1 if self.theta.dim() == 2 else self.theta.shape[0]
+
+    def theta_of(self, index: int = 0) -> torch.Tensor:
+        """The theta that device `index` is searched with (the only one, or its own)."""
+        return self.theta if self.theta.dim() == 2 else self.theta[index]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name != "theta"]
 
-    def sample_masks(self, batch: int, tau: float, mode: Mode) -> torch.Tensor:
-        """[B, L, K]: an independent Gumbel draw for every sample and layer."""
-        logits = self.theta.unsqueeze(0).expand(batch, -1, -1)
+    def sample_masks(self, batch: int, tau: float, mode: Mode, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, K]: an independent Gumbel draw for every sample and layer, from theta (or, with one theta
+        per device, from the theta `rows[b]` names for sample b)."""
+        if self.theta.dim() == 2:
+            logits = self.theta.unsqueeze(0).expand(batch, -1, -1)
+        else:
+            if rows is None:
+                raise ValueError("a super net with a theta per device needs `rows`: which theta draws each sample")
+            logits = self.theta.index_select(0, rows.to(self.theta.device))
         return gumbel_softmax(logits, tau, hard=mode == "hard")
 
-    def forward(self, x: torch.Tensor, tau: float, mode: Mode = "soft") -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and each sample's latency in microseconds, both from the same masks.
+    def forward(self, x: torch.Tensor, tau: float, mode: Mode = "soft",
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Logits and each sample's latency in microseconds ([B]; [B, D] with several tables), both from the
+        same masks.
 
         Under autocast the masks and the latency stay in float32 (a bf16 latency sum would lose ~0.4% and the
         log in the loss amplifies that); the logits come back in float32 for the cross-entropy."""
         with torch.autocast(x.device.type, enabled=False):
-            masks = self.sample_masks(x.shape[0], tau, mode)
-            latency = (masks * self.lut).sum(dim=(1, 2)) + self.fixed_us
+            masks = self.sample_masks(x.shape[0], tau, mode) if rows is None else \
+                self.sample_masks(x.shape[0], tau, mode, rows)  # fmt: skip
+            if self.devices == 1:
+                latency = (masks * self.lut[0]).sum(dim=(1, 2)) + self.fixed_us[0]
+            else:  # per device, the same reduction as one table's: each column is what that search computes
+                latency = torch.stack([(masks * lut).sum(dim=(1, 2)) + fixed
+                                       for lut, fixed in zip(self.lut, self.fixed_us, strict=True)], dim=1)  # fmt: skip
         x = self.stem(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, masks[:, i].to(x.dtype), mode)  # bf16 activations mix with bf16 masks
         return self.head(x).float(), latency
 
     @torch.no_grad()
-    def probabilities(self) -> torch.Tensor:
-        return torch.softmax(self.theta, dim=-1)
+    def probabilities(self, index: int = 0) -> torch.Tensor:
+        """P_theta per layer [L, K] of theta `index`."""
+        return torch.softmax(self.theta_of(index), dim=-1)
 
     @torch.no_grad()
-    def expected_latency_us(self) -> float:
-        return float((self.probabilities() * self.lut).sum()) + self.fixed_us
+    def expected_latency_us(self, device: int = 0) -> float:
+        """E[LAT] on `device`'s table under the theta that device is searched with."""
+        theta = device if self.thetas > 1 else 0
+        return float((self.probabilities(theta) * self.lut[device]).sum()) + self.fixed_us[device]
 
     @torch.no_grad()
-    def entropy(self) -> float:
-        p = self.probabilities()
+    def entropy(self, index: int = 0) -> float:
+        p = self.probabilities(index)
         return float(-(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean())
 
 
-def fbnet_loss(ce: torch.Tensor, latency_us: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+def fbnet_loss(ce: torch.Tensor, latency_us: torch.Tensor, alpha: float, beta: float | torch.Tensor) -> torch.Tensor:
     """Eq. 2 per sample, then the batch mean: CE * alpha * log(LAT)^beta (LAT in microseconds)."""
-    return (ce * alpha * torch.log(latency_us.clamp_min(1.0 + 1e-3)) ** beta).mean()
+    return per_sample_loss(ce, latency_us, alpha, beta).mean()
+
+
+def per_sample_loss(ce: torch.Tensor, latency_us: torch.Tensor, alpha: float,
+                    beta: float | torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Eq. 2 for each sample. With several devices (`latency_us` [B, D], `beta` [B, D] or [D]) the latency
+    factor is the product over devices: CE * alpha * prod_d log(LAT_d)^beta_d. A device whose beta is 0 for a
+    sample does not price it (a factor of exactly 1); one device reduces to eq. 2 exactly."""
+    factor = torch.log(latency_us.clamp_min(1.0 + 1e-3)) ** beta
+    if factor.dim() == 2:
+        factor = factor.prod(dim=1)
+    return ce * alpha * factor

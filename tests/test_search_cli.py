@@ -18,8 +18,9 @@ from search.run import build_parser, config_from_namespace
 CHANGED = {
     "epochs": 7, "warmup_epochs": 3, "batch_size": 17, "mode": "hard", "lr_w": 0.037, "momentum": 0.8,
     "wd_w": 3e-5, "scale_lr": False, "lr_theta": 0.02, "wd_theta": 1e-3, "tau0": 4.5, "tau_decay": 0.05,
-    "alpha": 0.3, "beta": 1.7, "normalize_w_loss": False, "target_latency_ms": 2.5, "target_mode": "band",
-    "target_tolerance": 0.05, "beta_gain": 2.0, "beta_range": (0.5, 9.0), "samples": 2, "seed": 11,
+    "alpha": 0.3, "beta": 1.7, "normalize_w_loss": False, "target_latency_ms": (2.5, 3.0), "target_mode": "band",
+    "target_tolerance": 0.05, "beta_gain": 2.0, "beta_range": (0.5, 9.0), "device_mode": "all-devices",
+    "samples": 2, "seed": 11,
     "data_seed": 4, "classes": 5, "workers": 1, "steps_per_epoch": 9, "validate": False,
     "compute_device": "cpu", "bf16": True, "threads": 3, "checkpoint_every": 50, "tensorboard": False,
 }  # fmt: skip
