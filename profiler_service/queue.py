@@ -36,36 +36,10 @@ def _claimable(device_id: int, now):  # type: ignore[no-untyped-def]
 
 
 def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:
-    """Lease the oldest runnable job of one device, or return None. Safe with many workers and agents."""
-    now = utcnow()
-    postgres = session.get_bind().dialect.name == "postgresql"
-    for _ in range(CLAIM_RETRIES):
-        query = select(Job.id).where(_claimable(device_id, now)).order_by(Job.id).limit(1)
-        if postgres:
-            query = query.with_for_update(skip_locked=True)
-        job_id = session.scalar(query)
-        if job_id is None:
-            session.rollback()
-            return None
-        token = secrets.token_hex(24)
-        # The WHERE repeats the claim condition: on SQLite (no SKIP LOCKED) two workers may pick the same id,
-        # and only the one whose update still matches wins.
-        won = session.execute(
-            update(Job)
-            .where(Job.id == job_id, _claimable(device_id, now))
-            .values(
-                status="leased",
-                lease_token=token,
-                attempts=Job.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                heartbeat_at=now,
-            )
-        ).rowcount
-        if won == 1:
-            session.commit()
-            return session.get(Job, job_id, populate_existing=True)
-        session.rollback()
-    return None
+    """Lease the oldest runnable job of one device, or return None (protocol 1): a batch of one, so both
+    protocols share one claim and its race handling. Safe with many workers and agents."""
+    jobs, _ = claim_batch(session, device_id=device_id, lease_seconds=lease_seconds, max_jobs=1)
+    return jobs[0] if jobs else None
 
 
 def claim_batch(session: Session, *, device_id: int, lease_seconds: float, max_jobs: int) -> tuple[list[Job], int]:
