@@ -5,6 +5,8 @@ lists, so a new route without a row fails `test_the_matrix_covers_every_route`: 
 who may call it here. Each cell sends a valid body, so what a refusal reflects is the token, not the body; a
 second test sends every refused cell again with an empty object for a body and still expects the refusal
 (the permission check comes before validation: a caller without the right learns nothing about the schema).
+A body that is not JSON at all is 422 `json_invalid` for anyone, because FastAPI decodes the body before it
+runs dependencies; that answer names no field and no data, so it is left as it is.
 
 Callers: no token; a token the service never issued; a reader token; the agent token of device A (whose jobs
 the cells use), of device B (another device: A's jobs are not its own) and of a retired device; the admin.
