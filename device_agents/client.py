@@ -28,16 +28,35 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
+def token_fingerprint(token: str) -> str:
+    """How a token may appear in a log: the start of its SHA-256, which is what the service stores (and what its
+    header log, DNAS_SERVICE_LOG_HEADERS, shows), never the token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
 class AgentClient:
-    def __init__(self, server: str, token: str, *, max_backoff_s: float = 30.0, retry_for_s: float = 600.0) -> None:
+    def __init__(self, server: str, token: str, *, max_backoff_s: float = 30.0, retry_for_s: float = 600.0,
+                 log_http: bool = False) -> None:  # fmt: skip
         self.server = server.rstrip("/")
         self.max_backoff_s = max_backoff_s
         self.retry_for_s = retry_for_s
+        hooks = {"response": [self._log_exchange]} if log_http else {}
+        self._token_shown = token_fingerprint(token)
         self.http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, read=150.0),
+            event_hooks=hooks,
         )
+
+    def _log_exchange(self, resp: httpx.Response) -> None:
+        """`--log-http`: every call and its answer, with the headers sent; the token as its fingerprint."""
+        req = resp.request
+        headers = "; ".join(
+            f"{name}: {f'Bearer {self._token_shown}' if name.lower() == 'authorization' else value}"
+            for name, value in req.headers.items()
+        )
+        log.info("http %s %s -> %d; sent %s", req.method, req.url.path, resp.status_code, headers)
 
     def close(self) -> None:
         self.http.close()

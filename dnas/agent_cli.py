@@ -33,6 +33,14 @@ Batch = Annotated[
         help="Most jobs leased and measured together in interleaved rounds.",
     ),
 ]
+LogHttp = Annotated[
+    bool,
+    typer.Option(
+        "--log-http",
+        envvar="DNAS_AGENT_LOG_HTTP",
+        help="Log every call to the service with the headers sent (the token as a SHA-256 fingerprint).",
+    ),
+]
 Protocol = Annotated[
     int,
     typer.Option(
@@ -73,12 +81,13 @@ def resolve_token(token: str | None, token_file: Path | None) -> str:
 
 
 def _serve(server: str, token: str, backend, cache_dir: Path | None, wait: float, exit_when_idle: bool,  # type: ignore[no-untyped-def]
-           batch_size: int = 500, protocol: int = 2) -> None:  # fmt: skip
+           batch_size: int = 500, protocol: int = 2, log_http: bool = False) -> None:  # fmt: skip
     """The one loop every backend runs, with SIGINT/SIGTERM handling, until stopped or idle."""
     from device_agents.client import AgentClient
     from device_agents.loop import Agent
 
-    agent = Agent(AgentClient(server, token), backend, cache_dir=cache_dir or _default_cache(), wait_seconds=wait,
+    client = AgentClient(server, token, log_http=log_http)
+    agent = Agent(client, backend, cache_dir=cache_dir or _default_cache(), wait_seconds=wait,
                   exit_when_idle=exit_when_idle, batch_size=batch_size, protocol=protocol)  # fmt: skip
     agent.install_signal_handlers()
     stats = agent.run()
@@ -98,6 +107,7 @@ def local(
     cache_dir: Cache = None,
     batch_size: Batch = 500,
     protocol: Protocol = 2,
+    log_http: LogHttp = False,
 ) -> None:
     """Measure on this host's CPU with onnxruntime."""
     from device_agents.local.backend import LocalBackend
@@ -105,7 +115,7 @@ def local(
     secret = resolve_token(token, token_file)
     _logging()
     backend = LocalBackend(cpus=[int(c) for c in cpus.split(",")] if cpus else None)
-    _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
+    _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol, log_http)
 
 
 @app.command()
@@ -162,6 +172,7 @@ def android(
     cache_dir: Cache = None,
     batch_size: Batch = 500,
     protocol: Protocol = 2,
+    log_http: LogHttp = False,
 ) -> None:
     """Measure on an Android device over adb (TCP or USB), with no host adb server."""
     from device_agents.android.backend import AndroidBackend, DeviceUnfit
@@ -187,7 +198,7 @@ def android(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
-        _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol)
+        _serve(server, secret, backend, cache_dir, wait, exit_when_idle, batch_size, protocol, log_http)
     except DeviceUnfit as exc:  # checked at start: say what the phone lacks instead of failing every job
         raise UserError(str(exc)) from None
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
-from profiler_service import metrics, request_id
+from profiler_service import http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
@@ -114,6 +114,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
+    if settings.log_headers:  # inside the request id middleware: each line carries the request's id
+        app.add_middleware(http_log.HeaderLogMiddleware)
     app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     @app.exception_handler(ApiError)

@@ -56,6 +56,11 @@ class ServiceSettings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted (413).")
+    log_headers: bool = Field(
+        default=False,
+        description="Log every request's headers, to debug a proxy or a client; credentials appear as a SHA-256 "
+        "fingerprint (the start of the stored token hash), never as the value.",
+    )
     sweep_seconds: float = Field(
         default=5.0, gt=0, le=3600,
         description="How often each worker publishes complete runs, stores failed ones and ends dead leases.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,16 +13,31 @@ import httpx
 from profiler_service.local_server import Service, free_port, register, running_service, wait_for_run
 from profiler_service.local_server import start_run as _start_run
 
-__all__ = ["Service", "free_port", "register", "running_service", "start_agent", "start_run", "wait_for_run"]
+__all__ = ["AgentProcess", "Service", "free_port", "register", "running_service", "start_agent", "start_run",
+           "wait_for_run"]  # fmt: skip
 
 
-def start_agent(service: Service, token: str, workdir: Path, *extra: str) -> subprocess.Popen:
-    log = open(workdir / f"agent-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "dnas", "agent", "local", "--server", service.url, "--token", token,
+class AgentProcess(subprocess.Popen):
+    """An agent's process, with where it logs."""
+
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_agent(service: Service, token: str, workdir: Path, *extra: str) -> AgentProcess:
+    """A local agent for this service. Its token goes in the environment, never argv (`ps` shows argv to every
+    user of the machine)."""
+    log_path = workdir / f"agent-{time.monotonic_ns()}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+    proc = AgentProcess(
+        [sys.executable, "-m", "dnas", "agent", "local", "--server", service.url,
          "--cache-dir", str(workdir / "agent-cache"), *extra],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"DNAS_AGENT_TOKEN": token},
     )  # fmt: skip
+    proc.log_path = log_path
+    return proc
 
 
 SMALL_SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "ir_k5_e6", "skip"]}

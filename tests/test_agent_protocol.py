@@ -1,9 +1,12 @@
-"""The lease protocol's guarantees, exercised over real HTTP: nothing lost, nothing stored twice, nobody let in."""
+"""The lease protocol's guarantees, exercised over real HTTP: nothing lost, nothing stored twice, no token in a
+log. Who may call what is tests/test_access_matrix.py.
+
+Leases here are long (600 s): a lease ends when a test ends it, by time travel in SQL (tests/leases.py), never
+by a wall clock racing a loaded machine."""
 
 import json
 import math
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,20 +15,25 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, make_sessionmaker
 from db.models import Job, Measurement
+from profiler_service.local_server import stop_process
+from profiler_service.security import hash_token
+from tests.leases import expire_leases
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
+from tests.waiting import wait_until
 
 RESULT = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 5.0, "n": 10}
+TINY = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["skip"]}
 
 
 @pytest.fixture
 def sqlite_service(tmp_path):
     url = f"sqlite:///{tmp_path / 'service.db'}"
-    with running_service(url, tmp_path, lease_seconds=1.5) as svc:
+    with running_service(url, tmp_path, lease_seconds=600) as svc:
         svc.db_url = url
         yield svc
 
 
-def _lease(agent: httpx.Client, wait: float = 5) -> dict:
+def _lease(agent: httpx.Client, wait: float = 0) -> dict:
     resp = agent.post("/v1/agent/lease", json={"wait_seconds": wait})
     assert resp.status_code == 200, resp.text
     return resp.json()
@@ -40,6 +48,18 @@ def _counts(db_url: str) -> tuple[int, int]:
     return measurements, distinct
 
 
+def _drain(agent: httpx.Client, most: int) -> list[dict]:
+    """Lease every queued job one at a time (protocol 1); at most `most`, so a service that never runs dry fails."""
+    held = []
+    for _ in range(most + 1):
+        resp = agent.post("/v1/agent/lease", json={"wait_seconds": 0})
+        if resp.status_code == 204:
+            return held
+        assert resp.status_code == 200, resp.text
+        held.append(resp.json())
+    raise AssertionError(f"more than {most} jobs could be leased")
+
+
 def test_abandoned_lease_expires_and_the_run_still_completes(sqlite_service, tmp_path):
     svc = sqlite_service
     with svc.client() as admin:
@@ -47,8 +67,9 @@ def test_abandoned_lease_expires_and_the_run_still_completes(sqlite_service, tmp
         run = start_run(admin, device["id"])
         with svc.client(device["agent_token"]) as agent:
             abandoned = _lease(agent)  # this agent "dies": it never reports
+        assert expire_leases(svc.db_url, job_ids=[abandoned["job_id"]]) == 1  # and its lease runs out
         proc = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "4")
-        assert proc.wait(timeout=300) == 0
+        assert proc.wait(timeout=300) == 0, proc.log_text()[-3000:]
         run = wait_for_run(admin, run["id"])
         assert run["status"] == "published" and run["done"] == run["total"]
     engine = make_engine(svc.db_url)
@@ -77,12 +98,12 @@ def test_replayed_result_is_stored_once_and_stale_tokens_are_refused(sqlite_serv
         assert stale.status_code == 409 and "stale" in stale.json()["detail"]
 
         # A lease that expired and went to another agent: the first agent's late result is refused.
-        held = []
-        while (resp := agent.post("/v1/agent/lease", json={"wait_seconds": 0})).status_code == 200:
-            held.append(resp.json())  # the whole queue, so the next claim can only be an expired lease
+        held = _drain(agent, most=200)  # the whole queue, so the next claim can only be an expired lease
+        slow = held[-1]
+        assert expire_leases(svc.db_url, job_ids=[slow["job_id"]]) == 1
         other = svc.client(device["agent_token"])
-        taken = _lease(other, wait=10)  # answers once one of the 1.5 s leases has expired
-        slow = [h for h in held if h["job_id"] == taken["job_id"]][-1]  # the lease `taken` replaced
+        taken = _lease(other, wait=0)
+        assert taken["job_id"] == slow["job_id"] and taken["attempt"] == 2
         assert taken["lease_token"] != slow["lease_token"]
         late = agent.post(
             f"/v1/agent/jobs/{slow['job_id']}/result", json={"lease_token": slow["lease_token"], **RESULT}
@@ -115,8 +136,10 @@ def test_failure_requeues_until_attempts_run_out(sqlite_service):
             )
             assert ack.status_code == 200
             reasons.append(ack.json()["status"])
-            if attempt < 3:
-                job = next(j for j in iter(lambda: _lease(agent), None) if j["job_id"] == job["job_id"])
+            if attempt < 3:  # requeued, it is the oldest runnable job again: the next lease gets it
+                again = _lease(agent, wait=0)
+                assert again["job_id"] == job["job_id"], (again["job_id"], job["job_id"])
+                job = again
         assert reasons == ["queued", "queued", "failed"]
     with svc.client() as admin:
         status = admin.get(f"/v1/profiling-runs/{run['id']}").json()
@@ -154,34 +177,38 @@ def httpx_json(body: dict) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
 
-def test_tokens_only_open_their_own_doors(sqlite_service):
-    svc = sqlite_service
-    with svc.client() as admin:
-        a = register(admin, "phone-a")
-        b = register(admin, "phone-b")
-        start_run(admin, a["id"])
-        reader = admin.post("/v1/tokens", json={"name": "search-ci"}).json()["token"]
-    with svc.client("") as anon:
-        resp = anon.get("/v1/devices")
-        assert resp.status_code == 401 and "Authorization: Bearer" in resp.json()["detail"]
-    with svc.client(a["agent_token"]) as agent_a, svc.client(b["agent_token"]) as agent_b:
-        assert agent_a.post("/v1/devices", json={"name": "x", "platform": "linux"}).status_code == 403
-        assert agent_a.get("/v1/devices").status_code == 403
-        assert agent_b.post("/v1/agent/lease", json={"wait_seconds": 0}).status_code == 204  # b has no jobs
-        job = _lease(agent_a)
-        stolen = agent_b.post(
-            f"/v1/agent/jobs/{job['job_id']}/result", json={"lease_token": job["lease_token"], **RESULT}
-        )
-        assert stolen.status_code == 404
-    with svc.client(reader) as r:
-        assert r.get("/v1/devices").status_code == 200
-        assert r.post("/v1/devices", json={"name": "y", "platform": "linux"}).status_code == 403
-    with svc.client() as admin:
-        assert admin.post(f"/v1/devices/{a['id']}/retire").status_code == 200
-    with svc.client(a["agent_token"]) as agent_a:
-        resp = agent_a.post("/v1/agent/lease", json={"wait_seconds": 0})
-        assert resp.status_code == 403 and "retired" in resp.json()["detail"]
-    assert a["agent_token"] not in svc.log_text() and svc.admin_token not in svc.log_text()
+def test_no_token_reaches_the_service_log_or_the_agent_log_with_every_header_logged(tmp_path):
+    """Both sides log every HTTP call with its headers (DNAS_SERVICE_LOG_HEADERS, `--log-http`), so a token
+    would be in these logs if either side let it through; each credential appears only as its fingerprint."""
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    with running_service(url, tmp_path, lease_seconds=600, DNAS_SERVICE_LOG_HEADERS="true") as svc:
+        with svc.client() as admin:
+            device = register(admin, "logged")
+            reader = admin.post("/v1/tokens", json={"name": "ci"}).json()["token"]
+            body = {"device_id": device["id"], "space": TINY, "anchors": 0,
+                    "config": {"warmup": 1, "rounds": 2, "runs_per_round": 1}}  # fmt: skip
+            run = admin.post("/v1/profiling-runs", json=body).raise_for_status().json()
+        unknown = "dnas_agent_" + "x" * 43  # a token the service never issued (a typo of a real one, say)
+        with svc.client(reader) as r, svc.client(unknown) as u, svc.client(device["agent_token"]) as a:
+            assert r.get("/v1/devices").status_code == 200
+            assert u.get("/v1/devices").status_code == 401 and a.get("/v1/devices").status_code == 403
+        agent = start_agent(svc, device["agent_token"], tmp_path, "--log-http", "--exit-when-idle", "--wait", "1")
+        assert agent.wait(timeout=300) == 0, agent.log_text()[-3000:]
+        with svc.client() as admin:
+            assert wait_for_run(admin, run["id"])["status"] == "published"
+            rotated = admin.post(f"/v1/devices/{device['id']}/rotate-token").json()["agent_token"]
+        service_log, agent_log = svc.log_text(), agent.log_text()
+    tokens = {"admin": svc.admin_token, "reader": reader, "agent": device["agent_token"], "rotated": rotated,
+              "unknown": unknown}  # fmt: skip
+    for name in ("admin", "reader", "agent", "unknown"):  # every caller's header was logged, as a fingerprint
+        assert f"authorization: Bearer sha256:{hash_token(tokens[name])[:12]}" in service_log, name
+    for path in ("/v1/agent/lease", "/v1/agent/results", "/v1/agent/models/"):
+        assert f"POST {path}" in agent_log or f"GET {path}" in agent_log, path
+    assert f"authorization: Bearer sha256:{hash_token(device['agent_token'])[:12]}" in agent_log
+    for name, token in tokens.items():
+        assert token not in service_log, f"the {name} token is in the service log"
+        assert token not in agent_log, f"the {name} token is in the agent log"
+        assert token[-20:] not in service_log + agent_log, f"part of the {name} token is logged"
 
 
 def _leased_jobs(db_url: str) -> int:
@@ -199,17 +226,19 @@ def test_killed_agent_restarted_completes_the_run_without_doubles(sqlite_service
         # Long enough rounds that the agent is killed while it measures its batch.
         run = start_run(admin, device["id"], config={"threads": 1, "warmup": 5, "rounds": 20, "runs_per_round": 100})
         agent = start_agent(svc, device["agent_token"], tmp_path, "--wait", "2")
-        deadline = time.monotonic() + 120
-        while _leased_jobs(svc.db_url) == 0:
-            assert agent.poll() is None and time.monotonic() < deadline, "the agent never leased its batch"
-            time.sleep(0.05)
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
+        try:
+            wait_until(lambda: _leased_jobs(svc.db_url) > 0, what="the agent to lease its batch", timeout_s=120,
+                       alive=[agent])  # fmt: skip
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+        finally:
+            stop_process(agent, timeout_s=10)  # never outlive the test
         status = admin.get(f"/v1/profiling-runs/{run['id']}").json()
         assert status["status"] == "running" and status["done"] == 0, status
         # The batch's lease runs out; a new agent takes the whole batch again and finishes it.
+        assert expire_leases(svc.db_url) == status["total"]
         again = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "4")
-        assert again.wait(timeout=300) == 0
+        assert again.wait(timeout=300) == 0, again.log_text()[-3000:]
         run = wait_for_run(admin, run["id"])
         assert run["status"] == "published"
     measurements, distinct = _counts(svc.db_url)

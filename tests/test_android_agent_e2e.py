@@ -1,5 +1,6 @@
 """Service + android agent + ADB emulator, all real processes: a run completes and its table is plausible."""
 
+import os
 import subprocess
 import sys
 
@@ -24,10 +25,11 @@ def test_android_agent_through_emulator_publishes_a_plausible_table(tmp_path):
 
         with running_emulator(tmp_path / "sandbox") as emu:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--token",
-                 phone["agent_token"], "--adb", emu.address, "--key", str(tmp_path / "adbkey"),
-                 "--cache-dir", str(tmp_path / "cache"), "--exit-when-idle", "--wait", "2"],
+                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--adb", emu.address,
+                 "--key", str(tmp_path / "adbkey"), "--cache-dir", str(tmp_path / "cache"), "--exit-when-idle",
+                 "--wait", "2"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=os.environ | {"DNAS_AGENT_TOKEN": phone["agent_token"]},  # never argv: `ps` shows it
             )  # fmt: skip
             out, _ = agent.communicate(timeout=600)
             assert agent.returncode == 0, out
@@ -67,11 +69,11 @@ def test_perf_test_runner_on_a_stock_phone_publishes_a_table(tmp_path):
         build = write_build(tmp_path / "perf-test-build")
         with running_emulator(tmp_path / "sandbox", "--stock") as emu:
             agent = subprocess.run(
-                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--token",
-                 phone["agent_token"], "--adb", emu.address, "--key", str(tmp_path / "adbkey"), "--runner",
-                 "perf-test", "--perf-test-dir", str(build), "--cache-dir", str(tmp_path / "cache"),
-                 "--exit-when-idle", "--wait", "2"],
+                [sys.executable, "-m", "dnas", "agent", "android", "--server", svc.url, "--adb", emu.address,
+                 "--key", str(tmp_path / "adbkey"), "--runner", "perf-test", "--perf-test-dir", str(build),
+                 "--cache-dir", str(tmp_path / "cache"), "--exit-when-idle", "--wait", "2"],
                 capture_output=True, text=True, timeout=600,
+                env=os.environ | {"DNAS_AGENT_TOKEN": phone["agent_token"]},
             )  # fmt: skip
             assert agent.returncode == 0, agent.stderr[-3000:]
             pushed = sorted(p.name for p in (emu.sandbox / "data/local/tmp/dnas").iterdir())

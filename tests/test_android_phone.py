@@ -70,9 +70,9 @@ def test_real_libusb_path_imports_and_says_what_to_check(tmp_path):
 def test_stock_phone_is_refused_at_start_with_what_it_lacks(tmp_path):
     with running_emulator(tmp_path / "sandbox", "--stock") as emu:
         proc = subprocess.run(
-            [sys.executable, "-m", "dnas", "agent", "android", "--server", "http://127.0.0.1:9", "--token", "t",
-             "--adb", emu.address, "--key", str(tmp_path / "adbkey")],
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "dnas", "agent", "android", "--server", "http://127.0.0.1:9", "--adb", emu.address,
+             "--key", str(tmp_path / "adbkey")],
+            capture_output=True, text=True, timeout=120, env=os.environ | {"DNAS_AGENT_TOKEN": "t"},
         )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.engine import make_engine, make_sessionmaker
-from db.models import Calibration, Device, Measurement
+from db.models import Calibration, Device, Job, Measurement, Operator, ProfilingRun
 from tests.service_harness import register, running_service, start_run
 
 MiB = 1 << 20
@@ -30,6 +30,7 @@ def svc(request, tmp_path_factory):
         url = request.getfixturevalue("pg_cluster").create_database(f"refusals_{id(work)}")
     with running_service(url, work, lease_seconds=600, DNAS_SERVICE_LONG_POLL_SECONDS="0") as service:
         service.db_url = url
+        service.artifacts = work / "artifacts"
         with service.client() as admin:
             service.device = register(admin, "target")
             start_run(admin, service.device["id"])
@@ -190,6 +191,20 @@ def test_a_wrong_token_is_401_and_a_valid_token_without_the_right_is_403(svc):
         assert client.post("/v1/agent/lease", json={}).status_code == 403
     with svc.client(svc.device["agent_token"]) as client:
         assert client.get("/v1/devices").status_code == 403
+
+
+def test_a_space_over_the_op_budget_is_refused_before_anything_is_exported_or_stored(svc):
+    """An op beyond the service's budget (profiler_service/runs.py MAX_OP_MACS, MAX_OP_ELEMENTS) would tie a
+    worker up exporting it for minutes: refused with the op named, and no run, job, operator or file made."""
+    rows = {model: _count(svc.db_url, model) for model in (ProfilingRun, Job, Operator)}
+    files = sorted(svc.artifacts.rglob("*.onnx"))
+    body = {"device_id": svc.device["id"], "space": {"resolution": 1024, "width": 4.0, "num_classes": 10}}
+    with svc.client() as admin:
+        resp = admin.post("/v1/profiling-runs", json=body)
+    assert resp.status_code == 422, resp.text[:300]
+    assert "G multiply-adds, above the 4 G limit" in resp.json()["detail"], resp.text[:300]
+    assert {model: _count(svc.db_url, model) for model in rows} == rows
+    assert files and sorted(svc.artifacts.rglob("*.onnx")) == files  # the fixture's run exported some
 
 
 def test_validation_errors_keep_fastapis_list_form_with_a_request_id(svc):
