@@ -7,10 +7,11 @@ so an operator can tell which token called without the log holding one. Cookies 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from profiler_service.security import hash_token
 
 log = logging.getLogger("dnas.service.http")
 
@@ -19,7 +20,8 @@ COOKIES = frozenset({"cookie", "set-cookie"})
 
 
 def fingerprint(secret: str) -> str:
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+    """The start of the hash the service stores for a token, so a log line names the row it matches."""
+    return "sha256:" + hash_token(secret)[:12]
 
 
 def redacted(name: str, value: str) -> str:
