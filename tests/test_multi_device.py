@@ -125,12 +125,16 @@ def per_device(devices, tmp_path_factory):
     return out, run_search(devices, "digits", cfg, out)
 
 
-def test_per_device_search_returns_an_architecture_each_fastest_on_its_own_device(devices, per_device):
+def test_per_device_search_returns_an_architecture_each_leaning_to_its_own_device(devices, per_device):
     out, summary = per_device
     m = summary["cost_matrix"]
     assert m["devices"] == ["e1-dear", "e6-dear"] and m["architectures"] == ["for e1-dear", "for e6-dear"]
     (a_on_a, a_on_b), (b_on_a, b_on_b) = m["predicted_ms"]
-    assert a_on_a < b_on_a and b_on_b < a_on_b  # each faster on its own device than the other's there
+    # Each architecture is relatively cheaper on its own device than the other one is. Not "faster there in
+    # absolute terms": a search answers its own budget, so the architecture for a device with a tight budget
+    # may be faster everywhere (a CI run chose 0.5545 ms vs 0.5533 ms on e1-dear). The ratio is what the
+    # devices' disagreement decides; with ops 6x dearer it is 0.8 against 2.5 on this host.
+    assert a_on_a / a_on_b < 0.75 * (b_on_a / b_on_b), m["predicted_ms"]
     for label, table in zip(m["devices"], devices, strict=True):
         chosen = summary["chosen"][label]
         assert summary["target"][label]["met"] and chosen["predicted_latency_ms"] <= summary["target"][label][
