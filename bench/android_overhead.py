@@ -23,9 +23,9 @@ from device_agents.android.backend import AndroidBackend
 from device_agents.android.connection import AdbConnection
 from device_agents.backend import BatchPlan, Timing
 from device_agents.local.backend import LocalBackend
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import get_space
 from tests.emulator_harness import running_emulator
 
 

@@ -45,7 +45,7 @@ def start_agent(url: str, token: str, cache: Path, log: Path, cpus: str | None, 
 
 def family_scaling(a: Any, b: Any) -> dict[str, float]:
     """Median ratio b / a of the ops' in-network costs per block family: how differently the costs scale."""
-    from search.enumerate import enumerate_ops
+    from search.space.enumerate import enumerate_ops
 
     space = a.space
     ra, rb, ma, mb = a.rule, b.rule, a.medians, b.medians
@@ -78,9 +78,9 @@ def main() -> None:
     from dnas.api_client import ServiceClient
     from dnas.service_cli import wait_for_run
     from profiler_service.local_server import running_service
-    from search.config import SearchConfig
-    from search.cross_device import measure_on_devices, searched_architectures
-    from search.run import load_tables, run_search
+    from search.dnas.config import SearchConfig
+    from search.dnas.run import load_tables, run_search
+    from search.tables.cross_device import measure_on_devices, searched_architectures
 
     started = time.perf_counter()
     if args.out.exists():

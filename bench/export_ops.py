@@ -17,9 +17,9 @@ import onnxruntime
 import torch
 from tqdm import tqdm
 
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import get_space
 
 
 def main() -> None:

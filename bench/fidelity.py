@@ -23,8 +23,8 @@ from device_agents.local.backend import LocalBackend
 from device_agents.loop import Agent
 from dnas.api_client import ServiceClient
 from profiler_service.local_server import running_service, wait_for_run
-from search.fidelity import validate
-from search.space import get_space
+from search.space.macro import get_space
+from search.tables.fidelity import validate
 
 KEYS = ("within_5_pct", "within_10_pct", "mape_pct", "worst_error_pct", "mean_signed_error_pct", "kendall_tau")
 

@@ -29,9 +29,9 @@ def measure_table(space: Any, threads: int, work: Path, runs: int) -> Any:
     """The space's ops measured on this host with `threads` onnxruntime threads, as a table file would be."""
     from device_agents.runners.ort_runner import measure
     from device_agents.stats import summarise
-    from search.enumerate import enumerate_ops
-    from search.export import ExportCache
-    from search.latency import LatencyTable
+    from search.space.enumerate import enumerate_ops
+    from search.space.export import ExportCache
+    from search.tables.latency import LatencyTable
 
     cache = ExportCache(work / "onnx")
     entries = []
@@ -53,7 +53,7 @@ class PhaseClock:
     """CPU seconds spent in each phase of every search run while installed (wraps Searcher._run_phase)."""
 
     def __init__(self) -> None:
-        from search.trainer import Searcher
+        from search.dnas.trainer import Searcher
 
         self.seconds = {"w": 0.0, "theta": 0.0}
         original = Searcher._run_phase
@@ -87,9 +87,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from search.config import SearchConfig
-    from search.run import run_search
-    from search.space import get_space
+    from search.dnas.config import SearchConfig
+    from search.dnas.run import run_search
+    from search.space.macro import get_space
 
     space = get_space(resolution=32, width=0.25, num_classes=10)
     cfg = SearchConfig(epochs=args.epochs, warmup_epochs=1, batch_size=args.batch, mode=args.mode,

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from device_agents.runners import ort_runner
-from search.enumerate import enumerate_ops
-from search.export import ExportCache, atomic_write, export_network
-from search.model import build_model
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache, atomic_write, export_network
+from search.space.macro import get_space
+from search.space.model import build_model
 
 MAX_ROUNDS, MAX_RUNS = 40, 6
 

@@ -91,7 +91,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from search.space import get_space
+    from search.space.macro import get_space
     from tests.tables import measured_table
 
     work = Path(tempfile.mkdtemp(prefix="dnas-rss-"))

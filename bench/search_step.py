@@ -28,9 +28,9 @@ VARIANTS = {
 def one_variant(name: str, resolution: int, width: float, batch: int, steps: int, threads: int) -> dict:
     import torch
 
-    from search.latency import LatencyLUT
-    from search.space import get_space
-    from search.supernet import SuperNet, fbnet_loss
+    from search.dnas.supernet import SuperNet, fbnet_loss
+    from search.space.macro import get_space
+    from search.tables.latency import LatencyLUT
 
     v = VARIANTS[name]
     torch.set_num_threads(threads)

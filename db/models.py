@@ -195,7 +195,7 @@ class LatencyTable(Base):
     config: Mapped[dict[str, Any]]
     fingerprint: Mapped[dict[str, Any] | None]
     # How the table predicts a network: per-shape call overhead and the network constant from anchor
-    # networks measured in the same rounds (search/predict.py). None: a plain sum (tables before 0003).
+    # networks measured in the same rounds (search/tables/predict.py). None: a plain sum (tables before 0003).
     prediction: Mapped[dict[str, Any] | None]
     content_sha256: Mapped[str] = mapped_column(String(HASH_LEN))  # of the numbers: equal tables hash equal
     # The published JSON, byte for byte as served, and its SHA-256 (the ETag): fixed at publication, device

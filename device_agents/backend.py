@@ -26,7 +26,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """How a batch is measured (from the jobs' config): see device_agents/runners/rounds.py."""
+    """How a batch is measured (from the jobs' config): see search/measurement/rounds.py."""
 
     threads: int
     warmup: int

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from profiler_service.local_server import Service, register, running_service, start_run, stop_process, wait_for_run
-from search.enumerate import enumerate_ops
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.macro import get_space
 
 TINY_SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
 CONFIG = {"threads": 1, "warmup": 2, "rounds": 5, "runs_per_round": 3}

@@ -2,7 +2,7 @@
 
 Backends that can hold many models open (`measure_batch`) speak protocol 2: they lease a batch of jobs of one
 group (a profiling run, or a set of networks) and measure them together in interleaved rounds
-(device_agents/runners/rounds.py). Others speak protocol 1: one job, one block of runs.
+(search/measurement/rounds.py). Others speak protocol 1: one job, one block of runs.
 
 Stopping: the first SIGINT/SIGTERM lets the current job or batch finish and report; a second one gives it
 back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire).
@@ -21,8 +21,8 @@ from typing import Any
 
 from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing
 from device_agents.client import AgentClient, ProtocolError
-from device_agents.runners.rounds import summarise_rounds
 from device_agents.stats import summarise
+from search.measurement.rounds import summarise_rounds
 
 log = logging.getLogger("dnas.agent")
 

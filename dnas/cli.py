@@ -11,7 +11,7 @@ import typer
 
 from dnas import agent_cli, db_cli, models_cli, search_cli, service_cli, space_cli
 from dnas.errors import UserError
-from search.opspec import OpSpecError
+from search.space.opspec import OpSpecError
 
 app = typer.Typer(
     no_args_is_help=True, help="Hardware-aware neural architecture search.", pretty_exceptions_enable=False

@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from search.cost import op_cost
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import get_space
-from search.zoo import get_model, list_models
+from search.space.cost import op_cost
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import get_space
+from search.space.zoo import get_model, list_models
 
 
 def run_demo(resolution: int = 224, width: float = 1.0, out: Path | None = None) -> dict:

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from search.export import atomic_write, export_network
-from search.model import build_model
-from search.zoo import get_model, list_models
+from search.space.export import atomic_write, export_network
+from search.space.model import build_model
+from search.space.zoo import get_model, list_models
 
 app = typer.Typer(no_args_is_help=True, help="Published models: list, describe, export to ONNX.")
 

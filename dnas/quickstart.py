@@ -19,13 +19,13 @@ from typing import Any
 from dnas.api_client import ServiceClient
 from dnas.service_cli import wait_for_run
 from profiler_service.local_server import running_service
-from search.config import SearchConfig
-from search.cost import network_cost
-from search.data import load_data
-from search.fidelity import measure_set
-from search.latency import TableClient
-from search.retrain import TrainConfig, train_architecture
-from search.run import run_search
+from search.data.datasets import load_data
+from search.dnas.config import SearchConfig
+from search.dnas.retrain import TrainConfig, train_architecture
+from search.dnas.run import run_search
+from search.space.cost import network_cost
+from search.tables.fidelity import measure_set
+from search.tables.latency import TableClient
 
 SPACE = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
 MEASURE = {"threads": 1}  # the service's defaults otherwise: 20 interleaved rounds of 3 timed runs per op

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from dnas.errors import UserError
-from search.cli_options import typer_parameters
+from search.dnas.cli_options import typer_parameters
 
 Table = Annotated[
     list[Path] | None,
@@ -58,8 +58,8 @@ def search(**kwargs: Any) -> None:
 
     Every search setting is an option (with its default shown); `python -m search.run` takes the same ones.
     """
-    from search.cli_options import config_from_kwargs, config_to_argv
-    from search.config import ConfigError
+    from search.dnas.cli_options import config_from_kwargs, config_to_argv
+    from search.dnas.config import ConfigError
 
     run = {p.name: kwargs.pop(p.name) for p in _run_options()}
     try:
@@ -88,7 +88,7 @@ def search(**kwargs: Any) -> None:
         if code != 0:
             raise typer.Exit(code)
         return
-    from search.run import main as run_main
+    from search.dnas.run import main as run_main
 
     run_main(args)
 
@@ -108,9 +108,9 @@ def train(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the result JSON here.")] = None,
 ) -> None:  # fmt: skip
     """Train an architecture from scratch on the search's training images; report held-out accuracy."""
-    from search.data import DataError, load_data, load_recorded
-    from search.retrain import TrainConfig, train_architecture
-    from search.space import SearchSpace
+    from search.data.datasets import DataError, load_data, load_recorded
+    from search.dnas.retrain import TrainConfig, train_architecture
+    from search.space.macro import SearchSpace
 
     try:
         doc = json.loads(arch.read_text())

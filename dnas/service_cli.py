@@ -263,10 +263,10 @@ def validate(
 ) -> None:
     """How far a table is from whole networks measured end to end, next to the noise of measuring them; with
     --arch, searched architectures measured on each device they target (the cross-device matrix)."""
-    from search.fidelity import FidelityError
-    from search.fidelity import validate as run_validate
-    from search.opspec import OpSpecError
-    from search.space import get_space
+    from search.space.macro import get_space
+    from search.space.opspec import OpSpecError
+    from search.tables.fidelity import FidelityError
+    from search.tables.fidelity import validate as run_validate
 
     if arch:
         return _validate_searched(arch, device, out, ServiceClient(server, token))
@@ -336,8 +336,8 @@ def _upload_report(client: ServiceClient, device: int, report: dict[str, Any]) -
 
 def _validate_searched(paths: list[Path], devices: list[int] | None, out: Path, client: ServiceClient) -> None:
     """`dnas validate --arch ...`: the searched architectures measured on each of their devices."""
-    from search.cross_device import measure_on_devices, searched_architectures
-    from search.fidelity import FidelityError
+    from search.tables.cross_device import measure_on_devices, searched_architectures
+    from search.tables.fidelity import FidelityError
 
     try:
         report = measure_on_devices(client, searched_architectures(paths), out, devices or None)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import get_space
 
 app = typer.Typer(no_args_is_help=True, help="Search spaces: show one, list its unique operators, export them.")
 

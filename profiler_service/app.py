@@ -29,8 +29,8 @@ from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
 from profiler_service.ui import install as install_dashboard
-from search.export import ExportCache
-from search.opspec import OpSpecError
+from search.space.export import ExportCache
+from search.space.opspec import OpSpecError
 
 log = logging.getLogger("dnas.service")
 

@@ -20,10 +20,10 @@ from db.models import Device, Job, Measurement, Operator
 from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.operators import insert_ignore
 from profiler_service.schemas import MeasureConfig
-from search.export import atomic_write, export_network, sha256_file
-from search.model import build_model
-from search.opspec import OpSpecError
-from search.space import SearchSpace
+from search.space.export import atomic_write, export_network, sha256_file
+from search.space.macro import SearchSpace
+from search.space.model import build_model
+from search.space.opspec import OpSpecError
 
 NETWORK_KEY = re.compile(r"net-[0-9a-f]{24}")
 

@@ -10,8 +10,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from db.models import Operator
-from search.export import ExportCache, sha256_file
-from search.opspec import OpSpec
+from search.space.export import ExportCache, sha256_file
+from search.space.opspec import OpSpec
 
 
 def insert_ignore(session: Session, model: type, rows: list[dict]) -> None:

@@ -16,12 +16,12 @@ from profiler_service.operators import ensure_operators, insert_ignore
 from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
 from profiler_service.tables import publish_complete_runs
 from profiler_service.timeutil import utcnow
-from search.cost import op_cost
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.opspec import OpSpecError
-from search.predict import anchor_archs, probe_specs
-from search.space import SearchSpace, get_space
+from search.space.cost import op_cost
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import SearchSpace, get_space
+from search.space.opspec import OpSpecError
+from search.tables.predict import anchor_archs, probe_specs
 
 
 def resolve_space(data: dict[str, Any]) -> SearchSpace:
@@ -68,7 +68,7 @@ def create_run(
     session: Session, *, body: RunCreate, cache: ExportCache, artifact_dir: Path, max_attempts: int
 ) -> ProfilingRun:
     """Queue the space's ops, a call-overhead probe per input shape and the space's anchor networks as one
-    batch group: an agent measures them together, so the table's prediction rule (search/predict.py) is
+    batch group: an agent measures them together, so the table's prediction rule (search/tables/predict.py) is
     fitted on numbers taken in the same rounds as the ops it corrects.
 
     Exporting (seconds per op on a cold cache) happens with no transaction open: a few large runs must not

@@ -101,7 +101,7 @@ class MeasureConfig(Strict):
     """How an op is measured. Two tables are comparable only when their configs hash equal.
 
     A batch agent (protocol 2) opens every model of a batch, runs `warmup` untimed inferences on each, then
-    measures `rounds` interleaved rounds of `runs_per_round` timed runs (device_agents/runners/rounds.py).
+    measures `rounds` interleaved rounds of `runs_per_round` timed runs (search/measurement/rounds.py).
     A single-job agent (protocol 1) times `runs` = rounds x runs_per_round runs in one block. Give any two of
     the three (or none: 20 x 3); given only `runs`, the rounds are the most (up to 20) that divide it. A request
     whose numbers do not multiply out is refused: the stored config always times exactly what was asked."""

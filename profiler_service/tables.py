@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc, utcnow
-from search.predict import fit_rule
-from search.space import SearchSpace
+from search.space.macro import SearchSpace
+from search.tables.predict import fit_rule
 
 STAT_FIELDS = ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")
 
@@ -41,7 +41,7 @@ def _role(spec: dict[str, Any]) -> str:
 
 
 def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dict[str, dict[str, Any]]) -> dict:
-    """The table's prediction rule (search/predict.py), fitted on the run's probes and anchor networks."""
+    """The table's prediction rule (search/tables/predict.py), fitted on the run's probes and anchor networks."""
     space = SearchSpace.from_dict(run.space)
     medians = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "op"}
     probes = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "probe"}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from device_agents.runners.ort_runner import measure
 from device_agents.stats import summarise
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import SearchSpace, Stage
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import SearchSpace, Stage
 
 MINI = SearchSpace(
     name="mini",

@@ -20,9 +20,9 @@ from device_agents.backend import BatchPlan, MeasurementError, Timing
 from device_agents.emulator.perf_test_standin import write_build
 from device_agents.emulator.usb import EmulatedUsbTransport
 from profiler_service.local_server import stop_process
-from search.enumerate import enumerate_ops
-from search.export import ExportCache
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache
+from search.space.macro import get_space
 from tests.emulator_harness import running_emulator
 
 SERIAL = "EMULATOR0001"

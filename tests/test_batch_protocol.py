@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from search.predict import N_ANCHORS
+from search.tables.predict import N_ANCHORS
 from tests.service_harness import register, running_service, start_agent, start_run
 
 SPACE_A = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}

@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from search.blocks import ChannelShuffle, InvertedResidual, build_op
-from search.cost import Cost, network_cost, op_cost
-from search.enumerate import enumerate_ops
-from search.model import build_model
-from search.opspec import OpSpec
-from search.space import fbnet_space, get_space
-from search.zoo import PUBLISHED, get_model, list_models
+from search.space.blocks import ChannelShuffle, InvertedResidual, build_op
+from search.space.cost import Cost, network_cost, op_cost
+from search.space.enumerate import enumerate_ops
+from search.space.macro import fbnet_space, get_space
+from search.space.model import build_model
+from search.space.opspec import OpSpec
+from search.space.zoo import PUBLISHED, get_model, list_models
 
 
 def _measured_macs(module: nn.Module, x: torch.Tensor) -> int:

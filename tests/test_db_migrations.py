@@ -14,7 +14,7 @@ from db.models import Base, Device
 from profiler_service.schemas import MeasureConfig
 from profiler_service.security import hash_token
 from profiler_service.tables import STAT_FIELDS, content_hash
-from search.enumerate import enumerate_ops
+from search.space.enumerate import enumerate_ops
 from tests.service_harness import running_service
 from tests.tables import MINI
 

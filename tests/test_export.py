@@ -4,12 +4,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from search.enumerate import enumerate_ops
-from search.export import ExportCache, example_input, export_network, export_op, op_module
-from search.model import build_model
-from search.opspec import OpSpec
-from search.space import get_space
-from search.zoo import get_model
+from search.space.enumerate import enumerate_ops
+from search.space.export import ExportCache, example_input, export_network, export_op, op_module
+from search.space.macro import get_space
+from search.space.model import build_model
+from search.space.opspec import OpSpec
+from search.space.zoo import get_model
 
 DEFAULT_OPS = list(enumerate_ops(get_space()).ops.values())
 

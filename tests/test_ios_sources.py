@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from device_agents.runners import rounds
+from search.measurement import rounds
 
 IOS = Path(__file__).resolve().parent.parent / "device_agents" / "ios"
 SOURCES = {p.name: p.read_text() for p in (IOS / "DnasAgent").glob("*.swift")}

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from search.config import ConfigError, SearchConfig
-from search.decode import decode_budgets
-from search.latency import LatencyLUT, LatencyTable, TableError, build_lut
-from search.run import run_search
-from search.supernet import SuperNet, fbnet_loss, per_sample_loss
-from search.trainer import Searcher
+from search.dnas.config import ConfigError, SearchConfig
+from search.dnas.decode import decode_budgets
+from search.dnas.run import run_search
+from search.dnas.supernet import SuperNet, fbnet_loss, per_sample_loss
+from search.dnas.trainer import Searcher
+from search.tables.latency import LatencyLUT, LatencyTable, TableError, build_lut
 from tests.tables import MINI, measured_table
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1, "threads": 2,

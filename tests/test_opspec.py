@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from search.opspec import OpSpec, OpSpecError, from_hwnasbench_key
+from search.space.opspec import OpSpec, OpSpecError, from_hwnasbench_key
 
 
 def test_key_and_canonical_json_are_stable():

@@ -1,13 +1,13 @@
-"""A table's prediction rule (search/predict.py): what the service publishes and every client applies."""
+"""A table's prediction rule (search/tables/predict.py): what the service publishes and every client applies."""
 
 import pytest
 
 from profiler_service.schemas import MeasureConfig
-from search.enumerate import enumerate_ops
-from search.fidelity import halves
-from search.latency import LatencyTable, TableError, build_lut
-from search.predict import N_ANCHORS, PredictionRule, anchor_archs, fit_rule, probe_specs
-from search.space import fbnet_space
+from search.space.enumerate import enumerate_ops
+from search.space.macro import fbnet_space
+from search.tables.fidelity import halves
+from search.tables.latency import LatencyTable, TableError, build_lut
+from search.tables.predict import N_ANCHORS, PredictionRule, anchor_archs, fit_rule, probe_specs
 
 SPACE = fbnet_space(32, 0.25, num_classes=10, candidates=("ir_k3_e1", "ir_k3_e6", "skip"))
 

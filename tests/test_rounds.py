@@ -1,4 +1,4 @@
-"""The measurement rule every runner shares (device_agents/runners/rounds.py), and the onnxruntime runner and
+"""The measurement rule every runner shares (search/measurement/rounds.py), and the onnxruntime runner and
 local backend that implement it on real models."""
 
 import statistics
@@ -8,9 +8,9 @@ import pytest
 
 from device_agents.backend import BatchPlan, MeasurementError, Timing
 from device_agents.local.backend import LocalBackend
-from device_agents.runners import rounds
-from search.export import ExportCache
-from search.opspec import OpSpec
+from search.measurement import rounds
+from search.space.export import ExportCache
+from search.space.opspec import OpSpec
 
 
 def test_every_round_visits_every_model_once_in_a_fresh_order():

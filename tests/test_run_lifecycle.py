@@ -229,7 +229,7 @@ def test_exports_run_with_no_database_connection_checked_out(tmp_path):
     from db.models import Device
     from profiler_service.runs import create_run
     from profiler_service.schemas import RunCreate
-    from search.export import ExportCache
+    from search.space.export import ExportCache
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     migrate.upgrade(url)

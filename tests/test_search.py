@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from search.config import SearchConfig
-from search.latency import LatencyLUT, LatencyTable, TableError, build_lut
-from search.run import run_search
-from search.supernet import SuperNet, fbnet_loss, gumbel_softmax
+from search.dnas.config import SearchConfig
+from search.dnas.run import run_search
+from search.dnas.supernet import SuperNet, fbnet_loss, gumbel_softmax
+from search.tables.latency import LatencyLUT, LatencyTable, TableError, build_lut
 from tests.tables import MINI, measured_table
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.05, "lr_w": 0.1, "threads": 2,

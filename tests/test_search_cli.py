@@ -10,9 +10,9 @@ from dataclasses import fields
 from typer.testing import CliRunner
 
 from dnas.cli import app
-from search.cli_options import config_options, config_to_argv
-from search.config import SearchConfig
-from search.run import build_parser, config_from_namespace
+from search.dnas.cli_options import config_options, config_to_argv
+from search.dnas.config import SearchConfig
+from search.dnas.run import build_parser, config_from_namespace
 
 # A value different from the default for every setting (and a valid config as a whole).
 CHANGED = {

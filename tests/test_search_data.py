@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from search.data import image_folder, load_data, load_recorded, set_epoch
-from search.loader import train_loader
-from search.transforms import IMAGENET_MEAN_STD, centre_crop_box, random_resized_crop_box
+from search.data.datasets import image_folder, load_data, load_recorded, set_epoch
+from search.data.loader import train_loader
+from search.data.transforms import IMAGENET_MEAN_STD, centre_crop_box, random_resized_crop_box
 
 
 def make_folder(root, classes=("cat", "dog", "eel", "fox"), per_class=15, start=0, size=(64, 48)):
@@ -89,7 +89,7 @@ def test_dnas_train_evaluates_on_the_split_the_search_held_out(tmp_path):
     rebuilt = load_recorded(searched.record, 32)
     assert _names(rebuilt.val) == _names(searched.val)
     assert not (_names(rebuilt.weights) | _names(rebuilt.arch)) & _names(searched.val)
-    from search.space import SearchSpace, Stage
+    from search.space.macro import SearchSpace, Stage
 
     space = SearchSpace(name="t", resolution=32, stem_c=8, stem_stride=2, stages=(Stage(8, 1, 2),), head_c=16,
                         num_classes=2, candidates=("ir_k3_e1", "skip"))  # fmt: skip

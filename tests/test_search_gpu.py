@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from search.config import SearchConfig
-from search.latency import LatencyTable
-from search.run import run_search
-from search.trainer import bf16_supported
+from search.dnas.config import SearchConfig
+from search.dnas.run import run_search
+from search.dnas.trainer import bf16_supported
+from search.tables.latency import LatencyTable
 from tests.tables import MINI, measured_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import torch
 
-from search.config import SearchConfig
-from search.latency import LatencyTable, TableClient, TableError, build_lut
-from search.run import run_search
-from search.supernet import SuperNet
+from search.dnas.config import SearchConfig
+from search.dnas.run import run_search
+from search.dnas.supernet import SuperNet
+from search.tables.latency import LatencyTable, TableClient, TableError, build_lut
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
 from tests.tables import MINI, measured_table
 

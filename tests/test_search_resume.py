@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from search.config import SearchConfig
-from search.latency import LatencyTable, TableError
-from search.run import run_search
-from search.trainer import Searcher
+from search.dnas.config import SearchConfig
+from search.dnas.run import run_search
+from search.dnas.trainer import Searcher
+from search.tables.latency import LatencyTable, TableError
 from tests.tables import MINI, measured_table
 
 BASE = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "mode": "hard", "steps_per_epoch": 6, "threads": 1,

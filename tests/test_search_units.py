@@ -4,11 +4,11 @@ computing exactly each sample's own network."""
 import pytest
 import torch
 
-from search.config import ConfigError, SearchConfig
-from search.decode import decode_target, most_likely
-from search.latency import LatencyLUT
-from search.supernet import SuperNet
-from search.trainer import bf16_supported
+from search.dnas.config import ConfigError, SearchConfig
+from search.dnas.decode import decode_target, most_likely
+from search.dnas.supernet import SuperNet
+from search.dnas.trainer import bf16_supported
+from search.tables.latency import LatencyLUT
 from tests.tables import MINI
 
 # 3 layers x 3 candidates; candidate 0 is the dearest everywhere, 2 the cheapest.

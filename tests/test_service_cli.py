@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from search.enumerate import enumerate_ops
-from search.space import get_space
+from search.space.enumerate import enumerate_ops
+from search.space.macro import get_space
 from tests.service_harness import running_service, start_agent
 
 

@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
-from search.enumerate import enumerate_ops
-from search.predict import N_ANCHORS, probe_specs
-from search.space import fbnet_space
+from search.space.enumerate import enumerate_ops
+from search.space.macro import fbnet_space
+from search.tables.predict import N_ANCHORS, probe_specs
 from tests.service_harness import SMALL_SPACE, register, running_service, start_agent, start_run, wait_for_run
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from search.enumerate import enumerate_ops
-from search.opspec import OpSpecError
-from search.space import TABLE4_VARIANTS, SearchSpace, fbnet_space, get_space, make_divisible
+from search.space.enumerate import enumerate_ops
+from search.space.macro import TABLE4_VARIANTS, SearchSpace, fbnet_space, get_space, make_divisible
+from search.space.opspec import OpSpecError
 
 
 def test_default_space_matches_table_1_and_2():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from search import calibration
-from search.fidelity import errors
-from search.latency import LatencyLUT, LatencyTable, TableError, apply_calibration
-from search.predict import N_ANCHORS
-from search.run import newest_calibration
-from search.space import fbnet_space
+from search.dnas.run import newest_calibration
+from search.space.macro import fbnet_space
+from search.tables import calibration
+from search.tables.fidelity import errors
+from search.tables.latency import LatencyLUT, LatencyTable, TableError, apply_calibration
+from search.tables.predict import N_ANCHORS
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
 
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10}

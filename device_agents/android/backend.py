@@ -39,7 +39,8 @@ from device_agents.android.perf_test import (
 )
 from device_agents.backend import BatchPlan, MeasurementError, Timing
 from device_agents.batch_stream import BatchStream
-from device_agents.runners import ort_runner, rounds
+from device_agents.runners import ort_runner
+from search.measurement import rounds
 
 log = logging.getLogger("dnas.android")
 

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from device_agents.runners import rounds
+from search.measurement import rounds
 
 _FLOAT = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _AVERAGE = re.compile(rf"Average (?:inference )?time cost(?: total)?:\s*{_FLOAT}\s*ms")

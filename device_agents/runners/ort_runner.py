@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:
-    from device_agents.runners import rounds
+    from search.measurement import rounds
 except ImportError:  # pushed to a device: rounds.py lies beside this file
     import rounds  # type: ignore[no-redef]
 

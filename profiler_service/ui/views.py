@@ -20,11 +20,11 @@ from profiler_service.settings import ServiceSettings
 from profiler_service.tables import find_table_id, list_tables
 from profiler_service.timeutil import as_utc, utcnow
 from profiler_service.ui import charts
-from search.enumerate import enumerate_ops
-from search.latency import LatencyTable as SearchTable
-from search.latency import TableError, build_lut
-from search.opspec import OpSpec, OpSpecError
-from search.space import FBNET_CANDIDATES, SearchSpace
+from search.space.enumerate import enumerate_ops
+from search.space.macro import FBNET_CANDIDATES, SearchSpace
+from search.space.opspec import OpSpec, OpSpecError
+from search.tables.latency import LatencyTable as SearchTable
+from search.tables.latency import TableError, build_lut
 
 
 # ---- devices ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 // Measure a batch with onnxruntime (the Swift package's OnnxRuntimeBindings module) in interleaved rounds,
-// exactly as device_agents/runners/rounds.py says: open every model, warm each, then R rounds visiting every
+// exactly as search/measurement/rounds.py says: open every model, warm each, then R rounds visiting every
 // model in a fresh random order (one untimed run, then k timed runs); estimate = median of round medians.
 import CryptoKit
 import Foundation

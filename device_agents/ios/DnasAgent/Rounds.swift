@@ -1,4 +1,4 @@
-// Interleaved rounds: device_agents/runners/rounds.py, the one measurement rule, written again in Swift.
+// Interleaved rounds: search/measurement/rounds.py, the one measurement rule, written again in Swift.
 //
 // The visit orders are the same as rounds.py's for the same seed: `random.Random(seed)` is CPython's
 // Mersenne Twister (MT19937, seeded by init_by_array with the seed's 32-bit words) and `shuffle` is

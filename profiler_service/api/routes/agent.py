@@ -42,7 +42,7 @@ from profiler_service.schemas import (
 )
 from profiler_service.tables import publish_complete_runs
 from profiler_service.timeutil import as_utc
-from search.opspec import OpSpec, OpSpecError
+from search.space.opspec import OpSpec, OpSpecError
 
 router = APIRouter(prefix="/agent", tags=["agent"], route_class=StrictJsonRoute)
 

@@ -28,7 +28,7 @@ Us = Field(ge=-3.6e9, le=3.6e9, allow_inf_nan=False)
 
 
 class Figures(BaseModel):
-    """Error figures of predictions against measurements (search/fidelity.py `errors`)."""
+    """Error figures of predictions against measurements (search/tables/fidelity.py `errors`)."""
 
     model_config = ConfigDict(extra="allow")
     n: int = Field(ge=0, le=100_000)

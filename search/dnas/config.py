@@ -1,7 +1,7 @@
 """Search hyper-parameters. Defaults are what public FBNet implementations use (the paper's supplementary is
 not public); every one can be set, from Python and from both command lines.
 
-This dataclass is the single source of the options: `search.cli_options` turns its fields (type, default,
+This dataclass is the single source of the options: `search.dnas.cli_options` turns its fields (type, default,
 help) into the argparse options of `python -m search.run` and the typer options of `dnas search`, so a
 setting cannot exist in one place and be missing, or default differently, in another.
 """

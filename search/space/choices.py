@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from search.opspec import OpSpec, OpSpecError
+from search.space.opspec import OpSpec, OpSpecError
 
 _CHOICE_RE = re.compile(r"(?P<kind>ir|ds)_k(?P<k>\d+)(?:_e(?P<e>\d+))?(?:_g(?P<g>\d+))?")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from search.blocks import build_op
-from search.space import SearchSpace
+from search.space.blocks import build_op
+from search.space.macro import SearchSpace
 
 
 def build_model(space: SearchSpace, arch: list[str] | tuple[str, ...]) -> nn.Sequential:

@@ -26,10 +26,10 @@ import numpy as np
 from scipy.stats import kendalltau
 from tqdm import tqdm
 
-from device_agents.runners.rounds import estimate
-from search import calibration
-from search.latency import LatencyTable, TableError
-from search.space import SearchSpace
+from search.measurement.rounds import estimate
+from search.space.macro import SearchSpace
+from search.tables import calibration
+from search.tables.latency import LatencyTable, TableError
 
 
 class FidelityError(RuntimeError):

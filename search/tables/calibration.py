@@ -1,6 +1,6 @@
 """Calibration: what a table's rule still gets wrong, learnt from whole networks measured on the device.
 
-The table's rule (search/predict.py) gets the per-call overhead and the network constant from measurements.
+The table's rule (search/tables/predict.py) gets the per-call overhead and the network constant from measurements.
 What remains is how each kind of block behaves inside a network compared with alone (cache pressure grows
 with the expansion ratio; a skip costs next to nothing in a network). So the calibration is a non-negative
 factor per block family (e1, e3, e6, other) on the ops' in-network times, plus an intercept for what every
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from search.opspec import OpSpec
-from search.predict import PredictionRule
-from search.space import SearchSpace
+from search.space.macro import SearchSpace
+from search.space.opspec import OpSpec
+from search.tables.predict import PredictionRule
 
 KIND = "family-v1"
 FAMILIES = ("e1", "e3", "e6", "other")

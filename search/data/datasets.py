@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from search.transforms import (
+from search.data.transforms import (
     CIFAR_MEAN_STD,
     IMAGENET_MEAN_STD,
     decode_eval,

@@ -17,9 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from search.blocks import build_op
-from search.latency import LatencyLUT
-from search.space import SearchSpace
+from search.space.blocks import build_op
+from search.space.macro import SearchSpace
+from search.tables.latency import LatencyLUT
 
 Mode = Literal["soft", "hard"]
 _EPS = 1e-6

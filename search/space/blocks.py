@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search.opspec import OpSpec
+from search.space.opspec import OpSpec
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:

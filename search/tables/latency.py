@@ -14,10 +14,10 @@ import httpx
 import torch
 from platformdirs import user_cache_dir
 
-from search import calibration
-from search.enumerate import enumerate_ops
-from search.predict import PredictionRule
-from search.space import SearchSpace
+from search.space.enumerate import enumerate_ops
+from search.space.macro import SearchSpace
+from search.tables import calibration
+from search.tables.predict import PredictionRule
 
 log = logging.getLogger("dnas.search")
 
@@ -40,7 +40,7 @@ class LatencyTable:
 
     @property
     def rule(self) -> PredictionRule:
-        """How this table predicts a network (search/predict.py); older tables: the plain sum."""
+        """How this table predicts a network (search/tables/predict.py); older tables: the plain sum."""
         try:
             return PredictionRule.from_payload(self.payload)
         except ValueError as exc:
@@ -169,7 +169,7 @@ class TableClient:
 
 def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace | None = None) -> LatencyLUT:
     """Spread a calibration over the LUT; raw tables are never changed, this is applied on the client.
-    - `family-v1` (search/calibration.py): each (layer, candidate) scaled by its block family's factor, and
+    - `family-v1` (search/tables/calibration.py): each (layer, candidate) scaled by its block family's factor, and
       the shared layers replaced by the intercept. Needs the space, to know each candidate's family.
     - `linear` (older calibrations): `measured = scale * sum + offset`, every op scaled."""
     if model.get("kind") == calibration.KIND:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search.latency import LatencyLUT, LatencyTable
+from search.tables.latency import LatencyLUT, LatencyTable
 
 
 def device_labels(tables: Sequence[LatencyTable]) -> list[str]:

@@ -18,8 +18,8 @@ import onnx
 import torch
 from torch import nn
 
-from search.blocks import build_op
-from search.opspec import OpSpec
+from search.space.blocks import build_op
+from search.space.opspec import OpSpec
 
 OPSET = 17
 INPUT_NAME = "input"

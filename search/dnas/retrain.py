@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from search.data import DataSplits, set_epoch
-from search.model import build_model
-from search.space import SearchSpace
+from search.data.datasets import DataSplits, set_epoch
+from search.space.macro import SearchSpace
+from search.space.model import build_model
 
 
 @dataclass

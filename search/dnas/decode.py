@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from search.cost import network_cost
-from search.latency import LatencyLUT
-from search.space import SearchSpace
+from search.space.cost import network_cost
+from search.space.macro import SearchSpace
+from search.tables.latency import LatencyLUT
 
 
 def most_likely(theta: torch.Tensor) -> list[int]:

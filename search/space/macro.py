@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.choices import BlockChoice, parse_choice
-from search.opspec import OpSpec, OpSpecError
+from search.space.choices import BlockChoice, parse_choice
+from search.space.opspec import OpSpec, OpSpecError
 
 FBNET_CANDIDATES: tuple[str, ...] = (
     "ir_k3_e1",

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from search.config import SearchConfig
-from search.decode import decode_target, describe, most_likely, sample
-from search.export import atomic_write, export_network
-from search.latency import LatencyLUT, LatencyTable
-from search.model import build_model
-from search.supernet import SuperNet
-from search.trainer import theta_png
+from search.dnas.config import SearchConfig
+from search.dnas.decode import decode_target, describe, most_likely, sample
+from search.dnas.supernet import SuperNet
+from search.dnas.trainer import theta_png
+from search.space.export import atomic_write, export_network
+from search.space.model import build_model
+from search.tables.latency import LatencyLUT, LatencyTable
 
 log = logging.getLogger("dnas.search")
 
@@ -147,8 +147,8 @@ def write_device_outputs(
     architecture searched with that device's theta against its table. all-devices: the same files at the top,
     from the one theta, `target` within every budget (or naming the ones it cannot meet). Both: every
     architecture's predicted latency on every device, and `cost_matrix.png` (architectures x devices)."""
-    from search.decode import decode_budgets
-    from search.device_matrix import cost_matrix, matrix_png, slug
+    from search.dnas.decode import decode_budgets
+    from search.tables.device_matrix import cost_matrix, matrix_png, slug
 
     space = net.space
     luts = [LatencyLUT(lut.table.detach().cpu(), lut.fixed_us) for lut in luts]

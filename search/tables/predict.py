@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.cost import op_cost
-from search.opspec import OpSpec
-from search.space import SearchSpace
+from search.space.cost import op_cost
+from search.space.macro import SearchSpace
+from search.space.opspec import OpSpec
 
 RULE = "overhead-v1"
 PLAIN = "sum"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search.opspec import OpSpec
-from search.space import SearchSpace
+from search.space.macro import SearchSpace
+from search.space.opspec import OpSpec
 
 
 @dataclass(frozen=True)

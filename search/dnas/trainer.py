@@ -34,12 +34,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from search.config import ConfigError, SearchConfig
-from search.data import DataSplits
-from search.latency import LatencyLUT, TableError
-from search.loader import eval_loader, train_loader
-from search.space import SearchSpace
-from search.supernet import SuperNet, per_sample_loss
+from search.data.datasets import DataSplits
+from search.data.loader import eval_loader, train_loader
+from search.dnas.config import ConfigError, SearchConfig
+from search.dnas.supernet import SuperNet, per_sample_loss
+from search.space.macro import SearchSpace
+from search.tables.latency import LatencyLUT, TableError
 
 log = logging.getLogger("dnas.search")
 CHECKPOINT_FORMAT = 2

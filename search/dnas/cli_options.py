@@ -15,7 +15,7 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
-from search.config import SearchConfig
+from search.dnas.config import SearchConfig
 
 REPEATED = -1
 

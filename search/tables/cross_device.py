@@ -2,7 +2,7 @@
 
 A search over several devices predicts a cost matrix (architectures x devices). This measures it: on each
 device, every architecture plus that table's anchor networks go to the device's agent as one network set
-(measured together, in interleaved rounds: see search/fidelity.py), with the table's own measurement
+(measured together, in interleaved rounds: see search/tables/fidelity.py), with the table's own measurement
 settings (threads, warm-up, rounds). What it reports, per device:
 - predicted (the table's rule) and measured milliseconds of every architecture;
 - the drift since profiling (anchors now / then);
@@ -18,10 +18,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from search.device_matrix import matrix_png
-from search.fidelity import FidelityError, halves, measure_set
-from search.latency import LatencyTable
-from search.space import SearchSpace
+from search.space.macro import SearchSpace
+from search.tables.device_matrix import matrix_png
+from search.tables.fidelity import FidelityError, halves, measure_set
+from search.tables.latency import LatencyTable
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from search.data import set_epoch
+from search.data.datasets import set_epoch
 
 
 class ShardedOrder(Sampler[int]):

@@ -1,4 +1,4 @@
-"""Published models, defined from their published per-layer choices (data in `data/fbnet_archs.json`, taken
+"""Published models, defined from their published per-layer choices (data in `fbnet_archs.json`, taken
 from the FBNet authors' model definitions; MobileNetV2 from its paper's Table 2).
 
 Each model is a skeleton (a `SearchSpace` whose candidates are the blocks it uses) plus its architecture,
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from search.choices import parse_choice
-from search.cost import Cost, network_cost
-from search.opspec import OpSpecError
-from search.space import SearchSpace, Stage, make_divisible
+from search.space.choices import parse_choice
+from search.space.cost import Cost, network_cost
+from search.space.macro import SearchSpace, Stage, make_divisible
+from search.space.opspec import OpSpecError
 
 # Published ImageNet figures: (params, multiply-adds), paper Tables 3 and 4, MobileNetV2 paper Table 3/4.
 PUBLISHED: dict[str, tuple[float, float]] = {
@@ -76,7 +76,7 @@ def _skeleton(
 
 @cache
 def _fbnet_data() -> dict:
-    text = resources.files("search").joinpath("data/fbnet_archs.json").read_text()
+    text = resources.files("search.space").joinpath("fbnet_archs.json").read_text()
     return json.loads(text)["models"]
 
 
