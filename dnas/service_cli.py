@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from db.states import RUN_FINAL, RunStatus
 from dnas.api_client import ServiceClient
 from dnas.errors import UserError
 
@@ -166,8 +167,12 @@ def profile(
     if wait:
         run = wait_for_run(client, run["id"])
     typer.echo(json.dumps(run, indent=2))
-    if run["status"] == "failed":
+    if run["status"] == RunStatus.FAILED:
         raise UserError(f"run {run['id']} failed: " + "; ".join(run["errors"][:3]))
+    if run["status"] == RunStatus.CANCELLED:
+        raise UserError(f"run {run['id']} was cancelled: {run['reason']}")
+    if wait and run["status"] != RunStatus.PUBLISHED:  # waited as long as we would, and no table came
+        raise UserError(f"run {run['id']} is still {run['status']} ({run['done']} of {run['total']} measured)")
 
 
 def wait_for_run(client: ServiceClient, run_id: int, timeout_s: float = 24 * 3600) -> dict:
@@ -180,7 +185,7 @@ def wait_for_run(client: ServiceClient, run_id: int, timeout_s: float = 24 * 360
             bar.n = run["done"] + run["failed"]
             bar.set_postfix(failed=run["failed"])
             bar.refresh()
-            if run["status"] in ("published", "failed") or time.monotonic() > deadline:
+            if run["status"] in RUN_FINAL or time.monotonic() > deadline:
                 return run
             time.sleep(1.0)
             run = client.json("GET", f"/v1/profiling-runs/{run_id}")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from db.states import RUN_FINAL
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -117,7 +119,7 @@ def wait_for_run(client: httpx.Client, run_id: int, timeout_s: float = 300) -> d
     deadline = time.monotonic() + timeout_s
     while True:
         run = client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()
-        if run["status"] in ("published", "failed") or time.monotonic() > deadline:
+        if run["status"] in RUN_FINAL or time.monotonic() > deadline:
             return run
         time.sleep(0.2)
 

@@ -7,7 +7,8 @@ import sys
 
 from search.space.enumerate import enumerate_ops
 from search.space.macro import get_space
-from tests.service_harness import running_service, start_agent
+from tests.service_harness import register, running_service, start_agent
+from tests.waiting import wait_until
 
 
 def dnas(svc, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,3 +54,28 @@ def test_register_profile_wait_get_compare(tmp_path):
             "error: GET /v1/devices/999/latency-tables/latest -> HTTP 404: device 999 does not exist"
         )
         assert agent.returncode == 0  # SIGTERM: finished cleanly
+
+
+def test_profile_wait_ends_when_the_run_is_cancelled(tmp_path):
+    """An admin cancels the run a user is waiting on: `dnas profile --wait` stops at once and exits 1 saying
+    so, instead of polling for a day and then exiting 0 as if the table had been published."""
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
+        device = register(admin, "no-agent-phone")  # no agent: the run stays running until it is cancelled
+        env = os.environ | {"DNAS_SERVER": svc.url, "DNAS_TOKEN": svc.admin_token}
+        profile = subprocess.Popen(
+            [sys.executable, "-m", "dnas", "profile", "--device", str(device["id"]), "--resolution", "32",
+             "--width", "0.25", "--classes", "10", "--wait"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            runs = wait_until(lambda: admin.get("/v1/profiling-runs").raise_for_status().json(),
+                              what="the run to be created", timeout_s=120, alive=[profile])  # fmt: skip
+            admin.post(f"/v1/profiling-runs/{runs[0]['id']}/cancel").raise_for_status()
+            out, err = profile.communicate(timeout=30)
+        finally:
+            if profile.poll() is None:
+                profile.kill()
+                profile.communicate()
+    assert profile.returncode == 1
+    assert json.loads(out)["status"] == "cancelled"
+    assert f"error: run {runs[0]['id']} was cancelled: cancelled by an admin" in err
