@@ -24,7 +24,7 @@ from profiler_service import http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
-from profiler_service.security import ensure_admin_token
+from profiler_service.security import AdminHashCache, ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
@@ -111,6 +111,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
+    app.state.admin_hash = AdminHashCache()  # per app: each app serves its own database's admin token
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)

@@ -55,24 +55,33 @@ def ensure_admin_token(session: Session, configured: str | None) -> str | None:
 
 
 ADMIN_HASH_TTL_S = 30.0
-_admin_cache: tuple[float, str] | None = None
 
 
-def cached_admin_hash() -> str | None:
-    """The admin hash if this worker read it within ADMIN_HASH_TTL_S, without touching the database."""
-    if _admin_cache is not None and time.monotonic() - _admin_cache[0] < ADMIN_HASH_TTL_S:
-        return _admin_cache[1]
-    return None
+class AdminHashCache:
+    """One database's admin token hash, as read within the last ADMIN_HASH_TTL_S. It changes only when a
+    service starts with another configured token, so each worker keeps it that long: the hot read path
+    (table fetches) saves a query per request, and an admin call is authorised without leaving the event loop.
 
+    One per app, on `app.state`, never per process: two apps in one process (tests, an embedded quickstart
+    beside a real service) serve two databases, and one's admin token must not open the other."""
 
-def admin_hash(session: Session) -> str | None:
-    """The stored admin token hash. It changes only when a service starts with another configured token, so
-    each worker keeps it for ADMIN_HASH_TTL_S: the hot read path (table fetches) saves a query per request."""
-    global _admin_cache
-    now = time.monotonic()
-    if _admin_cache is not None and now - _admin_cache[0] < ADMIN_HASH_TTL_S:
-        return _admin_cache[1]
-    value = session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))
-    if value is not None:
-        _admin_cache = (now, value)
-    return value
+    def __init__(self, ttl_s: float = ADMIN_HASH_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._entry: tuple[float, str] | None = None  # (when read, hash): replaced whole, so threads see either
+
+    def cached(self) -> str | None:
+        """The hash if it was read within the TTL, without touching the database."""
+        entry = self._entry
+        if entry is not None and time.monotonic() - entry[0] < self.ttl_s:
+            return entry[1]
+        return None
+
+    def read(self, session: Session) -> str | None:
+        """The stored hash: from the cache within the TTL, else from the database (and cached)."""
+        cached = self.cached()
+        if cached is not None:
+            return cached
+        value = session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))
+        if value is not None:
+            self._entry = (time.monotonic(), value)
+        return value

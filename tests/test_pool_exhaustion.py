@@ -18,7 +18,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import QueuePool
 
 from db.engine import make_sessionmaker
-from profiler_service import security
 from profiler_service.app import create_app, prepare
 from profiler_service.settings import ServiceSettings
 from tests.service_harness import free_port
@@ -28,9 +27,7 @@ ADMIN = "pool-test-admin-token-" + "z" * 20
 
 
 @pytest.fixture
-def one_connection_service(tmp_path, monkeypatch) -> Iterator[tuple[str, object]]:
-    # In this process the admin hash is cached per process (profiler_service/security.py): start and end clean.
-    monkeypatch.setattr(security, "_admin_cache", None)
+def one_connection_service(tmp_path) -> Iterator[tuple[str, object]]:
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     settings = ServiceSettings(database_url=url, admin_token=ADMIN, artifact_dir=tmp_path / "artifacts",
                                sweep_seconds=3600)  # fmt: skip

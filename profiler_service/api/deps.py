@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db.models import ApiToken, Device
 from profiler_service.errors import Forbidden, Unauthorized
-from profiler_service.security import admin_hash, cached_admin_hash, hash_token, same
+from profiler_service.security import AdminHashCache, hash_token, same
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
 
@@ -39,6 +39,11 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
+def admin_cache(request: Request) -> AdminHashCache:
+    """This app's cached admin hash (profiler_service/security.py): its own database's, never another's."""
+    return request.app.state.admin_hash
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -51,8 +56,8 @@ def _token(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
     return creds.credentials
 
 
-def _is_admin(session: Session, digest: str) -> bool:
-    stored = admin_hash(session)
+def _is_admin(admin: AdminHashCache, session: Session, digest: str) -> bool:
+    stored = admin.read(session)
     return stored is not None and same(stored, digest)
 
 
@@ -62,9 +67,9 @@ def _is_reader(session: Session, digest: str) -> bool:
     ) is not None  # fmt: skip
 
 
-def _role_of(session: Session, digest: str) -> Role | None:
+def _role_of(admin: AdminHashCache, session: Session, digest: str) -> Role | None:
     """Only on the refusal path: which kind of valid token this is, to tell 403 from 401."""
-    if _is_admin(session, digest):
+    if _is_admin(admin, session, digest):
         return "admin"
     if _is_reader(session, digest):
         return "reader"
@@ -78,30 +83,30 @@ def _unknown(role: str) -> Unauthorized:
                         f"this call needs a {role} token")  # fmt: skip
 
 
-def _admin_fast(digest: str) -> bool:
-    """The admin token, checked against this worker's cached hash: no thread hop, no query."""
-    cached = cached_admin_hash()
+def _admin_fast(request: Request, digest: str) -> bool:
+    """The admin token, checked against this app's cached hash: no thread hop, no query."""
+    cached = admin_cache(request).cached()
     return cached is not None and same(cached, digest)
 
 
 async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
     """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
     session cookie carries the digest, never the token) both decide through it. Raises 401 or 403."""
-    if _admin_fast(digest):
+    if _admin_fast(request, digest):
         return
     check = _check_admin if need == "admin" else _check_reader
-    await run_in_threadpool(check, request.app.state.sessionmaker, digest)
+    await run_in_threadpool(check, request.app.state.sessionmaker, admin_cache(request), digest)
 
 
 async def token_role(request: Request, digest: str) -> Role | None:
     """Which kind of token this digest belongs to (None: unknown, revoked or rotated). The dashboard asks it
     to choose what to show; what it lets a caller do is decided by `authorise`."""
-    if _admin_fast(digest):
+    if _admin_fast(request, digest):
         return "admin"
 
     def look() -> Role | None:
         with request.app.state.sessionmaker() as session:
-            return _role_of(session, digest)
+            return _role_of(admin_cache(request), session, digest)
 
     return await run_in_threadpool(look)
 
@@ -110,14 +115,14 @@ async def require_admin(request: Request, creds: Credentials) -> None:
     await authorise(request, hash_token(_token(creds, "admin")), "admin")
 
 
-def _check_admin(sessions: sessionmaker, digest: str) -> None:
+def _check_admin(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
     with sessions() as session:
-        _check_admin_in(session, digest)
+        _check_admin_in(admin, session, digest)
 
 
-def _check_admin_in(session: Session, digest: str) -> None:
-    allowed = _is_admin(session, digest)
-    role = None if allowed else _role_of(session, digest)
+def _check_admin_in(admin: AdminHashCache, session: Session, digest: str) -> None:
+    allowed = _is_admin(admin, session, digest)
+    role = None if allowed else _role_of(admin, session, digest)
     session.rollback()  # end the read: no connection is held while the request waits for its next thread
     if not allowed:
         if role is None:
@@ -132,14 +137,14 @@ async def require_reader(request: Request, creds: Credentials) -> None:
     await authorise(request, hash_token(_token(creds, "reader or admin")), "reader")
 
 
-def _check_reader(sessions: sessionmaker, digest: str) -> None:
+def _check_reader(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
     with sessions() as session:
-        _check_reader_in(session, digest)
+        _check_reader_in(admin, session, digest)
 
 
-def _check_reader_in(session: Session, digest: str) -> None:
-    allowed = _is_admin(session, digest) or _is_reader(session, digest)
-    role = None if allowed else _role_of(session, digest)
+def _check_reader_in(admin: AdminHashCache, session: Session, digest: str) -> None:
+    allowed = _is_admin(admin, session, digest) or _is_reader(session, digest)
+    role = None if allowed else _role_of(admin, session, digest)
     session.rollback()  # end the read before the next thread hop
     if not allowed:
         if role is None:
@@ -150,11 +155,11 @@ def _check_reader_in(session: Session, digest: str) -> None:
 LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
 
 
-def require_agent(session: SessionDep, creds: Credentials) -> Device:
+def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
     digest = hash_token(_token(creds, "device agent"))
     device = session.scalar(select(Device).where(Device.token_hash == digest))
     if device is None:
-        role = _role_of(session, digest)
+        role = _role_of(admin_cache(request), session, digest)
         session.rollback()
         if role is None:
             raise _unknown("device agent")
