@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.models import Device, Job, ProfilingRun
+from db.states import JobStatus
 from profiler_service.timeutil import utcnow
 
 REQUESTS = Counter("dnas_http_requests", "HTTP requests answered.", ["method", "route", "status"])
@@ -104,15 +105,15 @@ class QueueCollector(Collector):
     def _jobs(session: Session, now) -> Iterator[GaugeMetricFamily]:  # type: ignore[no-untyped-def]
         jobs = GaugeMetricFamily("dnas_jobs", "Measurement jobs by status (queued = queue depth).", labels=["status"])
         counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in ("queued", "leased", "done", "failed", "cancelled"):
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         leases = GaugeMetricFamily("dnas_leases", "Leased jobs: live, or expired and waiting to be taken back.",
                                    labels=["state"])  # fmt: skip
         expired = session.scalar(
-            select(func.count()).where(Job.status == "leased", Job.lease_expires_at < now)
+            select(func.count()).where(Job.status == JobStatus.LEASED, Job.lease_expires_at < now)
         ) or 0  # fmt: skip
-        leases.add_metric(["live"], counts.get("leased", 0) - expired)
+        leases.add_metric(["live"], counts.get(JobStatus.LEASED, 0) - expired)
         leases.add_metric(["expired"], expired)
         yield leases
 

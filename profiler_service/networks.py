@@ -17,8 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, Measurement, Operator
+from db.states import JOB_FINAL, JobStatus
 from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.operators import insert_ignore
+from profiler_service.queue import add_jobs, latest_jobs, next_generation, set_group
 from profiler_service.schemas import MeasureConfig
 from search.space.export import atomic_write, export_network, sha256_file
 from search.space.macro import SearchSpace
@@ -84,15 +86,10 @@ def request_measurement(session: Session, *, device: Device, op: Operator, confi
     """Queue the network on the device unless it was measured (or is queued) under this config already."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
-    existing = session.scalar(
-        select(Job).where(Job.device_id == device.id, Job.op_key == op.key, Job.config_hash == config.hash)
-        .order_by(Job.generation.desc()).limit(1)
-    )  # fmt: skip
-    if existing is None or existing.status == "failed":
-        generation = 0 if existing is None else existing.generation + 1
-        insert_ignore(session, Job, [{"device_id": device.id, "op_key": op.key, "config_hash": config.hash,
-                                      "config": config.model_dump(), "generation": generation,
-                                      "max_attempts": max_attempts}])  # fmt: skip
+    latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=[op.key])
+    if op.key not in latest or latest[op.key][1] == JobStatus.FAILED:
+        add_jobs(session, device_id=device.id, config=config.model_dump(), config_hash=config.hash,
+                 generations={op.key: next_generation(latest, op.key)}, max_attempts=max_attempts)  # fmt: skip
         session.commit()
     return network_status(session, device_id=device.id, key=op.key, config_hash=config.hash)
 
@@ -105,22 +102,11 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     set_id = secrets.token_hex(8)
-    group = f"net:{set_id}"
     keys = list(dict.fromkeys(op.key for op in ops))
-    latest = {
-        key: (generation, status)
-        for key, generation, status in session.execute(
-            select(Job.op_key, Job.generation, Job.status)
-            .where(Job.device_id == device.id, Job.config_hash == config.hash, Job.op_key.in_(keys))
-            .order_by(Job.generation)
-        )
-    }
-    rows = []
-    for key in keys:
-        generation, _ = latest.get(key, (-1, "failed"))
-        rows.append({"device_id": device.id, "op_key": key, "config_hash": config.hash, "config": config.model_dump(),
-                     "generation": generation + 1, "max_attempts": max_attempts, "batch_group": group})  # fmt: skip
-    insert_ignore(session, Job, rows)
+    latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=keys)
+    add_jobs(session, device_id=device.id, config=config.model_dump(), config_hash=config.hash,
+             generations={key: next_generation(latest, key) for key in keys}, max_attempts=max_attempts,
+             group=set_group(set_id))  # fmt: skip
     session.commit()
     return set_id
 
@@ -128,7 +114,7 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
 def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, Any]:
     jobs = list(
         session.scalars(
-            select(Job).where(Job.device_id == device_id, Job.batch_group == f"net:{set_id}").order_by(Job.id)
+            select(Job).where(Job.device_id == device_id, Job.batch_group == set_group(set_id)).order_by(Job.id)
         )
     )
     if not jobs:
@@ -139,7 +125,7 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
     networks = []
     for job in jobs:
         m = by_job.get(job.id)
-        row: dict[str, Any] = {"key": job.op_key, "job_id": job.id, "status": "done" if m else job.status,
+        row: dict[str, Any] = {"key": job.op_key, "job_id": job.id, "status": JobStatus.DONE if m else job.status,
                                "error": job.last_error}  # fmt: skip
         if m is not None:
             row["measurement"] = _measurement(m)
@@ -147,7 +133,7 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
     states = {n["status"] for n in networks}
     # A set ends when every network is measured, failed or cancelled (its device retired): `failed` unless
     # all were measured, so clients waiting for done/failed never wait on a set that can no longer finish.
-    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed", "cancelled"} else "running"
+    status = "done" if states == {JobStatus.DONE} else "failed" if states <= JOB_FINAL else "running"
     return {"set": set_id, "status": status, "config_hash": jobs[0].config_hash, "networks": networks}
 
 
@@ -168,7 +154,7 @@ def network_status(session: Session, *, device_id: int, key: str, config_hash: s
         select(Measurement).where(Measurement.device_id == device_id, Measurement.op_key == key,
                                   Measurement.config_hash == config_hash).order_by(Measurement.id.desc()).limit(1)
     )  # fmt: skip
-    out: dict[str, Any] = {"key": key, "job_id": job.id, "status": "done" if m else job.status,
+    out: dict[str, Any] = {"key": key, "job_id": job.id, "status": JobStatus.DONE if m else job.status,
                            "config_hash": config_hash, "error": job.last_error}  # fmt: skip
     if m is not None:
         out["measurement"] = _measurement(m)

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from db.states import RunStatus
+
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
 
@@ -167,7 +169,7 @@ class RunCreate(Strict):
 class RunPublic(BaseModel):
     id: int
     device_id: int
-    status: Literal["running", "published", "failed", "cancelled"]
+    status: RunStatus
     total: int
     done: int
     failed: int

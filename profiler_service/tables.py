@@ -1,4 +1,5 @@
-"""Latency tables: publication (one transaction, immutable), serialisation (JSON, CSV), comparison."""
+"""Latency tables: building one from a run's measurements (published by profiler_service/lifecycle.py, in one
+transaction with the run's status, and never changed after), serialisation (JSON, CSV), comparison."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import re
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import String, cast, exists, func, literal, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
-from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.timeutil import as_utc
 from search.space.macro import SearchSpace
 from search.tables.predict import fit_rule
 
@@ -50,33 +50,6 @@ def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dic
     for row, m in zip(published.get("anchors", []), anchor_rows, strict=True):
         row["key"] = m.op_key
     return published
-
-
-def complete_runs(session: Session, *, device_id: int | None = None, config_hash: str | None = None) -> list[int]:
-    """Running runs (of this device and config, or all of them: the sweep) whose every op has a measurement."""
-    unmeasured = (
-        select(RunOperator.op_key)
-        .where(RunOperator.run_id == ProfilingRun.id)
-        .where(
-            ~exists().where(
-                Measurement.device_id == ProfilingRun.device_id,
-                Measurement.config_hash == ProfilingRun.config_hash,
-                Measurement.op_key == RunOperator.op_key,
-            )
-        )
-    )
-    # Its own jobs still pending (probes and anchors measured again beside new ops) hold it back too.
-    pending = exists().where(
-        Job.device_id == ProfilingRun.device_id,
-        Job.batch_group == literal("run:") + cast(ProfilingRun.id, String),
-        Job.status.in_(("queued", "leased")),
-    )
-    query = select(ProfilingRun.id).where(ProfilingRun.status == "running", ~unmeasured.exists(), ~pending)
-    if device_id is not None:
-        query = query.where(ProfilingRun.device_id == device_id)
-    if config_hash is not None:
-        query = query.where(ProfilingRun.config_hash == config_hash)
-    return list(session.scalars(query.order_by(ProfilingRun.id)))
 
 
 def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
@@ -113,67 +86,40 @@ def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
     return [m for m, _ in chosen], provenance
 
 
-def publish_run(session: Session, run_id: int) -> LatencyTable | None:
-    """Publish a complete run as the device's next table version: the run's status flip and the table with all
-    its entries and its payload commit together, or not at all. None if another worker published it, or if
-    it lost the race for a version number 5 times (the sweep tries again)."""
-    for _ in range(5):
-        flipped = session.execute(
-            update(ProfilingRun)
-            .where(ProfilingRun.id == run_id, ProfilingRun.status == "running")
-            .values(status="published", finished_at=utcnow())
-        ).rowcount
-        if flipped != 1:
-            session.rollback()
-            return None  # another worker published it
-        run = session.get(ProfilingRun, run_id, populate_existing=True)
-        assert run is not None
-        keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run_id)))
-        specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
-        measurements, provenance = _chosen_measurements(session, run, keys, specs)
-        if len(measurements) != len(keys):
-            session.rollback()
-            return None
-        prediction = prediction_of(run, measurements, specs) | provenance
-        stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
-        device = session.get(Device, run.device_id)
-        version = (
-            session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == run.device_id)) or 0
-        ) + 1
-        table = LatencyTable(
-            device_id=run.device_id,
-            version=version,
-            run_id=run.id,
-            space_hash=run.space_hash,
-            space=run.space,
-            config_hash=run.config_hash,
-            config=run.config,
-            fingerprint=device.fingerprint if device else None,
-            prediction=prediction,
-            content_sha256=content_hash(run.space_hash, run.config_hash, stats, prediction),
-        )
-        session.add(table)
-        try:
-            session.flush()
-            session.add_all(
-                LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements
-            )
-            session.flush()
-            table.payload, table.payload_sha256 = serialise(table_payload(session, table))
-            session.commit()
-            return table
-        except IntegrityError:  # another run of this device took the version number: try the next one
-            session.rollback()
-    return None
-
-
-def publish_complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[LatencyTable]:
-    published = []
-    for run_id in complete_runs(session, device_id=device_id, config_hash=config_hash):
-        table = publish_run(session, run_id)
-        if table is not None:
-            published.append(table)
-    return published
+def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
+    """The run's table as the device's next version, with all its entries and its payload, written in the
+    caller's transaction (profiler_service/lifecycle.py publishes: the run's status flip and this commit
+    together). None if an op lacks a measurement. Raises IntegrityError when another run of the device took
+    the version number first."""
+    keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run.id)))
+    specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
+    measurements, provenance = _chosen_measurements(session, run, keys, specs)
+    if len(measurements) != len(keys):
+        return None
+    prediction = prediction_of(run, measurements, specs) | provenance
+    stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
+    device = session.get(Device, run.device_id)
+    version = (
+        session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == run.device_id)) or 0
+    ) + 1
+    table = LatencyTable(
+        device_id=run.device_id,
+        version=version,
+        run_id=run.id,
+        space_hash=run.space_hash,
+        space=run.space,
+        config_hash=run.config_hash,
+        config=run.config,
+        fingerprint=device.fingerprint if device else None,
+        prediction=prediction,
+        content_sha256=content_hash(run.space_hash, run.config_hash, stats, prediction),
+    )
+    session.add(table)
+    session.flush()
+    session.add_all(LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements)
+    session.flush()
+    table.payload, table.payload_sha256 = serialise(table_payload(session, table))
+    return table
 
 
 # ---- reading --------------------------------------------------------------------------------------------

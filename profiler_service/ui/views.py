@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, ProfilingRun
+from db.states import RUN_FINAL, JobStatus, RunStatus
 from profiler_service.api.deps import LAST_SEEN_EVERY_S
 from profiler_service.api.routes.devices import public as device_public
 from profiler_service.api.routes.tables import cached_table
@@ -45,18 +46,18 @@ def held_jobs(session: Session, device_ids: list[int] | None = None) -> dict[int
         select(
             Job.device_id,
             Job.batch_group,
+            Job.run_id,
             func.count(Job.id),
             func.max(Job.heartbeat_at),
             func.max(Job.lease_expires_at),
         )
-        .where(Job.status == "leased", Job.lease_expires_at > now)
-        .group_by(Job.device_id, Job.batch_group)
+        .where(Job.status == JobStatus.LEASED, Job.lease_expires_at > now)
+        .group_by(Job.device_id, Job.batch_group, Job.run_id)
     )
     if device_ids is not None:
         query = query.where(Job.device_id.in_(device_ids))
     held: dict[int, list[dict[str, Any]]] = {}
-    for device_id, group, n, beat, expires in session.execute(query):
-        run_id = int(group.split(":", 1)[1]) if group and group.startswith("run:") else None
+    for device_id, group, run_id, n, beat, expires in session.execute(query):
         what = f"run {run_id}" if run_id else f"network set {group.split(':', 1)[1]}" if group else "a single job"
         held.setdefault(device_id, []).append(
             {
@@ -81,7 +82,7 @@ def device_rows(session: Session, settings: ServiceSettings, *, include_retired:
     running = dict(
         session.execute(
             select(ProfilingRun.device_id, func.count(ProfilingRun.id))
-            .where(ProfilingRun.status == "running", ProfilingRun.device_id.in_(ids))
+            .where(ProfilingRun.status == RunStatus.RUNNING, ProfilingRun.device_id.in_(ids))
             .group_by(ProfilingRun.device_id)
         ).all()
     )
@@ -148,20 +149,16 @@ def run_progress(session: Session, run_id: int) -> dict[str, Any]:
     steps; while a batch is out, `measuring` says how many ops it holds."""
     run = run_status(session, run_id)
     by_status = dict(
-        session.execute(
-            select(Job.status, func.count(Job.id))
-            .where(Job.device_id == run.device_id, Job.batch_group == f"run:{run_id}")
-            .group_by(Job.status)
-        ).all()
+        session.execute(select(Job.status, func.count(Job.id)).where(Job.run_id == run_id).group_by(Job.status)).all()
     )
-    measuring = min(by_status.get("leased", 0), max(run.total - run.done - run.failed, 0))
+    measuring = min(by_status.get(JobStatus.LEASED, 0), max(run.total - run.done - run.failed, 0))
     queued = max(run.total - run.done - run.failed - measuring, 0)
     end = as_utc(run.finished_at) or utcnow()
     elapsed = max((end - as_utc(run.created_at)).total_seconds(), 1e-3)  # type: ignore[operator]
-    measured_here = by_status.get("done", 0)  # measured for this run, not reused from earlier ones
+    measured_here = by_status.get(JobStatus.DONE, 0)  # measured for this run, not reused from earlier ones
     rate = measured_here / elapsed if measured_here else None
     remaining = run.total - run.done - run.failed
-    eta = remaining / rate if rate and run.status == "running" else None
+    eta = remaining / rate if rate and run.status == RunStatus.RUNNING else None
     return {
         "id": run.id,
         "device_id": run.device_id,
@@ -178,7 +175,7 @@ def run_progress(session: Session, run_id: int) -> dict[str, Any]:
         "table_url": f"/ui/devices/{run.device_id}/tables/{run.table_version}" if run.table_version else None,
         "reason": run.reason,
         "errors": run.errors,
-        "finished": run.status != "running",
+        "finished": run.status in RUN_FINAL,
         "finished_at": as_utc(run.finished_at).isoformat() if run.finished_at else None,
     }
 

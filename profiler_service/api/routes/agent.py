@@ -13,9 +13,11 @@ from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
 from db.models import KEY_LEN, Device, Job, Operator
+from db.states import JobStatus
 from profiler_service.api.deps import AgentDep, Id, SessionDep
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import NotFound
+from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
 from profiler_service.queue import (
@@ -40,7 +42,6 @@ from profiler_service.schemas import (
     LeaseRequest,
     ResultIn,
 )
-from profiler_service.tables import publish_complete_runs
 from profiler_service.timeutil import as_utc
 from search.space.opspec import OpSpec, OpSpecError
 
@@ -180,7 +181,9 @@ def batch_heartbeat(body: LeaseProof, device: AgentDep, session: SessionDep, req
 def batch_results(body: BatchResultsIn, device: AgentDep, session: SessionDep) -> BatchAck:
     """A batch's results in one call; each is acknowledged on its own (done, replayed, conflict, not_found)."""
     acks = record_results(session, device_id=device.id, body=body)
-    configs = {job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == "done") if job}
+    configs = {
+        job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == JobStatus.DONE) if job
+    }
     for config_hash in configs:
         _publish_now(session, device.id, config_hash)
     return BatchAck(acks=acks)
@@ -209,4 +212,7 @@ def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep
 @router.post("/jobs/{job_id}/failure", response_model=Ack)
 def job_failure(job_id: Id, body: FailureIn, device: AgentDep, session: SessionDep) -> Ack:
     """Give the job back with a reason: requeued while attempts remain, failed after."""
-    return record_failure(session, device_id=device.id, job_id=job_id, body=body)
+    ack = record_failure(session, device_id=device.id, job_id=job_id, body=body)
+    if ack.status == JobStatus.FAILED:  # its run may now be unable to finish: store that now, not at the next sweep
+        settle_failed_runs(session, device_id=device.id)
+    return ack

@@ -9,7 +9,7 @@ from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Conflict, NotFound
-from profiler_service.runs import cancel_device_work
+from profiler_service.lifecycle import cancel_device_work
 from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
 from profiler_service.security import hash_token, new_token
 from profiler_service.timeutil import utcnow
