@@ -79,18 +79,20 @@ def search(**kwargs: Any) -> None:
     args += config_to_argv(cfg)
     if run["out"] is None and not run["print_config"]:
         raise UserError("--out is required")
-    if run["token"]:
-        os.environ["DNAS_TOKEN"] = run["token"]  # never on a command line: `ps` shows those
     if run["nproc"] > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run['nproc']}",
                "-m", "search.run", *args]  # fmt: skip
-        code = subprocess.call(cmd, env=os.environ.copy())
+        # The token goes to the workers in their environment, never on their command line (`ps` shows those),
+        # and this process's environment is left as it was.
+        env = os.environ | ({"DNAS_TOKEN": run["token"]} if run["token"] else {})
+        code = subprocess.call(cmd, env=env)
         if code != 0:
             raise typer.Exit(code)
         return
     from search.dnas.run import main as run_main
 
-    run_main(args)
+    # In this process the token is an argument list handed to the parser, not a command line `ps` shows.
+    run_main([*args, "--token", run["token"]] if run["token"] else args)
 
 
 search.__signature__ = inspect.Signature([*_run_options(), *typer_parameters()])  # type: ignore[attr-defined]
