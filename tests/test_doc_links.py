@@ -61,3 +61,9 @@ def test_the_checker_sees_links_and_a_missing_file(tmp_path: Path) -> None:
     assert _slug("Limits (anything outside them is refused, and nothing is stored)") == (
         "limits-anything-outside-them-is-refused-and-nothing-is-stored"
     )
+
+
+def test_the_readme_stays_a_landing_page() -> None:
+    """The manual lives in docs/; the README is what a newcomer reads first, so it must fit a few screens."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move the detail into a docs/ page"
