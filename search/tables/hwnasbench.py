@@ -142,11 +142,11 @@ def read_fbnet_part(data: bytes, fmt: str = "auto") -> dict[str, dict[str, float
     if not data:
         raise ImportRefused("the file is empty")
     if fmt == "auto":
-        fmt = "json" if data.lstrip()[:1] == b"{" else "pickle"
+        fmt = "json" if data.lstrip()[:1] in (b"{", b"[") else "pickle"
     if fmt == "json":
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ImportRefused(f"the file is not valid JSON: {str(exc)[:200]}") from None
     else:
         doc = restricted_loads(data)
@@ -167,7 +167,10 @@ def read_fbnet_part(data: bytes, fmt: str = "auto") -> dict[str, dict[str, float
 def _number(part: str, name: Any, value: Any) -> float:
     if isinstance(value, bool) or not hasattr(value, "__float__"):
         raise ImportRefused(f"{part}[{str(name)[:80]!r}] is {type(value).__name__}, not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        number = math.inf
     if not math.isfinite(number) or number < 0:
         raise ImportRefused(f"{part}[{str(name)[:80]!r}] is {number}: a cost must be finite and not negative")
     return number
