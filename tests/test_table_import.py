@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from db.engine import make_engine, make_sessionmaker
 from db.models import Device, LatencyTable, Operator
 from search.space.macro import FBNET_CANDIDATES
+from search.space.opspec import OpSpec
 from search.tables.latency import LatencyTable as ClientTable
 from search.tables.latency import build_lut
 from tests.hwnasbench_data import PUBLISHED_SUMS_MS, fbnet_part, shared_json, write_pickle
@@ -184,3 +185,36 @@ def test_ops_first_known_from_an_import_get_their_onnx_when_a_real_device_profil
         stem = s.get(Operator, "conv_k3-cin3-cout16-s1-h32-w32-b1-float32")
         assert stem is not None and stem.onnx_sha256 and stem.onnx_bytes
     engine.dispose()
+
+
+def test_imported_tables_compare_like_measured_ones(svc):
+    """Fig. 5 of the paper on published numbers: the Raspberry Pi 4 against the Pixel 3, op by op."""
+    service, _, _ = svc
+    with service.client() as admin:
+        ids = {}
+        for hw in ("pixel3", "raspi4"):
+            answer = admin.post(IMPORT, params={"hw_device": hw, "device_name": f"cmp-{hw}"},
+                                content=shared_json().read_bytes()).raise_for_status().json()  # fmt: skip
+            ids[hw] = answer["device"]["id"]
+        result = admin.get("/v1/latency-tables/compare",
+                           params={"a": f"{ids['pixel3']}:latest", "b": f"{ids['raspi4']}:latest"}).json()  # fmt: skip
+    parts = fbnet_part()
+    assert result["shared_ops"] == 112 and not result["only_in_a"] and not result["only_in_b"]
+    top = result["ops"][0]
+    name = OpSpec.from_key(top["key"]).hwnasbench_key()
+    assert top["ratio"] == pytest.approx(parts["raspi4_latency"][name] / parts["pixel3_latency"][name], rel=1e-9)
+    assert result["median_ratio"] > 1  # the Pi is the slower target for most ops
+
+
+def test_compare_lists_an_op_priced_zero_without_a_ratio():
+    """Some HW-NAS-Bench devices price identity skips at 0: the comparison keeps the op and gives it no ratio,
+    rather than dividing by zero."""
+    from profiler_service.tables import compare
+
+    def table(values: dict[str, float]) -> dict:
+        return {"device": {"id": 1}, "version": 1, "content_sha256": "x",
+                "entries": [{"key": k, "median_us": v} for k, v in values.items()]}  # fmt: skip
+
+    result = compare(table({"skip": 0.0, "ir": 10.0, "fc": 4.0}), table({"skip": 5.0, "ir": 30.0, "fc": 4.0}))
+    assert [r["key"] for r in result["ops"]] == ["ir", "fc", "skip"]
+    assert result["ops"][-1]["ratio"] is None and result["median_ratio"] == 3.0
