@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from search.space.macro import FBNET_CANDIDATES, fbnet_space
 from search.tables.hwnasbench import ImportRefused, build_import, read_fbnet_part, summary
@@ -115,3 +118,28 @@ def test_energy_rides_along_and_zero_prices_are_kept():
     assert summary({"edgegpu_latency": latency, "edgegpu_energy": latency}) == {
         "edgegpu": {"ops": 225, "zero_priced": 1, "energy": True}
     }
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2048), fmt=st.sampled_from(["auto", "pickle", "json"]))
+def test_any_bytes_are_read_or_refused_with_the_reason(data, fmt):
+    """Whatever arrives, the reader answers with parts or with ImportRefused: never another exception (a 500)."""
+    with contextlib.suppress(ImportRefused):
+        read_fbnet_part(data, fmt)
+
+
+FLIPS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=10_000), flips=FLIPS)
+def test_damaged_copies_of_the_real_pickle_are_refused_or_read_never_crash(tmp_path_factory, cut, flips):
+    data = bytearray(write_pickle(tmp_path_factory.mktemp("p") / "p.pickle", protocol=2).read_bytes())
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    try:
+        parts = read_fbnet_part(bytes(data[: len(data) - cut % len(data)]))
+    except ImportRefused:
+        return
+    for table in parts.values():  # what does read is numbers, as the file promises
+        assert all(isinstance(v, float) for v in table.values())
