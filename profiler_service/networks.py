@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from db.models import Device, Job, Measurement, Operator
 from db.states import JOB_FINAL, JobStatus
 from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.imports import refuse_if_imported
 from profiler_service.operators import insert_ignore
 from profiler_service.queue import add_jobs, latest_jobs, next_generation, set_group
 from profiler_service.schemas import MeasureConfig
@@ -86,6 +87,7 @@ def request_measurement(session: Session, *, device: Device, op: Operator, confi
     """Queue the network on the device unless it was measured (or is queued) under this config already."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
+    refuse_if_imported(device, "measure networks")
     latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=[op.key])
     if op.key not in latest or latest[op.key][1] == JobStatus.FAILED:
         add_jobs(session, device_id=device.id, config=config.model_dump(), config_hash=config.hash,
@@ -101,6 +103,7 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     fresh job: a check wants numbers from now, taken next to each other."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
+    refuse_if_imported(device, "measure networks")
     set_id = secrets.token_hex(8)
     keys = list(dict.fromkeys(op.key for op in ops))
     latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=keys)
