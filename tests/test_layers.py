@@ -23,8 +23,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "search.data": ("search.data",),
     "search.tables": ("search.space", "search.measurement", "search.tables"),
     "search.dnas": ("search.space", "search.measurement", "search.tables", "search.data", "search.dnas"),
+    # The whole job on one host: it starts the embedded service and a local agent, so it stands above them all.
+    "search.pipeline": ("search", "device_agents", "profiler_service.local_server"),
     "db": ("db",),
-    "device_agents": ("device_agents", "search.space", "search.measurement"),
+    # search.tables.client alone (no torch): how the service's error bodies read is one rule for both clients.
+    "device_agents": ("device_agents", "search.space", "search.measurement", "search.tables.client"),
     "profiler_service": ("profiler_service", "db", "search.space", "search.measurement", "search.tables"),
 }
 # The conformance suite checks an agent against a real service it starts, so it stands above both.
