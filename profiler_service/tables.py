@@ -178,9 +178,10 @@ def publish_complete_runs(session: Session, *, device_id: int, config_hash: str)
 
 
 # ---- reading --------------------------------------------------------------------------------------------
-def serialise(table: PublishedTable) -> tuple[str, str]:
-    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication."""
-    text = table.to_json()
+def serialise(table: PublishedTable | dict[str, Any]) -> tuple[str, str]:
+    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication. A table
+    already in its published form as a dict (e.g. read back from the stored bytes) is written the same way."""
+    text = table.to_json() if isinstance(table, PublishedTable) else json.dumps(table, **PublishedTable.JSON_FORMAT)
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -19,7 +19,7 @@ import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -113,6 +113,8 @@ class PublishedTable(_Part):
     entries: list[Entry]
     calibration: dict[str, Any] | None = None
 
+    JSON_FORMAT: ClassVar[dict[str, Any]] = {"separators": (",", ":"), "allow_nan": False}  # the served bytes' form
+
     # ---- reading --------------------------------------------------------------------------------------
     @classmethod
     def parse(cls, payload: dict[str, Any] | str | bytes, source: str = "the table") -> PublishedTable:
@@ -144,7 +146,7 @@ class PublishedTable(_Part):
 
     def to_json(self) -> str:
         """The served bytes: compact, NaN refused (JSON has none), fields in the published order."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        return json.dumps(self.to_dict(), **self.JSON_FORMAT)
 
     def with_calibration(self, applied: dict[str, Any]) -> PublishedTable:
         """This table, recording the calibration a search applied to it (the numbers stay the table's)."""
