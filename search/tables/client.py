@@ -31,6 +31,9 @@ log = logging.getLogger("dnas.search")
 # A run ends published, failed or cancelled, and never changes after: a waiter that stops on fewer of them
 # waits out its timeout on the others (it once did, for 24 hours, on a cancelled run).
 RUN_FINISHED = frozenset({"published", "failed", "cancelled"})
+# Creating a run exports every new op to ONNX before it answers: seconds on a quiet machine, but 3.5 minutes were
+# measured for the 32 px quickstart space on a 2-core machine at load 24, where a 60-120 s timeout gave up.
+RUN_CREATE_TIMEOUT_S = 900.0
 
 
 class ServiceError(RuntimeError):
@@ -137,7 +140,7 @@ class ServiceClient:
                   **options: Any) -> dict[str, Any]:  # fmt: skip
         """Queue a profiling run of `space` on the device (`options`: e.g. `anchors`)."""
         body = {"device_id": device_id, "space": space, "config": config or {}, **options}
-        return self.json("POST", "/v1/profiling-runs", json=body)
+        return self.json("POST", "/v1/profiling-runs", json=body, timeout=RUN_CREATE_TIMEOUT_S)
 
     def run(self, run_id: int) -> dict[str, Any]:
         return self.json("GET", f"/v1/profiling-runs/{run_id}")
