@@ -210,6 +210,11 @@ class ServiceClient:
         params = {"format": "csv"} if csv else {}
         return self.request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params).text
 
+    def import_table(self, data: bytes, **params: str) -> dict[str, Any]:
+        """Publish a table from HW-NAS-Bench's file (admin); `params`: hw_device, dataset, metric, device_name."""
+        return self.json("POST", "/v1/latency-tables/import", params=params, content=data,
+                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+
     def compare(self, a: str, b: str) -> dict[str, Any]:
         """Two tables ('DEVICE:VERSION') side by side, per op."""
         return self.json("GET", "/v1/latency-tables/compare", params={"a": a, "b": b})

@@ -111,6 +111,9 @@ class PublishedTable(_Part):
     unit: str = "microseconds"
     prediction: Prediction = Field(default_factory=Prediction)
     entries: list[Entry]
+    # An imported table's source (profiler_service/imports.py), served as "provenance"; `provenance` (below) is
+    # what a search's outputs record about any table.
+    imported_from: dict[str, Any] | None = Field(default=None, alias="provenance")
     calibration: dict[str, Any] | None = None
 
     JSON_FORMAT: ClassVar[dict[str, Any]] = {"separators": (",", ":"), "allow_nan": False}  # the served bytes' form
