@@ -21,9 +21,9 @@ from pathlib import Path
 from device_agents.client import AgentClient
 from device_agents.local.backend import LocalBackend
 from device_agents.loop import Agent
-from dnas.api_client import ServiceClient
-from profiler_service.local_server import running_service, wait_for_run
+from profiler_service.local_server import running_service
 from search.space.macro import get_space
+from search.tables.client import ServiceClient
 from search.tables.fidelity import validate
 
 KEYS = ("within_5_pct", "within_10_pct", "mape_pct", "worst_error_pct", "mean_signed_error_pct", "kendall_tau")
@@ -52,7 +52,7 @@ def main() -> None:
         work = Path(tmp)
         with running_service(f"sqlite:///{work / 'f.db'}", work) as svc:
             admin = ServiceClient(svc.url, svc.admin_token)
-            device = admin.json("POST", "/v1/devices", json={"name": "this-host", "platform": "linux"})
+            device = admin.register_device("this-host", "linux")
             agent = Agent(AgentClient(svc.url, device["agent_token"]), LocalBackend(cpus=cpus), cache_dir=work / "m",
                           wait_seconds=1)  # fmt: skip
             thread = threading.Thread(target=agent.run, daemon=True)
@@ -60,9 +60,8 @@ def main() -> None:
             try:
                 t0 = time.perf_counter()
                 space_req = {"resolution": args.resolution, "width": args.width, "num_classes": args.classes}
-                body = {"device_id": device["id"], "config": config, "space": space_req}
-                run = admin.json("POST", "/v1/profiling-runs", json=body)
-                assert wait_for_run(admin.http, run["id"], timeout_s=1800)["status"] == "published"
+                run = admin.start_run(device["id"], space_req, config)
+                assert admin.wait_for_run(run["id"], timeout_s=1800, poll_s=0.2)["status"] == "published"
                 profile_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 report = validate(admin, device["id"], space, args.samples, work / "out", calibrate=True,

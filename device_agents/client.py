@@ -1,5 +1,11 @@
 """The agent's side of the REST protocol (PROTOCOL.md), with retries: a flaky network or a restarting
-service delays an agent, it does not kill it."""
+service delays an agent, it does not kill it.
+
+Kept apart from the user's client (search/tables/client.py) on purpose: this is the reference
+implementation of device_agents/PROTOCOL.md, beside which other agents (the iOS app in device_agents/ios)
+are written and which the conformance suite checks. It speaks only `/v1/agent/...` with a device token,
+retries what a user's command should report at once, and must not grow the user API's methods. The two
+share how an error body is read (`error_detail`)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from search.tables.client import error_detail
+
+__all__ = ["AgentClient", "ProtocolError", "error_detail", "token_fingerprint"]
 
 log = logging.getLogger("dnas.agent")
 
@@ -151,25 +161,6 @@ class AgentClient:
     def failure(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
         body = {"lease_token": job["lease_token"], "reason": reason[:4000]}
         return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/failure", json=body).json()
-
-
-def error_detail(resp: httpx.Response) -> str:
-    """An error body's `detail` as one line: a message, or FastAPI's list of refused fields."""
-    try:
-        detail = resp.json().get("detail", resp.text)
-    except (ValueError, AttributeError):
-        return resp.text[:500]
-    if not isinstance(detail, list):
-        return str(detail)
-    parts = []
-    for err in detail[:5]:
-        if not isinstance(err, dict):
-            parts.append(str(err))
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
-        parts.append(f"{where}: {err.get('msg')}" + (f" ({ctx['error']})" if ctx.get("error") else ""))
-    return "; ".join(parts)
 
 
 def _sha256(path: Path) -> str:

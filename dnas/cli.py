@@ -12,6 +12,7 @@ import typer
 from dnas import agent_cli, db_cli, models_cli, search_cli, service_cli, space_cli
 from dnas.errors import UserError
 from search.space.opspec import OpSpecError
+from search.tables.client import ServiceError
 
 app = typer.Typer(
     no_args_is_help=True, help="Hardware-aware neural architecture search.", pretty_exceptions_enable=False
@@ -50,16 +51,20 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The whole job on this host: profile, fetch the table, search, retrain, measure, report."""
-    from dnas.quickstart import print_summary, run_quickstart
+    import logging
 
-    report = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed)
-    print_summary(report, out)
+    from dnas.quickstart import echo, print_summary
+    from search.pipeline.quickstart import run_quickstart
+
+    logging.basicConfig(level=logging.WARNING)
+    result = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed, echo=echo)
+    print_summary(result)
 
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 1."""
     try:
         app()
-    except (UserError, OpSpecError) as exc:
+    except (UserError, OpSpecError, ServiceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

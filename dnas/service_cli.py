@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from db.states import RUN_FINAL, RunStatus
-from dnas.api_client import ServiceClient
 from dnas.errors import UserError
+from search.tables.client import ServiceClient, ServiceError, not_published
 
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
@@ -20,6 +18,13 @@ DEFAULT_SERVER = "http://127.0.0.1:8321"
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
 table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two, import a published one.")
+
+
+def connect(server: str, token: str | None) -> ServiceClient:
+    """The typed client (search/tables/client.py) for a command; every command here needs a token."""
+    if not token:
+        raise UserError("no token: pass --token or set DNAS_TOKEN (the admin token, or a reader token to read)")
+    return ServiceClient(server, token)
 
 
 def serve(
@@ -111,9 +116,7 @@ def device_register(
         props[key] = value
     if agent_token_file is not None and agent_token_file.exists():
         raise UserError(f"{agent_token_file} exists; remove it or pick another --agent-token-file")
-    out = ServiceClient(server, token).json(
-        "POST", "/v1/devices", json={"name": name, "platform": platform, "properties": props}
-    )
+    out = connect(server, token).register_device(name, platform, props)
     if agent_token_file is not None:
         write_secret(agent_token_file, out.pop("agent_token"))
         out["agent_token_file"] = str(agent_token_file)
@@ -122,14 +125,14 @@ def device_register(
 
 @device_app.command("list")
 def device_list(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    for d in ServiceClient(server, token).json("GET", "/v1/devices"):
+    for d in connect(server, token).devices():
         fp = d.get("fingerprint") or {}
         typer.echo(f"{d['id']:4d}  {d['name']:24s} {d['platform']:8s} {fp.get('model') or '-'}")
 
 
 @device_app.command("show")
 def device_show(device_id: int, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    typer.echo(json.dumps(ServiceClient(server, token).json("GET", f"/v1/devices/{device_id}"), indent=2))
+    typer.echo(json.dumps(connect(server, token).device(device_id), indent=2))
 
 
 def profile(
@@ -153,42 +156,22 @@ def profile(
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
-    client = ServiceClient(server, token)
+    client = connect(server, token)
     config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
-    body = {
-        "device_id": device,
-        "space": {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
-        "config": {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
-        "anchors": anchors,
-    }
-    run = client.json("POST", "/v1/profiling-runs", json=body)
+    run = client.start_run(
+        device,
+        {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
+        {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
+        anchors=anchors,
+    )
     typer.echo(f"run {run['id']}: {run['total']} jobs (ops, call-overhead probes, anchor networks), "
                f"{run['done']} already measured", err=True)  # fmt: skip
     if wait:
-        run = wait_for_run(client, run["id"])
+        run = client.wait_for_run(run["id"], progress=True)
     typer.echo(json.dumps(run, indent=2))
-    if run["status"] == RunStatus.FAILED:
-        raise UserError(f"run {run['id']} failed: " + "; ".join(run["errors"][:3]))
-    if run["status"] == RunStatus.CANCELLED:
-        raise UserError(f"run {run['id']} was cancelled: {run['reason']}")
-    if wait and run["status"] != RunStatus.PUBLISHED:  # waited as long as we would, and no table came
-        raise UserError(f"run {run['id']} is still {run['status']} ({run['done']} of {run['total']} measured)")
-
-
-def wait_for_run(client: ServiceClient, run_id: int, timeout_s: float = 24 * 3600) -> dict:
-    from tqdm import tqdm
-
-    deadline = time.monotonic() + timeout_s
-    run = client.json("GET", f"/v1/profiling-runs/{run_id}")
-    with tqdm(total=run["total"], desc=f"run {run_id}", unit="op") as bar:
-        while True:
-            bar.n = run["done"] + run["failed"]
-            bar.set_postfix(failed=run["failed"])
-            bar.refresh()
-            if run["status"] in RUN_FINAL or time.monotonic() > deadline:
-                return run
-            time.sleep(1.0)
-            run = client.json("GET", f"/v1/profiling-runs/{run_id}")
+    why = not_published(run)
+    if why and (wait or run["status"] != "running"):  # without --wait, a running run is what was asked for
+        raise UserError(why)
 
 
 @table_app.command("get")
@@ -201,12 +184,7 @@ def table_get(
     token: Token = None,
 ) -> None:
     """Fetch one table version."""
-    params = {"format": "csv"} if csv else {}
-    text = (
-        ServiceClient(server, token)
-        .request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params)
-        .text
-    )
+    text = connect(server, token).table_text(device, version, csv=csv)
     if output:
         output.write_text(text)
         typer.echo(f"wrote {output}", err=True)
@@ -223,17 +201,15 @@ def table_compare(
     token: Token = None,
 ) -> None:
     """Per-op latency ratio of two tables; the ops that differ most first."""
-    client = ServiceClient(server, token)
-    result = client.json("GET", "/v1/latency-tables/compare", params={"a": a, "b": b})
+    client = connect(server, token)
+    result = client.compare(a, b)
     median = result["median_ratio"]
     typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = " + (f"{median:.3f}" if median else "-"))
     for row in result["ops"][:15]:
         ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else "     -"  # an op priced 0 on either side
         typer.echo(f"  {ratio}  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
     if png:
-        png.write_bytes(
-            client.request("GET", "/v1/latency-tables/compare", params={"a": a, "b": b, "format": "png"}).content
-        )
+        png.write_bytes(client.compare_png(a, b))
         typer.echo(f"wrote {png}", err=True)
 
 
@@ -258,9 +234,7 @@ def table_import(
     params = {"hw_device": hw, "dataset": dataset, "metric": metric}
     if name:
         params["device_name"] = name
-    client = ServiceClient(server, token)
-    answer = client.json("POST", "/v1/latency-tables/import", params=params, content=data,
-                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    answer = connect(server, token).import_table(data, **params)
     device, table = answer["device"], answer["table"]
     verb = "imported" if answer["created"] else "already imported"
     typer.echo(f"{verb}: device {device['id']} ({device['name']}, platform {device['platform']}) table "
@@ -309,7 +283,7 @@ def validate(
     from search.tables.fidelity import validate as run_validate
 
     if arch:
-        return _validate_searched(arch, device, out, ServiceClient(server, token))
+        return _validate_searched(arch, device, out, connect(server, token))
     if not device or len(device) != 1:
         raise UserError("give one --device (random architectures are checked against one device's table)")
     kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
@@ -320,7 +294,7 @@ def validate(
     except OpSpecError as exc:
         raise UserError(f"space: {exc}") from None
     try:
-        report = run_validate(ServiceClient(server, token), device[0], target, samples, out, calibrate=calibrate,
+        report = run_validate(connect(server, token), device[0], target, samples, out, calibrate=calibrate,
                               seed=seed, version=version)  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
@@ -349,7 +323,7 @@ def validate(
     elif cal:
         typer.echo(f"  calibration not stored: {cal['why']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")
-    _upload_report(ServiceClient(server, token), device[0], report)
+    _upload_report(connect(server, token), device[0], report)
 
 
 def _finite(value: Any) -> Any:
@@ -367,8 +341,8 @@ def _upload_report(client: ServiceClient, device: int, report: dict[str, Any]) -
     """The service keeps the report for the dashboard's fidelity page; the local files are written already, so
     a service that cannot keep it (older, or a reader token) costs a note, not the check."""
     try:
-        stored = client.json("POST", f"/v1/devices/{device}/validations", json=_finite(report))
-    except UserError as exc:
+        stored = client.store_validation(device, _finite(report))
+    except ServiceError as exc:
         typer.echo(f"note: the service did not keep this report ({exc})")
         return
     typer.echo(f"the service keeps it as validation report {stored['id']} (dashboard: /ui/devices/{device}/fidelity)")

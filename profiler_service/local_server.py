@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from db.states import RUN_FINAL
+from search.tables.client import ServiceClient
 
 
 def free_port() -> int:
@@ -115,25 +115,15 @@ def stop_process(proc: subprocess.Popen, timeout_s: float) -> int | None:
         return None
 
 
+# The tests' and benches' shorthands over an httpx client (`svc.client()`): the one typed client does the work,
+# so there is one run waiter (search/tables/client.py), which stops on every final status.
 def wait_for_run(client: httpx.Client, run_id: int, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = client.get(f"/v1/profiling-runs/{run_id}").raise_for_status().json()
-        if run["status"] in RUN_FINAL or time.monotonic() > deadline:
-            return run
-        time.sleep(0.2)
+    return ServiceClient.over(client).wait_for_run(run_id, timeout_s, poll_s=0.2)
 
 
 def register(client: httpx.Client, name: str, platform: str = "linux") -> dict:
-    resp = client.post("/v1/devices", json={"name": name, "platform": platform})
-    if resp.status_code != 201:
-        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text}")
-    return resp.json()
+    return ServiceClient.over(client).register_device(name, platform)
 
 
 def start_run(client: httpx.Client, device_id: int, space: dict, config: dict | None = None) -> dict:
-    body = {"device_id": device_id, "space": space, "config": config or {}}
-    resp = client.post("/v1/profiling-runs", json=body)
-    if resp.status_code != 201:
-        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text}")
-    return resp.json()
+    return ServiceClient.over(client).start_run(device_id, space, config)

@@ -20,6 +20,7 @@ from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc
 from search.space.macro import SearchSpace
 from search.tables.predict import fit_rule
+from search.tables.schema import Entry, Prediction, PublishedTable, TableDevice
 
 STAT_FIELDS = ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")
 
@@ -123,9 +124,10 @@ def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
 
 
 # ---- reading --------------------------------------------------------------------------------------------
-def serialise(payload: dict[str, Any]) -> tuple[str, str]:
-    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication."""
-    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+def serialise(table: PublishedTable | dict[str, Any]) -> tuple[str, str]:
+    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication. A table
+    already in its published form as a dict (e.g. read back from the stored bytes) is written the same way."""
+    text = table.to_json() if isinstance(table, PublishedTable) else json.dumps(table, **PublishedTable.JSON_FORMAT)
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -177,8 +179,9 @@ def stored_payload(session: Session, table: LatencyTable) -> tuple[str, str]:
     return row[0], row[1]
 
 
-def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
-    """The published form: metadata, then one entry per op key with its spec and statistics."""
+def table_payload(session: Session, table: LatencyTable) -> PublishedTable:
+    """The published form (search/tables/schema.py): metadata, then one entry per op key with its spec and
+    statistics."""
     device = session.get(Device, table.device_id)
     rows = session.execute(
         select(LatencyTableEntry.op_key, Operator.spec, Measurement)
@@ -188,33 +191,28 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
         .order_by(LatencyTableEntry.op_key)
     ).all()
     entries = [
-        {"key": key, "spec": spec, **{f: getattr(m, f) for f in STAT_FIELDS}, "context": m.context}
+        Entry(key=key, spec=spec, **{f: getattr(m, f) for f in STAT_FIELDS}, context=m.context)
         for key, spec, m in rows
         if _role(spec) == "op"
     ]
-    payload = {
-        "device": {
-            "id": device.id,
-            "name": device.name,
-            "platform": device.platform,
-            "fingerprint": table.fingerprint,
-        }
+    table_doc = PublishedTable(
+        device=TableDevice(id=device.id, name=device.name, platform=device.platform, fingerprint=table.fingerprint)
         if device
-        else {"id": table.device_id},
-        "version": table.version,
-        "created_at": as_utc(table.created_at).isoformat(),
-        "space_hash": table.space_hash,
-        "space": table.space,
-        "config_hash": table.config_hash,
-        "config": table.config,
-        "content_sha256": table.content_sha256,
-        "unit": "microseconds",
-        "prediction": table.prediction or {"rule": "sum", "description": "plain sum of the ops' medians"},
-        "entries": entries,
-    }
+        else TableDevice(id=table.device_id),
+        version=table.version,
+        created_at=as_utc(table.created_at).isoformat(),
+        space_hash=table.space_hash,
+        space=table.space,
+        config_hash=table.config_hash,
+        config=table.config,
+        content_sha256=table.content_sha256,
+        unit="microseconds",
+        prediction=Prediction.model_validate(table.prediction) if table.prediction else Prediction.plain(),
+        entries=entries,
+    )
     if (table.config or {}).get("provenance"):  # an imported table: where its numbers come from, in plain sight
-        payload["provenance"] = table.config["provenance"]
-    return payload
+        table_doc = table_doc.model_copy(update={"imported_from": table.config["provenance"]})
+    return table_doc
 
 
 def table_csv(payload: dict[str, Any]) -> str:

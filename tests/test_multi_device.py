@@ -1,7 +1,6 @@
 """One search, several devices: per-device (shared weights, a theta per device, an architecture each) and
 all-devices (one theta priced on every device, one architecture within every budget)."""
 
-import copy
 import json
 
 import pytest
@@ -12,7 +11,7 @@ from search.dnas.decode import decode_budgets
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, per_sample_loss
 from search.dnas.trainer import Searcher
-from search.tables.latency import LatencyLUT, LatencyTable, TableError, build_lut
+from search.tables.latency import LatencyLUT, PublishedTable, TableError, build_lut
 from tests.tables import MINI, measured_table
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1, "threads": 2,
@@ -91,19 +90,19 @@ def test_budgets_one_per_device_or_one_for_all():
 # ---- searches on measured tables --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    return LatencyTable.from_file(measured_table(MINI, tmp_path_factory.mktemp("table"), runs=10))
+    return PublishedTable.from_file(measured_table(MINI, tmp_path_factory.mktemp("table"), runs=10))
 
 
-def _device(table: LatencyTable, name: str, dear: int, factor: float) -> LatencyTable:
+def _device(table: PublishedTable, name: str, dear: int, factor: float) -> PublishedTable:
     """This host's measured table with ops of expansion `dear` `factor` times dearer: a device whose costs
     scale differently from the host's, as the paper's devices do."""
-    payload = copy.deepcopy(table.payload)
+    payload = table.to_dict()
     for entry in payload["entries"]:
         if entry["spec"].get("expansion") == dear:
             entry["median_us"] *= factor
     payload["device"] = {"id": len(name), "name": name}
     payload["content_sha256"] = f"{name}-{table.content_hash[:12]}"
-    return LatencyTable(payload)
+    return PublishedTable.parse(payload)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def devices(measured):
     return [_device(measured, "e1-dear", 1, 6.0), _device(measured, "e6-dear", 6, 6.0)]
 
 
-def _budget(table: LatencyTable, fraction: float) -> float:
+def _budget(table: PublishedTable, fraction: float) -> float:
     lut = build_lut(MINI, table)
     fast, slow = lut.of_arch(lut.table.argmin(1).tolist()), lut.of_arch(lut.table.argmax(1).tolist())
     return (fast + fraction * (slow - fast)) / 1e3
@@ -178,8 +177,8 @@ def test_all_devices_search_returns_one_architecture_within_every_budget(devices
 
 
 def test_tables_of_different_spaces_and_band_budgets_across_devices_are_refused(devices, tmp_path):
-    other = LatencyTable(copy.deepcopy(devices[1].payload) | {"space": {**MINI.to_dict(), "resolution": 64}})
-    other.payload["space"].pop("hash", None)
+    space = {k: v for k, v in MINI.to_dict().items() if k != "hash"} | {"resolution": 64}
+    other = PublishedTable.parse(devices[1].to_dict() | {"space": space})
     with pytest.raises(TableError, match="profile every device with the same space"):
         run_search([devices[0], other], "digits", SearchConfig(epochs=2, **FAST), tmp_path)
     with pytest.raises(ConfigError, match="band"):

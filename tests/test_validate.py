@@ -14,7 +14,7 @@ from search.dnas.run import newest_calibration
 from search.space.macro import fbnet_space
 from search.tables import calibration
 from search.tables.fidelity import errors
-from search.tables.latency import LatencyLUT, LatencyTable, TableError, apply_calibration
+from search.tables.latency import LatencyLUT, PublishedTable, TableError, apply_calibration
 from search.tables.predict import N_ANCHORS
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
 
@@ -66,10 +66,10 @@ def test_validate_measures_networks_and_stores_a_calibration(tmp_path):
         stored = admin.post(f"/v1/devices/{device['id']}/calibrations", json={"table_version": 1, "model": model})
         assert stored.status_code == 201
         # A search from this service applies the newest calibration fitted on this very table version...
-        table = LatencyTable(after.json())
+        table = PublishedTable.parse(after.content)
         assert newest_calibration(svc.url, svc.admin_token, device["id"], table)["version"] == 1
         # ...and never one fitted on another version.
-        other = LatencyTable(after.json() | {"version": 2})
+        other = PublishedTable.parse(after.json() | {"version": 2})
         assert newest_calibration(svc.url, svc.admin_token, device["id"], other) is None
 
 

@@ -24,8 +24,8 @@ from profiler_service.ui import charts
 from search.space.enumerate import enumerate_ops
 from search.space.macro import FBNET_CANDIDATES, SearchSpace
 from search.space.opspec import OpSpec, OpSpecError
-from search.tables.latency import LatencyTable as SearchTable
 from search.tables.latency import TableError, build_lut
+from search.tables.schema import PublishedTable
 
 
 # ---- devices ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _spec_summary(spec: dict[str, Any]) -> dict[str, Any]:
 def table_view(payload: dict[str, Any]) -> dict[str, Any]:
     """Everything the table page shows: the space, the rule, the heatmap the search's latency term sees, and
     every op with its spread and in-network cost."""
-    table = SearchTable(payload)
+    table = PublishedTable.parse(payload)
     out: dict[str, Any] = {"payload": payload, "heatmap": None, "heatmap_error": None}
     try:
         space = table.space
@@ -345,7 +345,7 @@ def calibration_scatter(session: Session, request_state: Any, calibration: dict[
         if "arch" not in row or "measured_adjusted_us" not in row:
             continue
         if table is None:
-            table = SearchTable(
+            table = PublishedTable.parse(
                 table_payload(session, request_state, calibration["device_id"], str(calibration["table_version"]))
             )
         try:

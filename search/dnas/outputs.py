@@ -16,12 +16,13 @@ from search.dnas.supernet import SuperNet
 from search.dnas.trainer import theta_png
 from search.space.export import atomic_write, export_network
 from search.space.model import build_model
-from search.tables.latency import LatencyLUT, LatencyTable
+from search.tables.latency import LatencyLUT
+from search.tables.schema import PublishedTable
 
 log = logging.getLogger("dnas.search")
 
 
-def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: LatencyTable, kind: str,
+def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: PublishedTable, kind: str,
                   data: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """One architecture, with what it was searched against: the table and the data split (`dnas train`
     rebuilds that split, so it never evaluates on images the search trained on)."""
@@ -38,7 +39,7 @@ def arch_document(net: SuperNet, lut: LatencyLUT, indices: list[int], table: Lat
 def write_outputs(
     net: SuperNet,
     lut: LatencyLUT,
-    table: LatencyTable,
+    table: PublishedTable,
     cfg: SearchConfig,
     out: Path,
     data: dict[str, Any] | None = None,
@@ -100,7 +101,7 @@ def write_outputs(
 
 
 # ---- several devices ------------------------------------------------------------------------------------------
-def _device_document(space: Any, theta: torch.Tensor, luts: list[LatencyLUT], tables: list[LatencyTable],
+def _device_document(space: Any, theta: torch.Tensor, luts: list[LatencyLUT], tables: list[PublishedTable],
                      labels: list[str], indices: list[int], kind: str, data: dict[str, Any] | None,
                      own: int | None) -> dict[str, Any]:  # fmt: skip
     """One architecture of a several-device search: searched for device `own` (per-device) or for all
@@ -133,7 +134,7 @@ def _write_architectures(out: Path, space: Any, docs: dict[str, dict[str, Any]])
 def write_device_outputs(
     net: SuperNet,
     luts: list[LatencyLUT],
-    tables: list[LatencyTable],
+    tables: list[PublishedTable],
     labels: list[str],
     cfg: SearchConfig,
     out: Path,
@@ -252,5 +253,5 @@ def write_device_outputs(
     return summary
 
 
-def table_version(table: LatencyTable) -> Any:
+def table_version(table: PublishedTable) -> Any:
     return table.provenance.get("version")

@@ -22,20 +22,22 @@ from search.dnas.cli_options import add_config_arguments, config_from_namespace
 from search.dnas.config import ConfigError, SearchConfig
 from search.dnas.outputs import write_device_outputs, write_outputs
 from search.dnas.trainer import Searcher
+from search.tables.client import ServiceClient
 from search.tables.device_matrix import device_labels
-from search.tables.latency import LatencyTable, TableClient, TableError, apply_calibration, build_lut, fetch_calibration
+from search.tables.latency import TableError, apply_calibration, build_lut
+from search.tables.schema import PublishedTable
 
 log = logging.getLogger("dnas.search")
 
 
 def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[int], versions: Sequence[str],
-                token: str | None, cache_dir: Path | None = None) -> list[LatencyTable]:  # fmt: skip
+                token: str | None, cache_dir: Path | None = None) -> list[PublishedTable]:  # fmt: skip
     """The tables of one search, in order: files, or several devices' tables fetched one after another from
     the service (each cached on disk as a single fetch is). `versions`: one for all devices, or one each."""
     if tables and devices:
         raise TableError("give --table files or --device ids, not both")
     if tables:
-        return [LatencyTable.from_file(t) for t in tables]
+        return [PublishedTable.from_file(t) for t in tables]
     if server is None or not devices:
         raise TableError("give --table FILE, or --server URL and --device ID")
     versions = list(versions) or ["latest"]
@@ -43,43 +45,44 @@ def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[in
         versions = versions * len(devices)
     if len(versions) != len(devices):
         raise TableError(f"{len(versions)} --version values for {len(devices)} devices: one, or one per device")
-    client = TableClient(server, token, cache_dir)
-    return [client.fetch(device, version) for device, version in zip(devices, versions, strict=True)]
+    with ServiceClient(server, token, cache_dir=cache_dir) as client:
+        return [client.table(device, version) for device, version in zip(devices, versions, strict=True)]
 
 
 def newest_calibration(server: str | None, token: str | None, device: int | None,
-                       table: LatencyTable) -> dict[str, Any] | None:  # fmt: skip
+                       table: PublishedTable) -> dict[str, Any] | None:  # fmt: skip
     """The newest calibration fitted on exactly this table version (`dnas validate --calibrate`), or None.
     A calibration of an older version corrects other numbers, so it is not applied to this one."""
     if server is None or device is None:
         return None
     try:
-        cal = fetch_calibration(server, token, device, table.space.hash)
+        with ServiceClient(server, token) as client:
+            cal = client.latest_calibration(device, table.space.hash)
     except TableError:
         log.info("no calibration for device %s; searching with the table's own rule", device)
         return None
-    if cal.get("table_version") != table.payload.get("version"):
+    if cal.get("table_version") != table.version:
         log.warning("the newest calibration (v%s) was fitted on table v%s, not v%s: not applied; run "
                     "`dnas validate --calibrate` on this version", cal.get("version"), cal.get("table_version"),
-                    table.payload.get("version"))  # fmt: skip
+                    table.version)  # fmt: skip
         return None
     return cal
 
 
-def _same_space(tables: Sequence[LatencyTable]) -> None:
+def _same_space(tables: Sequence[PublishedTable]) -> None:
     """A search over several devices prices one super net on every table: they must describe the same space."""
     first = tables[0].space
     for i, table in enumerate(tables[1:], start=1):
         if table.space.hash != first.hash:
             raise TableError(
-                f"table {i + 1} ({(table.payload.get('device') or {}).get('name', '?')}) prices space "
+                f"table {i + 1} ({table.device_info.get('name', '?')}) prices space "
                 f"{table.space.hash[:12]}, table 1 prices {first.hash[:12]}: profile every device with the same "
                 "space (resolution, width, classes, candidates)"
             )
 
 
 def run_search(
-    table: LatencyTable | Sequence[LatencyTable],
+    table: PublishedTable | Sequence[PublishedTable],
     data_spec: str,
     cfg: SearchConfig,
     out: Path,
@@ -92,7 +95,7 @@ def run_search(
 
     Several tables (one per device, with a calibration each or None): one search for all of them, per
     `cfg.device_mode` (see search.dnas.trainer)."""
-    tables = [table] if isinstance(table, LatencyTable) else list(table)
+    tables = [table] if isinstance(table, PublishedTable) else list(table)
     if not tables:
         raise TableError("no latency table to search against")
     calibrations = list(calibration) if isinstance(calibration, list | tuple) else [calibration] * len(tables)
@@ -112,7 +115,7 @@ def run_search(
         if cal is not None:
             lut = apply_calibration(lut, cal["model"], space)
             applied = {k: cal.get(k) for k in ("version", "table_version", "created_at")}
-            tables[i] = LatencyTable(one.payload | {"calibration": applied | {"kind": cal["model"].get("kind")}})
+            tables[i] = one.with_calibration(applied | {"kind": cal["model"].get("kind")})
             log.info("%s: latencies calibrated by calibration v%s (fitted on table v%s)", labels[i],
                      applied["version"], applied["table_version"])  # fmt: skip
         if budgets[i] is not None:

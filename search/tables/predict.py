@@ -36,6 +36,7 @@ from search.space.opspec import OpSpec
 
 RULE = "overhead-v1"
 PLAIN = "sum"
+PLAIN_DESCRIPTION = "plain sum of the ops' medians"
 N_ANCHORS = 8
 DESCRIPTION = (
     "predict(arch) = sum over the network's ops of max(median_us - overhead_us[probe at the op's input], 0)"
@@ -97,7 +98,11 @@ class PredictionRule:
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> PredictionRule:
         """The rule of a table as served; a table without one predicts with the plain sum."""
-        pred = payload.get("prediction")
+        return cls.from_published(payload.get("prediction"))
+
+    @classmethod
+    def from_published(cls, pred: dict[str, Any] | None) -> PredictionRule:
+        """The rule from a table's `prediction` section."""
         if not pred:
             return cls()
         if pred.get("rule") not in (RULE, PLAIN):
@@ -115,7 +120,7 @@ def fit_rule(
     """The rule and what it was fitted from, as published in a table's `prediction` section. Without anchors
     the constant is one network call (the probe at the network's input); without probes, the plain sum."""
     if not probes_us:
-        return PredictionRule(), {"rule": PLAIN, "description": "plain sum of the ops' medians"}
+        return PredictionRule(), {"rule": PLAIN, "description": PLAIN_DESCRIPTION}
     base = PredictionRule(RULE, dict(probes_us), 0.0)
     call_us = min(probes_us.values())  # the smallest shape's probe: the call itself, no data worth the name
     rows = [
