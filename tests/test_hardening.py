@@ -142,12 +142,13 @@ def test_an_agent_body_past_the_small_limit_is_413_where_results_take_megabytes(
         fat = {"model": "x", "extra": {"pad": "a" * (2 * MiB)}}
         resp = client.put("/v1/agent/fingerprint", json=fat)
         assert resp.status_code == 413 and "larger than" in resp.json()["detail"], resp.text[:300]
-        lease = {"lease_token": "x" * 16, "results": [{"job_id": 1, "median_us": 1.0, "mean_us": 1.0,
-                 "p10_us": 1.0, "p90_us": 1.0, "std_us": 0.0, "n": 1, "samples_us": [1.0] * 100_000}]}  # fmt: skip
-        assert len(json.dumps(lease)) > 2 * MiB
+        one = {"median_us": 1.0, "mean_us": 1.0, "p10_us": 1.0, "p90_us": 1.0, "std_us": 0.0, "n": 100_000,
+               "samples_us": [123456.789] * 100_000}  # fmt: skip
+        lease = {"lease_token": "x" * 16, "results": [{"job_id": i, **one} for i in (1, 2, 3)]}
+        assert 2 * MiB < len(json.dumps(lease)) < 8 * MiB
         resp = client.post("/v1/agent/results", json=lease)
         assert resp.status_code == 200, resp.text[:300]  # read and parsed: acknowledged not_found, item by item
-        assert [ack["status"] for ack in resp.json()["acks"]] == ["not_found"]
+        assert [ack["status"] for ack in resp.json()["acks"]] == ["not_found"] * 3
     with svc.client() as admin:
         resp = admin.post("/v1/devices", json={"name": "fat", "platform": "linux", "properties": {"p": "a" * MiB}})
         assert resp.status_code == 413, resp.text[:300]
