@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,10 +61,22 @@ def _unique_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
+def _renderable(value: Any) -> Any:
+    """`value` with every float that is not finite as its text: JSON has no infinity, and an error body that
+    cannot be rendered becomes a 500 and a dropped connection instead of the refusal the caller needed."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _renderable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_renderable(v) for v in value]
+    return value
+
+
 def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     """Every error body: what was wrong, and the request id to quote (also in the X-Request-ID header)."""
     rid = request_id.current()
-    return JSONResponse({"detail": detail, "request_id": rid}, status_code=status,
+    return JSONResponse({"detail": _renderable(jsonable_encoder(detail)), "request_id": rid}, status_code=status,
                         headers={**(headers or {}), "X-Request-ID": rid})  # fmt: skip
 
 
@@ -128,7 +141,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
-        if exc.status_code == 413:
+        if exc.status_code == 413:  # the whole app's ceiling; each route's own limit is api/strict_json.py's
             detail = f"request body larger than {settings.max_body_bytes} bytes"
         return error(exc.status_code, detail, exc.headers)
 

@@ -55,7 +55,15 @@ class ServiceSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, le=86_400, description="How long a leased job stays leased.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
-    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted (413).")
+    max_body_bytes: int = Field(
+        default=8 << 20, ge=1024,
+        description="Largest request body accepted (413) where agents need megabytes: their results.",
+    )  # fmt: skip
+    max_small_body_bytes: int = Field(
+        default=1 << 20, ge=1024,
+        description="Largest request body of every other call (413): devices, runs, tokens, networks, fidelity, "
+        "the agent's lease, heartbeat, failure and fingerprint.",
+    )  # fmt: skip
     log_headers: bool = Field(
         default=False,
         description="Log every request's headers, to debug a proxy or a client; credentials appear as a SHA-256 "

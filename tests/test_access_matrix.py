@@ -5,8 +5,8 @@ lists, so a new route without a row fails `test_the_matrix_covers_every_route`: 
 who may call it here. Each cell sends a valid body, so what a refusal reflects is the token, not the body; a
 second test sends every refused cell again with an empty object for a body and still expects the refusal
 (the permission check comes before validation: a caller without the right learns nothing about the schema).
-A body that is not JSON at all is 422 `json_invalid` for anyone, because FastAPI decodes the body before it
-runs dependencies; that answer names no field and no data, so it is left as it is.
+A third sends them a body that is not JSON at all: the token is checked before the body is read
+(api/gate.py), so a stranger gets 401 and a caller without the right 403, never 422 `json_invalid`.
 
 Callers: no token; a token the service never issued; a reader token; the agent token of device A (whose jobs
 the cells use), of device B (another device: A's jobs are not its own) and of a retired device; the admin.
@@ -318,6 +318,20 @@ def test_a_refused_caller_is_refused_whatever_the_body(world, method, path, role
     url, _ = _call(world, method, path, allowed=False)
     with world.client(role) as client:
         resp = _send(client, method, url, {} if method in ("POST", "PUT", "PATCH") else None)
+    assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
+
+
+REFUSED_WITH_BODY = [cell for cell in REFUSED if cell[0] in ("POST", "PUT", "PATCH")]
+
+
+@pytest.mark.parametrize(("method", "path", "role", "expected"), REFUSED_WITH_BODY,
+                         ids=[f"{m} {p} as {r}" for m, p, r, _ in REFUSED_WITH_BODY])  # fmt: skip
+def test_a_refused_caller_is_refused_before_the_body_is_read(world, method, path, role, expected):
+    """Not JSON, and longer than the small limit: a refusal that read or parsed it would be a 422 or a 413."""
+    url, _ = _call(world, method, path, allowed=False)
+    junk = b"{not json " + b"x" * (2 << 20)
+    with world.client(role) as client:
+        resp = client.request(method, url, content=junk, headers={"content-type": "application/json"})
     assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
 
 

@@ -50,7 +50,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 Role = Literal["admin", "reader", "agent"]
 
 
-def _token(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
+def token_from(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
     if creds is None or not creds.credentials:
         raise Unauthorized(f"this call needs a {role} token: send 'Authorization: Bearer <token>'", sent=False)
     return creds.credentials
@@ -83,6 +83,9 @@ def _unknown(role: str) -> Unauthorized:
                         f"this call needs a {role} token")  # fmt: skip
 
 
+AUTHORISED = "dnas.authorised"  # scope key: (digest, need) this request was already granted
+
+
 def _admin_fast(request: Request, digest: str) -> bool:
     """The admin token, checked against this app's cached hash: no thread hop, no query."""
     cached = admin_cache(request).cached()
@@ -91,11 +94,15 @@ def _admin_fast(request: Request, digest: str) -> bool:
 
 async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
     """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
-    session cookie carries the digest, never the token) both decide through it. Raises 401 or 403."""
-    if _admin_fast(request, digest):
+    session cookie carries the digest, never the token) both decide through it. Raises 401 or 403.
+
+    A grant is remembered in the request's scope: the route class checks before reading the body
+    (api/gate.py) and the dependency then asks again without another query."""
+    if request.scope.get(AUTHORISED) == (digest, need) or _admin_fast(request, digest):
         return
     check = _check_admin if need == "admin" else _check_reader
     await run_in_threadpool(check, request.app.state.sessionmaker, admin_cache(request), digest)
+    request.scope[AUTHORISED] = (digest, need)
 
 
 async def token_role(request: Request, digest: str) -> Role | None:
@@ -112,7 +119,7 @@ async def token_role(request: Request, digest: str) -> Role | None:
 
 
 async def require_admin(request: Request, creds: Credentials) -> None:
-    await authorise(request, hash_token(_token(creds, "admin")), "admin")
+    await authorise(request, hash_token(token_from(creds, "admin")), "admin")
 
 
 def _check_admin(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
@@ -134,7 +141,7 @@ def _check_admin_in(admin: AdminHashCache, session: Session, digest: str) -> Non
 async def require_reader(request: Request, creds: Credentials) -> None:
     """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
     token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
-    await authorise(request, hash_token(_token(creds, "reader or admin")), "reader")
+    await authorise(request, hash_token(token_from(creds, "reader or admin")), "reader")
 
 
 def _check_reader(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
@@ -155,11 +162,10 @@ def _check_reader_in(admin: AdminHashCache, session: Session, digest: str) -> No
 LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
 
 
-def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
-    digest = hash_token(_token(creds, "device agent"))
-    device = session.scalar(select(Device).where(Device.token_hash == digest))
+def _refuse_agent(admin: AdminHashCache, session: Session, digest: str, device: Device | None) -> None:
+    """Raise unless `device` (found by the digest) may call the agent protocol."""
     if device is None:
-        role = _role_of(admin_cache(request), session, digest)
+        role = _role_of(admin, session, digest)
         session.rollback()
         if role is None:
             raise _unknown("device agent")
@@ -168,6 +174,19 @@ def require_agent(request: Request, session: SessionDep, creds: Credentials) -> 
     if device.retired_at is not None:
         session.rollback()
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
+
+
+def check_agent(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
+    """The agent check without keeping the device: what api/gate.py asks before the body is read."""
+    with sessions() as session:
+        _refuse_agent(admin, session, digest, session.scalar(select(Device).where(Device.token_hash == digest)))
+
+
+def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
+    digest = hash_token(token_from(creds, "device agent"))
+    device = session.scalar(select(Device).where(Device.token_hash == digest))
+    _refuse_agent(admin_cache(request), session, digest, device)
+    assert device is not None  # _refuse_agent raised otherwise
     now = utcnow()
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=LAST_SEEN_EVERY_S):  # bounded write rate from polling agents

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from db.models import KEY_LEN, Device, Job, Operator
 from db.states import JobStatus
 from profiler_service.api.deps import AgentDep, Id, SessionDep
-from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
 from profiler_service.errors import NotFound
 from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
 from profiler_service.networks import NETWORK_KEY, network_path
@@ -178,6 +178,7 @@ def batch_heartbeat(body: LeaseProof, device: AgentDep, session: SessionDep, req
 
 
 @router.post("/results", response_model=BatchAck)
+@bulk_body
 def batch_results(body: BatchResultsIn, device: AgentDep, session: SessionDep) -> BatchAck:
     """A batch's results in one call; each is acknowledged on its own (done, replayed, conflict, not_found)."""
     acks = record_results(session, device_id=device.id, body=body)
@@ -200,6 +201,7 @@ def _publish_now(session, device_id: int, config_hash: str) -> None:  # type: ig
 
 
 @router.post("/jobs/{job_id}/result", response_model=Ack)
+@bulk_body
 def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep) -> Ack:
     """Store the statistics once; a replayed POST is answered 200 with `replayed: true`."""
     ack = record_result(session, device_id=device.id, job_id=job_id, body=body)
