@@ -336,7 +336,15 @@ def test_a_refused_caller_is_refused_before_the_body_is_read(world, method, path
 
 
 def test_held_lease_survived_every_refused_call(world):
-    """No refused call touched A's held lease: it still heartbeats under A's token."""
+    """No call by another caller on the agent's paths touches A's held lease: it still heartbeats under A's
+    token. The calls are sent here, not left to the matrix above: run alone (or first), this would otherwise
+    check a lease nothing had tried to touch."""
+    others = [(m, p, r, e) for m, p, r, e in CELLS if p.startswith("/v1/agent/") and r != "agent_a"]
+    assert len(others) >= 40
+    for method, path, role, expected in others:
+        url, body = _call(world, method, path, allowed=expected < 400)
+        with world.client(role) as client:
+            assert _send(client, method, url, body).status_code == expected, (method, url, role)
     with world.client("agent_a") as agent:
         resp = agent.post("/v1/agent/heartbeat", json={"lease_token": world.held["lease_token"]})
     assert resp.status_code == 200 and resp.json()["extended"] >= 1, resp.text

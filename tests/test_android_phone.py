@@ -23,7 +23,7 @@ from profiler_service.local_server import stop_process
 from search.space.enumerate import enumerate_ops
 from search.space.export import ExportCache
 from search.space.macro import get_space
-from tests.emulator_harness import running_emulator
+from tests.emulator_harness import require_c_compiler, running_emulator
 
 SERIAL = "EMULATOR0001"
 
@@ -80,15 +80,21 @@ def test_stock_phone_is_refused_at_start_with_what_it_lacks(tmp_path):
     assert "has no python3 in its adb shell" in message and "--runner perf-test" in message
 
 
-def test_perf_test_build_is_checked_pushed_by_checksum_and_replaced_when_rebuilt(tmp_path):
+def test_perf_test_build_without_its_cxx_runtime_or_for_another_abi_is_refused(tmp_path):
+    require_c_compiler()
+    build = write_build(tmp_path / "build")  # a real ELF that links the NDK's C++ runtime
+    assert {p.name for p in build.iterdir()} == {"onnxruntime_perf_test", "libc++_shared.so", "VERSION_NUMBER"}
+    assert sorted(p.name for p in build_files(build, "x86_64")) == ["libc++_shared.so", "onnxruntime_perf_test"]
+    (build / "libc++_shared.so").rename(tmp_path / "libc++_shared.so")
+    with pytest.raises(PerfTestBuildError, match=r"needs libc\+\+_shared.so.*NDK"):
+        build_files(build, "x86_64")
+    (tmp_path / "libc++_shared.so").rename(build / "libc++_shared.so")
+    with pytest.raises(PerfTestBuildError, match="built for x86_64, the device is arm64-v8a"):
+        build_files(build, "arm64-v8a")
+
+
+def test_perf_test_build_is_pushed_by_checksum_and_replaced_when_rebuilt(tmp_path):
     build = write_build(tmp_path / "build")
-    if (build / "libc++_shared.so").exists():  # a real ELF that links the NDK's C++ runtime
-        (build / "libc++_shared.so").rename(tmp_path / "libc++_shared.so")
-        with pytest.raises(PerfTestBuildError, match=r"needs libc\+\+_shared.so.*NDK"):
-            build_files(build, "x86_64")
-        with pytest.raises(PerfTestBuildError, match="built for x86_64, the device is arm64-v8a"):
-            (tmp_path / "libc++_shared.so").rename(build / "libc++_shared.so")
-            build_files(build, "arm64-v8a")
     with running_emulator(tmp_path / "sandbox", "--stock") as emu:
         conn = AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey")
         backend = AndroidBackend(conn, runner="perf-test", perf_test_dir=build)

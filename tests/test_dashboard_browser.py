@@ -8,7 +8,9 @@ screenshots of what it saw (the run's tmp dir, printed; DNAS_UI_SCREENSHOTS=DIR 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -195,7 +197,7 @@ def test_admin_registers_a_device_and_sees_its_agent_token_once(page, lab: Lab) 
                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     assert resp.status_code == 204
     page.get_by_role("link", name="Go to lab-phone-7").click()
-    expect()(page.locator("#agent-state")).to_contain_text("connected")
+    expect()(page.locator("#agent-state .badge")).to_have_text("connected")  # the whole badge: not "not connected"
     expect()(page.locator("dl.facts")).to_contain_text("Pixel 7")
     assert token not in page.content()  # shown once: never again
     shoot(page, lab.shots, "device")
@@ -252,7 +254,16 @@ def test_table_page_heatmap_sorting_and_downloads(page, lab: Lab) -> None:
 
     cells = page.locator("#heatmap g.cell")
     assert cells.count() == LAYERS * len(CANDIDATES)
-    assert page.locator("#heatmap g.cell.fastest").count() >= LAYERS  # each layer's cheapest, outlined
+    # Each layer's cheapest candidate is outlined, and only it (an outline on every cell would say nothing).
+    titles = page.locator("#heatmap g.cell title").all_text_contents()
+    outlined = [
+        "fastest" in (c or "").split() for c in cells.evaluate_all("els => els.map(e => e.getAttribute('class'))")
+    ]
+    k = len(CANDIDATES)
+    for layer in range(LAYERS):
+        values = [float(re.search(r": ([0-9.]+) us", t)[1]) for t in titles[layer * k : (layer + 1) * k]]  # type: ignore[index]
+        marked = [v for v, o in zip(values, outlined[layer * k : (layer + 1) * k], strict=True) if o]
+        assert marked and all(v == min(values) for v in marked) and len(marked) < k, (layer, values, marked)
     assert "ir_k5_e6" in page.locator("#heatmap").text_content()
     expect()(page.locator("#measured-as")).to_contain_text("interleaved")
     expect()(page.locator("main")).to_contain_text("Network constant")
@@ -305,12 +316,24 @@ def test_compare_two_devices_as_an_interactive_chart(page, lab: Lab) -> None:
     assert 0 < int(chart.get_attribute("data-bars")) <= 30
     page.get_by_label("Show").select_option("0")  # all
     assert int(chart.get_attribute("data-bars")) == shared
+    # By default the ops that differ most come first, either way (|log ratio| falls down the chart).
+    spread = [abs(math.log(r)) for r in _bar_ratios(chart)]
+    assert spread == sorted(spread, reverse=True)
     page.get_by_label("Kind").select_option("skip")
     assert 0 < int(chart.get_attribute("data-bars")) < shared
     chart.locator("g.op").first.focus()  # keyboard reaches every bar
     expect()(page.locator("#ratio-tip")).to_contain_text("B/A")
-    page.get_by_label("Order").select_option("asc")
+    for order, expected in (("asc", sorted), ("desc", lambda r: sorted(r, reverse=True))):
+        page.get_by_label("Order").select_option(order)
+        ratios = _bar_ratios(chart)
+        assert len(ratios) > 1 and ratios == expected(ratios), (order, ratios)
     shoot(page, lab.shots, "compare")
+
+
+def _bar_ratios(chart) -> list[float]:  # type: ignore[no-untyped-def]
+    """The B/A ratio of each bar of the compare chart, top to bottom (from the label screen readers hear)."""
+    labels = chart.locator("g.op").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    return [float(label.rsplit("B/A ", 1)[1]) for label in labels]
 
 
 def test_fidelity_page_shows_the_validation_scatter_and_the_calibration(page, lab: Lab) -> None:

@@ -4,22 +4,30 @@ real (uvicorn on loopback) and its one table is measured by a real local agent."
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from db.engine import make_engine, make_sessionmaker
+from db.models import ServiceSetting
+from profiler_service.ui.auth import KEY_SETTING
 from tests.service_harness import Service, register, running_service, start_agent
 from tests.waiting import wait_until
 
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
 CONFIG = {"warmup": 1, "rounds": 4, "runs_per_round": 1}
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+ENDED = "why=your%20session%20ended%3B%20sign%20in%20again"  # the sign-in form's reason for an ended session
 
 
 @dataclass
@@ -28,6 +36,7 @@ class Site:
     reader: str
     device: dict[str, Any]
     run_id: int
+    db: str
 
     @property
     def url(self) -> str:
@@ -46,6 +55,7 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
     else:
         db = request.getfixturevalue("pg_cluster").create_database(f"ui_{os.getpid()}")
     with running_service(db, work, DNAS_SERVICE_LONG_POLL_SECONDS="2") as svc, svc.client() as admin:
+        admin.timeout = httpx.Timeout(600)  # creating a run exports its models: minutes on a loaded 2-core host
         reader = admin.post("/v1/tokens", json={"name": "http-reader"}).raise_for_status().json()["token"]
         device = register(admin, "http-host")
         body = {"device_id": device["id"], "space": SPACE, "config": CONFIG, "anchors": 2}
@@ -57,7 +67,7 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
         finally:
             agent.terminate()
             agent.wait(timeout=30)
-        yield Site(svc, reader, device, run["id"])
+        yield Site(svc, reader, device, run["id"], db)
 
 
 def sign_in(site: Site, token: str) -> httpx.Client:
@@ -118,6 +128,46 @@ def test_a_form_without_its_csrf_token_or_from_another_site_changes_nothing(site
                       headers={"Origin": site.url})  # fmt: skip
     assert made.status_code == 201 and "dnas_agent_" in made.text and "from-the-form" in device_names(site)
     assert made.headers["cache-control"] == "no-store"  # the page that shows the agent token is never cached
+
+
+def _signing_key(site: Site) -> bytes:
+    """The service's session key, read from its database as every worker reads it."""
+    engine = make_engine(site.db)
+    try:
+        with make_sessionmaker(engine)() as s:
+            return bytes.fromhex(s.scalar(select(ServiceSetting.value).where(ServiceSetting.name == KEY_SETTING)))
+    finally:
+        engine.dispose()
+
+
+def _signed(key: bytes, digest: str, expires: int) -> str:
+    """A session cookie as a holder of the key would sign it: digest, expiry, HMAC-SHA256 of both."""
+    mac = hmac.new(key, f"session|{digest}|{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{digest}.{expires}.{mac}"
+
+
+def _signed_out(site: Site, cookie: str) -> str:
+    """Where the dashboard sends a browser presenting `cookie`: the sign-in form's address, or '' if it is let in."""
+    with httpx.Client(base_url=site.url, timeout=60, cookies={"dnas_session": cookie}) as browser:
+        page = browser.get("/ui/")
+    return page.headers["location"] if page.status_code == 303 else ""
+
+
+def test_a_session_cookie_is_signed_and_lasts_twelve_hours(site: Site) -> None:
+    before = time.time()
+    digest, expires, mac = sign_in(site, site.reader).cookies["dnas_session"].split(".")
+    key = _signing_key(site)
+    # The cookie ends 12 hours after sign-in, and says so in what the MAC covers.
+    assert before + 12 * 3600 - 5 <= int(expires) <= time.time() + 12 * 3600 + 5
+    assert _signed(key, digest, int(expires)) == f"{digest}.{expires}.{mac}"
+    assert _signed_out(site, f"{digest}.{expires}.{mac}") == ""
+    # The MAC alone forged (the token digest and the expiry as issued, signed with another key): signed out.
+    assert ENDED in _signed_out(site, _signed(bytes(32), digest, int(expires)))
+    # A later expiry under the old MAC: the MAC covers the expiry, so a session cannot be stretched.
+    assert ENDED in _signed_out(site, f"{digest}.{int(expires) + 3600}.{mac}")
+    # Signed with the service's own key but past its expiry (a sign-in just over 12 hours ago): signed out.
+    assert ENDED in _signed_out(site, _signed(key, digest, int(time.time()) - 1))
+    assert _signed_out(site, _signed(key, digest, int(time.time()) + 60)) == ""  # a minute left: still in
 
 
 def test_a_tampered_or_revoked_session_signs_the_browser_out(site: Site) -> None:
