@@ -13,7 +13,6 @@ import torch
 from search.dnas.config import SearchConfig
 from search.dnas.decode import decode_target, describe, most_likely, sample
 from search.dnas.supernet import SuperNet
-from search.dnas.trainer import theta_png
 from search.space.export import atomic_write, export_network
 from search.space.model import build_model
 from search.tables.latency import LatencyLUT, LatencyTable
@@ -254,3 +253,34 @@ def write_device_outputs(
 
 def table_version(table: LatencyTable) -> Any:
     return table.provenance.get("version")
+
+
+def theta_png(net: SuperNet, path: Path, title: str = "", index: int = 0) -> None:
+    """P_theta per layer as a heatmap: the picture of what the search chose (theta `index` of several)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = net.probabilities(index).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * probs.shape[1], 1.2 + 0.32 * probs.shape[0]))
+    # Scaled to the largest probability: early in a search theta is near uniform and a 0..1 scale hides it.
+    im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=float(probs.max()))
+    ax.set_xticks(range(probs.shape[1]), net.space.candidates, rotation=45, ha="right")
+    ax.set_yticks(range(probs.shape[0]), [f"layer {i}" for i in range(probs.shape[0])])
+    for (i, j), p in __import__("numpy").ndenumerate(probs):
+        if p >= 1.5 / probs.shape[1]:
+            ax.text(
+                j,
+                i,
+                f"{p:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if p > 0.6 * probs.max() else "white",
+            )
+    ax.set_title(title or "P(theta) per layer")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

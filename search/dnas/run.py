@@ -128,7 +128,7 @@ def run_search(
             f"the table's space has {space.num_classes} classes but the data has {data.num_classes}: "
             f"profile the space with --classes {data.num_classes}"
         )
-    searcher = Searcher(space, luts if n > 1 else luts[0], data, cfg, out,
+    searcher = Searcher(space, luts, data, cfg, out,
                         table_sha256=[t.content_hash for t in tables], allow_table_change=allow_table_change,
                         labels=labels)  # fmt: skip
     searcher.run()
