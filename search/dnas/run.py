@@ -20,7 +20,7 @@ import torch.distributed as dist
 from search.data.datasets import DataError, load_data
 from search.dnas.cli_options import add_config_arguments, config_from_namespace
 from search.dnas.config import ConfigError, SearchConfig
-from search.dnas.outputs import write_device_outputs, write_outputs
+from search.dnas.outputs import write_outputs
 from search.dnas.trainer import Searcher
 from search.tables.device_matrix import device_labels
 from search.tables.latency import LatencyTable, TableClient, TableError, apply_calibration, build_lut, fetch_calibration
@@ -134,12 +134,8 @@ def run_search(
     searcher.run()
     summary: dict[str, Any] = {}
     if searcher.rank.main:
-        if n == 1:
-            summary = write_outputs(searcher.net, luts[0], tables[0], cfg, out, data.record, searcher.events,
-                                    searcher.compute)  # fmt: skip
-        else:
-            summary = write_device_outputs(searcher.net, luts, tables, labels, cfg, out, data.record,
-                                           searcher.events, searcher.compute)  # fmt: skip
+        summary = write_outputs(searcher.net, luts, tables, labels, cfg, out, data.record, searcher.events,
+                                searcher.compute)  # fmt: skip
     if searcher.rank.world > 1:
         dist.barrier()
     return summary
