@@ -2,7 +2,7 @@
 validate into these models, so an option cannot exist on the command line and be missing from a fleet (as
 thermal wait, batch size, protocol, header logging and the token file once were), or default differently.
 
-`dnas agent ...` turns the fields into typer options (`typer_parameters`): `--field-name`, settable by
+`dnas agent ...` turns the fields into typer options (dnas.options): `--field-name`, settable by
 `DNAS_AGENT_FIELD_NAME` (a field may name another variable), the description as help, the default shown. A
 fleet file is a JSON list of these models, told apart by `backend`; an unknown or invalid key is an error
 that names the worker and the key.
@@ -12,10 +12,7 @@ The models hold what was asked; `make_backend` and `make_agent` build the object
 
 from __future__ import annotations
 
-import inspect
 import json
-import types
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -227,36 +224,3 @@ def load_fleet(path: Path, defaults: dict[str, Any] | None = None) -> list[Agent
         except ValidationError as exc:
             raise SettingsError(f"{path}: worker {i} ({worker['backend']}): {describe_error(exc)}") from None
     return out
-
-
-# ---- typer ----------------------------------------------------------------------------------------------------
-def _cli_type(hint: Any) -> Any:
-    """The option's type on the command line: a list of CPUs is typed as '0,1'."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    base = args[0] if optional else hint
-    if typing.get_origin(base) is list:
-        base = str
-    return base | None if optional else base
-
-
-def typer_parameters(model: type[AgentSettings], *, skip: tuple[str, ...] = ("backend",)) -> list[inspect.Parameter]:
-    """Keyword parameters typer turns into options: `--x` (booleans `--x/--no-x`), env DNAS_AGENT_X."""
-    import typer
-
-    hints = typing.get_type_hints(model)
-    params = []
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        envvar = str(extra.get("envvar") or "DNAS_AGENT_" + name.upper())
-        flag = "--" + name.replace("_", "-")
-        annotation = _cli_type(hints[name])
-        if annotation is bool:
-            flag = f"{flag}/--no-{flag[2:]}"
-        option = typer.Option(flag, help=field.description, envvar=envvar, show_default=name != "token")
-        default = inspect.Parameter.empty if field.is_required() else field.default
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[annotation, option]))  # fmt: skip
-    return params

@@ -19,9 +19,9 @@ from device_agents.settings import (
     AndroidAgentSettings,
     LocalAgentSettings,
     SettingsError,
-    typer_parameters,
     validate_settings,
 )
+from dnas.options import model_parameters
 
 app = typer.Typer(no_args_is_help=True, help="Device agents: lease jobs and measure on hardware.")
 
@@ -65,8 +65,10 @@ def android(**values: Any) -> None:
     _serve(AndroidAgentSettings, values)
 
 
-local.__signature__ = inspect.Signature(typer_parameters(LocalAgentSettings))  # type: ignore[attr-defined]
-android.__signature__ = inspect.Signature(typer_parameters(AndroidAgentSettings))  # type: ignore[attr-defined]
+for _command, _model in ((local, LocalAgentSettings), (android, AndroidAgentSettings)):
+    _command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        model_parameters(_model, env_prefix="DNAS_AGENT_", skip=("backend",), hide_default=("token",))
+    )
 app.command()(local)
 app.command()(android)
 
