@@ -68,16 +68,18 @@ def export(
 @app.command("macs-table")
 def macs_table_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the table (JSON).")],
-    name: str = "fbnet",
-    resolution: Resolution = 224,
-    width: Width = 1.0,
-    classes: Classes = 1000,
+    name: SpaceName = SPACE.name,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
+    classes: Classes = SPACE.num_classes,
+    head_c: HeadC = None,
+    candidates: Candidates = None,
 ) -> None:
     """A table that prices every op by its multiply-adds (kMAC), for `dnas search --table`: the FLOP-counter
     search to hold a device table's search against. Budgets given in "ms" then read as millions of MACs."""
     from search.tables.macs import macs_table
 
-    space = get_space(name, resolution=resolution, width=width, num_classes=classes)
+    space = build_space(space_options(name, resolution, width, classes, head_c, candidates))
     payload = macs_table(space)
     output.write_text(json.dumps(payload, indent=1))
     typer.echo(json.dumps({"ops": len(payload["entries"]), "unit": payload["config"]["unit"], "path": str(output)}))

@@ -70,7 +70,14 @@ def test_every_command_that_takes_a_space_takes_the_same_space_options():
 
     root = typer.main.get_command(app)
     space = root.commands["space"].commands  # type: ignore[attr-defined]
-    commands = [root.commands["profile"], root.commands["validate"], space["show"], space["ops"], space["export"]]  # type: ignore[attr-defined]
+    commands = [
+        root.commands["profile"],
+        root.commands["validate"],
+        space["show"],
+        space["ops"],
+        space["export"],
+        space["macs-table"],
+    ]  # type: ignore[attr-defined]
     fields = {"--space": "name", "--resolution": "resolution", "--width": "width", "--classes": "num_classes",
               "--head-c": "head_c", "--candidates": "candidates"}  # fmt: skip
     for command in commands:

@@ -26,7 +26,8 @@ class SpaceOptions(BaseModel):
     head_c: int | None = Field(default=None, ge=8, le=8192, description="Head channels (default: the space's).")
     candidates: list[str] | None = Field(
         default=None, min_length=1, max_length=32,
-        description="Candidate blocks, as the table was profiled with (default: all; comma-separated on a command line).",
+        description="Candidate blocks, as the table was profiled with (default: all; comma-separated on a "
+        "command line).",
     )  # fmt: skip
 
     def build(self) -> SearchSpace:
