@@ -175,11 +175,14 @@ WorkerSettings = Annotated[LocalAgentSettings | AndroidAgentSettings, Field(disc
 BACKENDS: dict[str, type[AgentSettings]] = {"local": LocalAgentSettings, "android": AndroidAgentSettings}
 
 
-def describe_error(exc: ValidationError) -> str:
-    """One line per problem, naming the key; never the value given (it may be a token)."""
+def describe_error(exc: ValidationError, *, as_flags: bool = False) -> str:
+    """One line per problem, naming the key (as `--key` for the command line); never the value given (it may
+    be a token)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in BACKENDS)  # the union's branch is noise
+        if as_flags and loc:
+            loc = "--" + loc.replace("_", "-")
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r}")
         elif err["type"] == "missing":
@@ -195,7 +198,7 @@ def validate_settings(model: type[AgentSettings], values: dict[str, Any]) -> Age
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise SettingsError(describe_error(exc)) from None
+        raise SettingsError(describe_error(exc, as_flags=True)) from None
 
 
 def load_fleet(path: Path, defaults: dict[str, Any] | None = None) -> list[AgentSettings]:
