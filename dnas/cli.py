@@ -11,6 +11,7 @@ import typer
 
 from dnas import agent_cli, db_cli, models_cli, search_cli, service_cli, space_cli
 from dnas.errors import UserError
+from dnas.options import SPACE, Resolution, Width, space_options
 from search.space.opspec import OpSpecError
 from search.tables.client import ServiceError
 
@@ -32,13 +33,14 @@ app.command()(service_cli.validate)
 
 @app.command()
 def demo(
-    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: a temp dir).")] = None,
 ) -> None:
     """Smoke-test the toolchain: expand a space, export and run every op once, show the zoo."""
     from dnas.demo import run_demo
 
+    space_options(resolution=resolution, width=width)  # the bounds every command holds a space to
     summary = run_demo(resolution, width, out)
     typer.echo(json.dumps(summary, indent=2))
 

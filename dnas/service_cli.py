@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from dnas.errors import UserError
+from dnas.options import SPACE, Candidates, Classes, HeadC, Resolution, SpaceName, Width, space_options
 from search.tables.client import ServiceClient, ServiceError, not_published
 
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
@@ -137,10 +138,12 @@ def device_show(device_id: int, server: Server = DEFAULT_SERVER, token: Token = 
 
 def profile(
     device: Annotated[int, typer.Option("--device", help="Device id.")],
-    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
-    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
-    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    space: SpaceName = SPACE.name,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
+    classes: Classes = SPACE.num_classes,
+    head_c: HeadC = None,
+    candidates: Candidates = None,
     threads: Annotated[int, typer.Option(help="Runtime threads.")] = 1,
     warmup: Annotated[int, typer.Option(help="Untimed runs per op when it is loaded.")] = 10,
     rounds: Annotated[
@@ -156,11 +159,12 @@ def profile(
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
+    target = space_options(space, resolution, width, classes, head_c, candidates)  # refused here, not by a 422
     client = connect(server, token)
     config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
     run = client.start_run(
         device,
-        {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
+        target.model_dump(exclude_none=True),
         {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
         anchors=anchors,
     )
@@ -260,14 +264,12 @@ def validate(
         ),
     ] = None,
     samples: Annotated[int, typer.Option(help="Random architectures to measure end to end.")] = 20,
-    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
-    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
-    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
-    candidates: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated candidate blocks, as the table was profiled with (default: all)."),
-    ] = None,
+    space: SpaceName = SPACE.name,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
+    classes: Classes = SPACE.num_classes,
+    head_c: HeadC = None,
+    candidates: Candidates = None,
     version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
@@ -277,8 +279,7 @@ def validate(
 ) -> None:
     """How far a table is from whole networks measured end to end, next to the noise of measuring them; with
     --arch, searched architectures measured on each device they target (the cross-device matrix)."""
-    from search.space.macro import get_space
-    from search.space.opspec import OpSpecError
+    from dnas.options import build_space
     from search.tables.fidelity import FidelityError
     from search.tables.fidelity import validate as run_validate
 
@@ -286,13 +287,7 @@ def validate(
         return _validate_searched(arch, device, out, connect(server, token))
     if not device or len(device) != 1:
         raise UserError("give one --device (random architectures are checked against one device's table)")
-    kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
-    if candidates:
-        kwargs["candidates"] = tuple(c.strip() for c in candidates.split(",") if c.strip())
-    try:
-        target = get_space(space, **kwargs)
-    except OpSpecError as exc:
-        raise UserError(f"space: {exc}") from None
+    target = build_space(space_options(space, resolution, width, classes, head_c, candidates))
     try:
         report = run_validate(connect(server, token), device[0], target, samples, out, calibrate=calibrate,
                               seed=seed, version=version)  # fmt: skip

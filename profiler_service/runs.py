@@ -22,7 +22,7 @@ from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
 from search.space.cost import op_cost
 from search.space.enumerate import enumerate_ops
 from search.space.export import ExportCache
-from search.space.macro import SearchSpace, get_space
+from search.space.macro import SearchSpace
 from search.space.opspec import OpSpecError
 from search.tables.predict import anchor_archs, probe_specs
 
@@ -32,13 +32,7 @@ def resolve_space(data: dict[str, Any]) -> SearchSpace:
     try:
         if "stages" in data:
             return SearchSpace.from_dict(data)
-        req = SpaceRequest.model_validate(data)
-        kwargs: dict[str, Any] = {"resolution": req.resolution, "width": req.width, "num_classes": req.num_classes}
-        if req.head_c is not None:
-            kwargs["head_c"] = req.head_c
-        if req.candidates is not None:
-            kwargs["candidates"] = tuple(req.candidates)
-        return get_space(req.name, **kwargs)
+        return SpaceRequest.model_validate(data).build()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from db.states import RunStatus
+from search.space.options import SpaceOptions
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
@@ -146,15 +147,10 @@ class MeasureConfig(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class SpaceRequest(Strict):
-    """A named space with its parameters; or pass a full resolved space (as `dnas space show` prints)."""
-
-    name: str = Field(default="fbnet", max_length=64)
-    resolution: int = Field(default=224, ge=16, le=1024)
-    width: float = Field(default=1.0, gt=0, le=4)
-    num_classes: int = Field(default=1000, ge=1, le=100_000)
-    head_c: int | None = Field(default=None, ge=8, le=8192)
-    candidates: list[str] | None = Field(default=None, min_length=1, max_length=32)
+class SpaceRequest(SpaceOptions):
+    """A named space with its parameters; or pass a full resolved space (as `dnas space show` prints). The
+    fields and their bounds are search.space.options.SpaceOptions', which every command that takes a space
+    shares."""
 
 
 class RunCreate(Strict):

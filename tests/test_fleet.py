@@ -13,6 +13,8 @@ from tests.emulator_harness import running_emulator
 from tests.net_proxy import CuttableProxy
 from tests.service_harness import free_port, register, running_service, start_run, wait_for_run
 
+FORMERLY_MISSING = {"thermal_wait": 123.0, "batch_size": 7, "protocol": 1, "log_http": True}
+
 
 def test_one_host_serves_two_devices(tmp_path):
     with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
@@ -42,6 +44,82 @@ def test_bad_fleet_file_is_one_clear_line(tmp_path):
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {config}: worker 0 is missing token"
+
+
+def _fleet(tmp_path, *workers: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    config = tmp_path / "fleet.json"
+    config.write_text(json.dumps(list(workers)))
+    return subprocess.run([sys.executable, "-m", "dnas", "agent", "fleet", str(config), "--exit-when-idle",
+                           "--wait", "0", "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_an_unknown_or_invalid_fleet_key_is_refused_naming_it(tmp_path):
+    """A misspelt option used to be ignored: the worker silently ran with the default."""
+    worker = {"backend": "android", "server": "http://127.0.0.1:9", "token": "t", "adb": "127.0.0.1:5555"}
+    proc = _fleet(tmp_path, worker | {"thermal_wiat": 30})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {tmp_path / 'fleet.json'}: worker 0 (android): unknown key 'thermal_wiat'"
+    proc = _fleet(tmp_path, {"backend": "local", "server": "http://127.0.0.1:9", "token": "t"},
+                  {"backend": "local", "server": "http://127.0.0.1:9", "token": "t", "batch_size": 0})  # fmt: skip
+    assert proc.returncode == 1
+    assert "worker 1 (local): batch_size: Input should be greater than or equal to 1" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_every_command_line_option_is_a_fleet_key():
+    """`dnas agent local|android` and a fleet entry validate into the same models: no option of one is missing
+    from the other."""
+    import typer
+
+    from device_agents.settings import BACKENDS
+    from dnas.agent_cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for backend, model in BACKENDS.items():
+        options = {p.name for p in commands[backend].params}
+        assert options == set(model.model_fields) - {"backend"}, backend
+    assert set(FORMERLY_MISSING) | {"token_file"} <= set(BACKENDS["android"].model_fields)
+
+
+def test_the_formerly_missing_options_reach_each_worker(tmp_path):
+    """thermal wait, batch size, protocol, header logging and a token file, set in a fleet file, are what the
+    built agents run with (no device is contacted to build them)."""
+    from device_agents.fleet import make_agents
+    from device_agents.settings import load_fleet
+
+    (tmp_path / "phone.token").write_text("phone-secret\n")
+    config = tmp_path / "fleet.json"
+    config.write_text(json.dumps([
+        {"backend": "android", "server": "http://127.0.0.1:9", "token_file": str(tmp_path / "phone.token"),
+         "adb": "127.0.0.1:5555", "cooldown": 2.5, **FORMERLY_MISSING},
+        {"backend": "local", "server": "http://127.0.0.1:9", "token": "host-secret", "cpus": [0]},
+    ]))  # fmt: skip
+    phone, host = make_agents(load_fleet(config, {"wait": 3.0}), tmp_path / "cache")
+    assert phone.backend.thermal_wait_s == 123.0 and phone.backend.cooldown_s == 2.5
+    assert (phone.batch_size, phone.batches, phone.wait_seconds) == (7, False, 3.0)  # protocol 1: one job a lease
+    assert phone.client.http.headers["authorization"] == "Bearer phone-secret"
+    assert phone.client.http.event_hooks["response"]  # every exchange logged, the token as a fingerprint
+    assert (host.batch_size, host.batches, host.backend.cpus) == (500, True, [0])
+    assert host.client.http.headers["authorization"] == "Bearer host-secret"
+    assert not host.client.http.event_hooks["response"]
+
+
+def test_a_fleet_worker_with_a_token_file_batches_and_logs_headers_as_told(tmp_path):
+    """End to end through a real service: the token comes from the file, batches are at most batch_size jobs,
+    and every call is logged with its headers."""
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
+        device = register(admin, "from-file")
+        run = start_run(admin, device["id"])
+        (tmp_path / "host.token").write_text(device["agent_token"] + "\n")
+        proc = _fleet(tmp_path, {"backend": "local", "server": svc.url, "token_file": str(tmp_path / "host.token"),
+                                 "cpus": [1], "batch_size": 2, "log_http": True, "wait": 2}, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert wait_for_run(admin, run["id"])["status"] == "published"
+    batches = [int(line.split("batch of ")[1].split()[0]) for line in proc.stderr.splitlines() if "batch of " in line]
+    assert batches and max(batches) == 2, batches
+    assert "http POST /v1/agent/lease" in proc.stderr and "authorization: bearer " in proc.stderr.lower()
+    assert device["agent_token"] not in proc.stderr
 
 
 def _wait_for_text(path, text: str, proc, timeout_s: float = 300) -> None:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from search.data.datasets import DataError, load_data
 from search.dnas.cli_options import add_config_arguments, config_from_namespace
 from search.dnas.config import ConfigError, SearchConfig
-from search.dnas.outputs import write_device_outputs, write_outputs
+from search.dnas.outputs import write_outputs
 from search.dnas.trainer import Searcher
 from search.tables.client import ServiceClient
 from search.tables.device_matrix import device_labels
@@ -131,18 +131,14 @@ def run_search(
             f"the table's space has {space.num_classes} classes but the data has {data.num_classes}: "
             f"profile the space with --classes {data.num_classes}"
         )
-    searcher = Searcher(space, luts if n > 1 else luts[0], data, cfg, out,
+    searcher = Searcher(space, luts, data, cfg, out,
                         table_sha256=[t.content_hash for t in tables], allow_table_change=allow_table_change,
                         labels=labels)  # fmt: skip
     searcher.run()
     summary: dict[str, Any] = {}
     if searcher.rank.main:
-        if n == 1:
-            summary = write_outputs(searcher.net, luts[0], tables[0], cfg, out, data.record, searcher.events,
-                                    searcher.compute)  # fmt: skip
-        else:
-            summary = write_device_outputs(searcher.net, luts, tables, labels, cfg, out, data.record,
-                                           searcher.events, searcher.compute)  # fmt: skip
+        summary = write_outputs(searcher.net, luts, tables, labels, cfg, out, data.record, searcher.events,
+                                searcher.compute)  # fmt: skip
     if searcher.rank.world > 1:
         dist.barrier()
     return summary
