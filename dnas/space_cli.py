@@ -10,7 +10,6 @@ import typer
 
 from dnas.options import SPACE, Candidates, Classes, HeadC, Resolution, SpaceName, Width, build_space, space_options
 from search.space.enumerate import enumerate_ops
-from search.space.export import ExportCache
 
 app = typer.Typer(no_args_is_help=True, help="Search spaces: show one, list its unique operators, export them.")
 
@@ -56,6 +55,8 @@ def export(
 ) -> None:
     """Export every unique operator to ONNX (cached: existing files are reused)."""
     from tqdm import tqdm
+
+    from search.space.export import ExportCache  # torch: only for the one command that exports
 
     space = build_space(space_options(name, resolution, width, classes, head_c, candidates))
     cache = ExportCache(output)
