@@ -37,6 +37,9 @@ def _run_options() -> list[inspect.Parameter]:
          None),
         ("version", Annotated[list[str] | None, typer.Option(
             help="Table version or 'latest' (default): one for every device, or one per device.")], None),
+        ("precision", Annotated[list[str] | None, typer.Option(
+            help="fp32 or int8: the table's precision, one for every device or one per device (default: the "
+                 "newest table whatever its precision). A table of another precision is refused.")], None),
         ("token", Token, None),
         ("data", Data, "digits"),
         ("raw", Annotated[bool, typer.Option(
@@ -70,7 +73,12 @@ def search(**kwargs: Any) -> None:
     for flag, value in (("--out", run["out"]), ("--server", run["server"])):
         if value is not None:
             args += [flag, str(value)]
-    for flag, values in (("--table", run["table"]), ("--device", run["device"]), ("--version", run["version"])):
+    for flag, values in (
+        ("--table", run["table"]),
+        ("--device", run["device"]),
+        ("--version", run["version"]),
+        ("--precision", run["precision"]),
+    ):
         for value in values or []:
             args += [flag, str(value)]
     for flag in ("raw", "allow_table_change", "print_config"):

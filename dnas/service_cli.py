@@ -16,6 +16,20 @@ from dnas.errors import UserError
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
 DEFAULT_SERVER = "http://127.0.0.1:8321"
+Precision = Annotated[
+    str, typer.Option(help="fp32, or int8: every op, probe and anchor network quantized by one recipe (QDQ static).")
+]
+PrecisionFilter = Annotated[
+    str | None,
+    typer.Option(help="Only tables measured at this precision (fp32 or int8); a table of another is never taken."),
+]
+
+
+def _check_precision(value: str | None) -> str | None:
+    if value is not None and value not in ("fp32", "int8"):
+        raise UserError(f"--precision must be fp32 or int8, not {value!r}")
+    return value
+
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
 table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two.")
@@ -147,13 +161,15 @@ def profile(
         int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
     ] = None,
     anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 8,
+    precision: Precision = "fp32",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
     client = ServiceClient(server, token)
-    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
+    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round,
+              "precision": _check_precision(precision)}  # fmt: skip
     body = {
         "device_id": device,
         "space": {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
@@ -192,11 +208,17 @@ def table_get(
     version: Annotated[str, typer.Option(help="Version number or 'latest'.")] = "latest",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON.")] = False,
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Fetch one table version."""
+    """Fetch one table version ('latest': the newest, of a space and a precision if given)."""
     params = {"format": "csv"} if csv else {}
+    if space_hash:
+        params["space_hash"] = space_hash
+    if _check_precision(precision):
+        params["precision"] = precision
     text = (
         ServiceClient(server, token)
         .request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params)
@@ -209,10 +231,29 @@ def table_get(
         typer.echo(text)
 
 
+@table_app.command("list")
+def table_list(
+    device: Annotated[int, typer.Option("--device", help="Device id.")],
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """A device's table versions, oldest first: a device holds tables for several spaces and precisions."""
+    params: dict[str, Any] = {"limit": 1000}
+    if space_hash:
+        params["space_hash"] = space_hash
+    if _check_precision(precision):
+        params["precision"] = precision
+    for t in ServiceClient(server, token).json("GET", f"/v1/devices/{device}/latency-tables", params=params):
+        typer.echo(f"v{t['version']:<4d} {t.get('precision', 'fp32'):5s} space {t['space_hash'][:12]}  "
+                   f"{t['entries']:4d} ops  {t['created_at']}")  # fmt: skip
+
+
 @table_app.command("compare")
 def table_compare(
-    a: Annotated[str, typer.Argument(help="DEVICE:VERSION, e.g. 1:latest")],
-    b: Annotated[str, typer.Argument(help="DEVICE:VERSION")],
+    a: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION], e.g. 1:latest or 1:latest:int8")],
+    b: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION]")],
     png: Annotated[Path | None, typer.Option(help="Also write the bar chart here.")] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
@@ -255,6 +296,7 @@ def validate(
         typer.Option(help="Comma-separated candidate blocks, as the table was profiled with (default: all)."),
     ] = None,
     version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
+    precision: PrecisionFilter = None,
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
     out: Annotated[Path, typer.Option(help="Where fidelity.json and fidelity.png go.")] = Path("fidelity"),
@@ -281,11 +323,11 @@ def validate(
         raise UserError(f"space: {exc}") from None
     try:
         report = run_validate(ServiceClient(server, token), device[0], target, samples, out, calibrate=calibrate,
-                              seed=seed, version=version)  # fmt: skip
+                              seed=seed, version=version, precision=_check_precision(precision))  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
     typer.echo(f"{samples} networks on device {device[0]}, table v{report['table_version']} "
-               f"(rule: {report['prediction_rule']}):")  # fmt: skip
+               f"({report['precision']}, rule: {report['prediction_rule']}):")  # fmt: skip
     rows = [("table rule", report["raw"])]
     if "calibrated_held_out" in report:
         rows.append(("calibrated*", report["calibrated_held_out"]))

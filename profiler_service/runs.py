@@ -21,6 +21,7 @@ from search.space.enumerate import enumerate_ops
 from search.space.export import ExportCache
 from search.space.macro import SearchSpace, get_space
 from search.space.opspec import OpSpecError
+from search.space.quantize import dtype_of
 from search.tables.predict import anchor_archs, probe_specs
 
 
@@ -80,7 +81,8 @@ def create_run(
         raise Conflict(f"device {device.id} ({device.name}) is retired; register it again to profile it")
     session.commit()  # end the read: no connection held while exporting
     space = resolve_space(body.space)
-    ops = enumerate_ops(space).ops
+    dtype = dtype_of(body.config.precision)  # int8: every op, probe and anchor quantized by one recipe
+    ops = enumerate_ops(space, dtype).ops
     check_budget(ops)
     config, config_hash = body.config.model_dump(), body.config.hash
 
@@ -88,7 +90,7 @@ def create_run(
     specs = [*ops.values(), *probes.values()]
     for spec in specs:
         cache.get(spec)  # exports what is missing
-    nets = [prepare_network(artifact_dir, space, arch) for arch in anchor_archs(space, body.anchors)]
+    nets = [prepare_network(artifact_dir, space, arch, dtype) for arch in anchor_archs(space, body.anchors)]
 
     ensure_operators(session, cache, specs)
     anchors = [register_network(session, net).key for net in nets]

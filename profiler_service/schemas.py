@@ -332,6 +332,7 @@ class TableSummary(BaseModel):
     version: int
     space_hash: str
     config_hash: str
+    precision: str = Field(default="fp32", description="What the table's ops were measured at: fp32 or int8.")
     content_sha256: str = Field(description="SHA-256 of the numbers: two versions with equal numbers share it.")
     etag: str | None = Field(description="SHA-256 of the bytes served (the ETag); None until first read for "
                                          "versions published before migration 0004.")  # fmt: skip

@@ -23,7 +23,8 @@ def device_labels(tables: Sequence[LatencyTable]) -> list[str]:
     base = []
     for i, table in enumerate(tables):
         device = table.payload.get("device") or {}
-        base.append(str(device.get("name") or f"table{i}"))
+        name = str(device.get("name") or f"table{i}")
+        base.append(name if table.precision == "fp32" else f"{name}-{table.precision}")  # one device, two targets
     labels = []
     for i, (table, name) in enumerate(zip(tables, base, strict=True)):
         if base.count(name) == 1:

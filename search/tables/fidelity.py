@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from search.measurement.rounds import estimate
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables import calibration
 from search.tables.latency import LatencyTable, TableError
 
@@ -80,7 +81,8 @@ def measure_set(client: Any, device_id: int, space: SearchSpace, archs: list[lis
             time.sleep(0.5)
             status = client.json("GET", f"/v1/devices/{device_id}/network-sets/{queued['set']}")
     by_key = {n["key"]: n for n in status["networks"]}
-    return [by_key[space.network_key(arch)] for arch in archs]
+    dtype = dtype_of(config.get("precision", "fp32"))  # an int8 set is measured as int8 networks, own keys
+    return [by_key[space.network_key(arch, dtype)] for arch in archs]
 
 
 def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
@@ -92,9 +94,16 @@ def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def validate(client: Any, device_id: int, space: SearchSpace, n: int, out: Path, *, calibrate: bool,
-             seed: int = 0, version: str = "latest") -> dict[str, Any]:  # fmt: skip
-    payload = client.json("GET", f"/v1/devices/{device_id}/latency-tables/{version}", params={"space_hash": space.hash})
+             seed: int = 0, version: str = "latest", precision: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Sample n networks, measure them whole on the device beside the table's anchors, compare with the table's
+    rule. `precision` picks the table (and so how the networks are exported and measured): asked for int8,
+    it never checks an fp32 table."""
+    params = {"space_hash": space.hash} | ({"precision": precision} if precision else {})
+    payload = client.json("GET", f"/v1/devices/{device_id}/latency-tables/{version}", params=params)
     table = LatencyTable(payload)
+    if precision and table.precision != precision:
+        raise FidelityError(f"asked for a {precision} table, the service sent a {table.precision} one (version "
+                            f"{payload.get('version')}); is it older than precision support?")  # fmt: skip
     archs = sample_archs(space, n, seed)
     anchors = [(row["arch"], row["measured_us"]) for row in (payload.get("prediction") or {}).get("anchors", [])]
     results = measure_set(client, device_id, space, archs + [a for a, _ in anchors], payload["config"])
@@ -109,6 +118,7 @@ def validate(client: Any, device_id: int, space: SearchSpace, n: int, out: Path,
         "table_version": payload["version"],
         "table_sha256": payload["content_sha256"],
         "prediction_rule": (payload.get("prediction") or {}).get("rule", "sum"),
+        "precision": table.precision,
         "space_hash": space.hash,
         "networks": n,
         "seed": seed,

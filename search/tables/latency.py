@@ -16,6 +16,7 @@ from platformdirs import user_cache_dir
 
 from search.space.enumerate import enumerate_ops
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables import calibration
 from search.tables.predict import PredictionRule
 
@@ -33,6 +34,29 @@ class LatencyTable:
     @property
     def space(self) -> SearchSpace:
         return SearchSpace.from_dict(self.payload["space"])
+
+    @property
+    def precision(self) -> str:
+        """What its ops were measured at (fp32 for every table before int8 existed)."""
+        return str((self.payload.get("config") or {}).get("precision", "fp32"))
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of its op keys: a space's ops are looked up at this dtype."""
+        try:
+            return dtype_of(self.precision)
+        except ValueError as exc:
+            raise TableError(f"{exc}; upgrade dnas to read this table") from None
+
+    def require_precision(self, precision: str | None) -> LatencyTable:
+        """Refuse a table of another precision than asked: an int8 search never runs on an fp32 table."""
+        if precision is not None and self.precision != precision:
+            raise TableError(
+                f"this is a {self.precision} table (device {(self.payload.get('device') or {}).get('id')}, version "
+                f"{self.payload.get('version')}); a {precision} search or check needs a {precision} table: "
+                f"profile the device with --precision {precision}"
+            )
+        return self
 
     @property
     def medians(self) -> dict[str, float]:
@@ -60,6 +84,7 @@ class LatencyTable:
             "content_sha256": p.get("content_sha256"),
             "space_hash": p.get("space_hash"),
             "config": p.get("config"),
+            "precision": self.precision,
             "prediction_rule": (p.get("prediction") or {}).get("rule", "sum"),
             "calibration": p.get("calibration"),  # set by the search when it applied one
         }
@@ -107,7 +132,7 @@ def build_lut(space: SearchSpace, table: LatencyTable) -> LatencyLUT:
             "table was measured for space %s; searching space %s", table.payload["space_hash"][:12], space.hash[:12]
         )
     medians = table.medians
-    en = enumerate_ops(space)
+    en = enumerate_ops(space, table.dtype)
     missing = [k for k in en.ops if k not in medians]
     if missing:
         raise TableError(
@@ -135,23 +160,29 @@ class TableClient:
         ref = self.cache / f"device-{device}" / f"{version}.ref"
         return ref, self.cache / "by-hash"
 
-    def fetch(self, device: int, version: str = "latest", space_hash: str | None = None) -> LatencyTable:
-        ref, blobs = self._paths(device, f"{version}-{space_hash or 'any'}")
+    def fetch(
+        self, device: int, version: str = "latest", space_hash: str | None = None, precision: str | None = None
+    ) -> LatencyTable:
+        """`precision`: the newest (or the numbered) table at that precision, refused if the service sends
+        another (a service older than precision support ignores the parameter)."""
+        ref, blobs = self._paths(device, f"{version}-{space_hash or 'any'}" + (f"-{precision}" if precision else ""))
         cached = json.loads(ref.read_text()) if ref.exists() else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if cached:
             headers["If-None-Match"] = cached["etag"]
-        params = {"space_hash": space_hash} if space_hash else {}
+        params = ({"space_hash": space_hash} if space_hash else {}) | ({"precision": precision} if precision else {})
         url = f"{self.server}/v1/devices/{device}/latency-tables/{version}"
         try:
             resp = httpx.get(url, headers=headers, params=params, timeout=60)
         except httpx.TransportError as exc:
             if cached:
                 log.warning("service unreachable (%s); using cached table %s", exc, cached["sha256"][:12])
-                return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+                table = LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+                return table.require_precision(precision)
             raise TableError(f"cannot reach {self.server} and no cached copy of device {device} {version}") from None
         if resp.status_code == 304 and cached:
-            return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+            table = LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
+            return table.require_precision(precision)
         if resp.status_code != 200:
             try:
                 detail = resp.json().get("detail")
@@ -164,7 +195,7 @@ class TableClient:
         (blobs / f"{sha}.json").write_text(json.dumps(payload))
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(json.dumps({"etag": resp.headers.get("etag", f'"{sha}"'), "sha256": sha}))
-        return LatencyTable(payload)
+        return LatencyTable(payload).require_precision(precision)
 
 
 def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace | None = None) -> LatencyLUT:
@@ -194,10 +225,13 @@ def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace
     return LatencyLUT(table=lut.table * scale, fixed_us=lut.fixed_us * scale + offset)
 
 
-def fetch_calibration(server: str, token: str | None, device: int, space_hash: str) -> dict[str, Any]:
+def fetch_calibration(
+    server: str, token: str | None, device: int, space_hash: str, precision: str | None = None
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    params = {"space_hash": space_hash} | ({"precision": precision} if precision else {})
     resp = httpx.get(f"{server.rstrip('/')}/v1/devices/{device}/calibrations/latest", headers=headers,
-                     params={"space_hash": space_hash}, timeout=60)  # fmt: skip
+                     params=params, timeout=60)  # fmt: skip
     if resp.status_code != 200:
         raise TableError(f"no calibration for device {device}: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
