@@ -48,11 +48,20 @@ def quickstart(
     search_epochs: Annotated[int, typer.Option(help="Search epochs (first one trains weights only).")] = 4,
     train_epochs: Annotated[int, typer.Option(help="Retraining epochs for each network.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, or int8: profile, search and measure int8 (QDQ) networks, and report their int8 accuracy."
+        ),
+    ] = "fp32",
 ) -> None:
     """The whole job on this host: profile, fetch the table, search, retrain, measure, report."""
     from dnas.quickstart import print_summary, run_quickstart
 
-    report = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed)
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"--precision must be fp32 or int8, not {precision!r}")
+    report = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed,
+                            precision=precision)  # fmt: skip
     print_summary(report, out)
 
 

@@ -21,7 +21,7 @@ from dnas.service_cli import wait_for_run
 from profiler_service.local_server import running_service
 from search.data.datasets import load_data
 from search.dnas.config import SearchConfig
-from search.dnas.retrain import TrainConfig, train_architecture
+from search.dnas.retrain import TrainConfig, int8_accuracy, train_architecture
 from search.dnas.run import run_search
 from search.space.cost import network_cost
 from search.tables.fidelity import measure_set
@@ -90,7 +90,11 @@ def accuracy_latency_png(path: Path, rows: list[dict[str, Any]], title: str) -> 
 
 
 def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
-                   target_fraction: float = TARGET_FRACTION, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+                   target_fraction: float = TARGET_FRACTION, seed: int = 0,
+                   precision: str = "fp32") -> dict[str, Any]:  # fmt: skip
+    """`precision` int8: the table is profiled in int8 (every op, probe and anchor quantized by one recipe),
+    the search prices int8 latency, both networks are measured as int8 files, and each reports its int8
+    accuracy (onnxruntime, held-out split) beside its fp32 accuracy."""
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     _T0[0] = 0.0
@@ -109,18 +113,19 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
         try:
             _step(
                 3,
-                f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host "
-                "(every op, a call-overhead probe per input shape and 8 anchor networks, in interleaved rounds)",
+                f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host in "
+                f"{precision} (every op, a call-overhead probe per input shape and 8 anchor networks, in "
+                "interleaved rounds)",
             )
-            run = admin.json("POST", "/v1/profiling-runs", json={"device_id": device["id"], "space": SPACE,
-                                                                  "config": MEASURE})  # fmt: skip
+            body = {"device_id": device["id"], "space": SPACE, "config": MEASURE | {"precision": precision}}
+            run = admin.json("POST", "/v1/profiling-runs", json=body)
             run = wait_for_run(admin, run["id"], timeout_s=900)
             if run["status"] != "published":
                 raise RuntimeError(f"profiling failed: {run['errors'][:3]}")
 
             _step(4, "fetching the latency table over REST")
             reader = admin.json("POST", "/v1/tokens", json={"name": "quickstart"})["token"]
-            table = TableClient(svc.url, reader, out / "table-cache").fetch(device["id"])
+            table = TableClient(svc.url, reader, out / "table-cache").fetch(device["id"], precision=precision)
             space = table.space
             rule = table.payload["prediction"]
             n_ops = len(table.payload["entries"])
@@ -139,10 +144,12 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
 
             _step(6, f"retraining the searched architecture and the baseline ({train_epochs} epochs each)")
             data = load_data("digits", space.resolution, seed=seed)
-            trained = {}
+            trained, int8_acc = {}, {}
             for name, arch in (("searched", searched_arch), ("baseline", baseline_arch)):
-                _, result = train_architecture(space, arch, data, TrainConfig(epochs=train_epochs, seed=seed))
+                model, result = train_architecture(space, arch, data, TrainConfig(epochs=train_epochs, seed=seed))
                 trained[name] = result["val_accuracy"]
+                if precision == "int8":
+                    int8_acc[name] = int8_accuracy(space, arch, model, data)
 
             _step(
                 7,
@@ -171,6 +178,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             "name": name,
             "arch": arch,
             "val_accuracy": trained[name],
+            **int8_acc.get(name, {}),
             "predicted_latency_ms": predicted,
             "measured_latency_ms": measured_ms,
             "prediction_error_pct": (predicted / measured_ms - 1) * 100,
@@ -182,6 +190,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
         })  # fmt: skip
     searched, baseline = rows
     report = {
+        "precision": precision,
         "device": table.payload["device"],
         "table": table.provenance | {"prediction_constant_us": rule["constant_us"]},
         "space": {k: space.to_dict()[k] for k in ("resolution", "width", "num_classes", "hash")},
@@ -215,6 +224,12 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
           " drift-adj.: the error with that divided out)"
           + ("; a neighbour or heat: predictions are only as good as the device stays" if abs(drift - 1) > 0.05
              else ""))  # fmt: skip
+    if report.get("precision", "fp32") != "fp32":
+        print(f"latencies above are {report['precision']}: the table, the search and both measured files")
+        for r in report["networks"]:
+            if "int8_val_accuracy" in r:
+                print(f"{r['name']:10s} int8 accuracy {r['int8_val_accuracy'] * 100:.2f}% against fp32 "
+                      f"{r['fp32_onnx_val_accuracy'] * 100:.2f}% (both onnxruntime, held-out split)")  # fmt: skip
     print(f"theta learnt: mean per-layer largest probability {report['search']['theta_max_prob_mean']:.2f}")
     print(f"searched is {report['speedup_measured']:.2f}x faster measured, "
           f"{report['accuracy_delta_points']:+.2f} accuracy points vs the baseline "

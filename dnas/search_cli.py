@@ -114,6 +114,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed of the training (not of the split: that is recorded).")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader workers (streamed data sets).")] = 4,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the result JSON here.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also report int8 accuracy: the trained network exported "
+                    "fp32 and int8 (the tables' recipe, calibrated on training images), both run by onnxruntime "
+                    "on the held-out split.")] = False,
 ) -> None:  # fmt: skip
     """Train an architecture from scratch on the search's training images; report held-out accuracy."""
     from search.data.datasets import DataError, load_data, load_recorded
@@ -143,13 +146,17 @@ def train(
         )
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       workers=workers if splits.streamed else 0)  # fmt: skip
-    _, result = train_architecture(space, doc["arch"], splits, cfg)
+    model, result = train_architecture(space, doc["arch"], splits, cfg)
     summary = {"arch": doc["arch"], "val_accuracy": result["val_accuracy"], "epochs": epochs,
                "predicted_latency_ms": doc.get("predicted_latency_ms"), "flops": doc.get("flops"),
                **({"predicted_latency_ms_by_device": doc["predicted_latency_ms_by_device"]}
                   if "predicted_latency_ms_by_device" in doc else {}),
                "params": doc.get("params"),
                "data": {k: splits.record.get(k) for k in ("spec", "split_seed", "sizes")}}  # fmt: skip
+    if int8:
+        from search.dnas.retrain import int8_accuracy
+
+        summary |= int8_accuracy(space, doc["arch"], model, splits, workers=cfg.workers)
     if out:
         out.write_text(json.dumps(summary | {"history": result["history"]}, indent=2))
     typer.echo(json.dumps(summary, indent=2))

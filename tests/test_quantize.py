@@ -108,3 +108,18 @@ def test_the_recipe_is_recorded_and_refuses_what_it_cannot_calibrate():
     )
     with pytest.raises(ValueError, match="one input"):
         quantize_model(two_inputs.SerializeToString(), "x")
+
+
+def test_int8_accuracy_runs_both_files_on_the_held_out_split():
+    """dnas train --int8 and the int8 quickstart: the trained network exported fp32 and int8 (calibrated on
+    training images), both run by onnxruntime on the held-out split."""
+    from search.data.datasets import load_data
+    from search.dnas.retrain import int8_accuracy
+
+    data = load_data("digits", 32, seed=0)
+    arch = ["ir_k3_e6"] * len(SPACE.slots)
+    torch.manual_seed(0)
+    model = build_model(SPACE, arch).eval()
+    out = int8_accuracy(SPACE, arch, model, data, images=8)
+    assert 0 <= out["int8_val_accuracy"] <= 1 and 0 <= out["fp32_onnx_val_accuracy"] <= 1
+    assert out["int8_calibration"] == "the first 8 images of the training (weights) split"
