@@ -310,8 +310,10 @@ def validate(
     from search.tables.fidelity import FidelityError
     from search.tables.fidelity import validate as run_validate
 
+    # Networks are exported (and at int8 quantized) inside the POST that queues them: minutes at 224 px.
+    client = ServiceClient(server, token, timeout=1800)
     if arch:
-        return _validate_searched(arch, device, out, ServiceClient(server, token))
+        return _validate_searched(arch, device, out, client)
     if not device or len(device) != 1:
         raise UserError("give one --device (random architectures are checked against one device's table)")
     kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
@@ -322,7 +324,7 @@ def validate(
     except OpSpecError as exc:
         raise UserError(f"space: {exc}") from None
     try:
-        report = run_validate(ServiceClient(server, token), device[0], target, samples, out, calibrate=calibrate,
+        report = run_validate(client, device[0], target, samples, out, calibrate=calibrate,
                               seed=seed, version=version, precision=_check_precision(precision))  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
