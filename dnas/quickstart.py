@@ -106,7 +106,8 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
 
     _step(1, "starting the embedded profiler service (SQLite, uvicorn on loopback)")
     with running_service(db_url, out / "service", lease_seconds=60) as svc:
-        admin = ServiceClient(svc.url, svc.admin_token)
+        # A run's ops are exported (at int8 also quantized) inside the POST that creates it: minutes on a busy host.
+        admin = ServiceClient(svc.url, svc.admin_token, timeout=1800)
         _step(2, "registering this host and starting its local agent")
         device = admin.json("POST", "/v1/devices", json={"name": "this-host", "platform": "linux"})
         thread, agent = _start_agent(svc.url, device["agent_token"], out / "agent-cache")

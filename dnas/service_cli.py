@@ -167,7 +167,7 @@ def profile(
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
-    client = ServiceClient(server, token)
+    client = ServiceClient(server, token, timeout=1800)  # the service exports (int8: quantizes) every op first
     config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round,
               "precision": _check_precision(precision)}  # fmt: skip
     body = {
