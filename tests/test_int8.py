@@ -201,3 +201,18 @@ def test_fidelity_refuses_a_table_of_another_precision_than_asked():
     space = get_space(resolution=32, width=0.25, num_classes=10)
     with pytest.raises(FidelityError, match="asked for a int8 table, the service sent a fp32 one"):
         validate(Stub(), 1, space, 2, Path("/nonexistent"), calibrate=False, precision="int8")
+
+
+def test_one_device_searched_at_two_precisions_is_two_targets():
+    """`--device 1 --precision fp32 --device 1 --precision int8`: one chip, two labelled targets."""
+    from search.tables.device_matrix import device_labels
+
+    def table(precision: str) -> LatencyTable:
+        return LatencyTable({"device": {"id": 1, "name": "host"}, "config": {"precision": precision},
+                             "space": {}, "entries": []})  # fmt: skip
+
+    tables = [table("fp32"), table("int8")]
+    assert device_labels(tables) == ["host", "host-int8"]
+    assert [t.dtype for t in tables] == ["float32", "int8"]
+    with pytest.raises(TableError, match="precision 'fp16'"):
+        _ = table("fp16").dtype
