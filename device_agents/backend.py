@@ -42,6 +42,21 @@ class BatchPlan:
         return cls(int(config.get("threads", 1)), int(config.get("warmup", 10)), rounds, per_round, seed)
 
 
+PRECISIONS = ("fp32", "int8")  # what a config may ask for (search/space/quantize.py)
+
+
+def precision_refusal(backend: object, precision: str) -> str | None:
+    """Why this backend cannot measure a job of this precision, or None if it can. A backend lists what it runs
+    in `precisions`; one that does not say is taken to run fp32 only: an int8 model measured by a runtime or
+    execution provider that cannot take QDQ would be stored as an int8 time that is not one."""
+    can = tuple(getattr(backend, "precisions", ("fp32",)))
+    if precision in can:
+        return None
+    name = getattr(backend, "name", type(backend).__name__)
+    why = getattr(backend, "precision_note", "") or f"it measures {', '.join(can)} only"
+    return f"the {name} backend cannot measure precision {precision}: {why}"
+
+
 class Backend(Protocol):
     name: str
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing
+from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing, precision_refusal
 from device_agents.client import AgentClient, ProtocolError
 from device_agents.stats import summarise
 from search.measurement.rounds import summarise_rounds
@@ -126,6 +126,15 @@ class Agent:
                         "(raise --batch-size)", batch["group_jobs"], len(jobs))  # fmt: skip
         failures: dict[str, str] = {}
         results: list[dict[str, Any]] = []
+        precision = batch["config"].get("precision", "fp32")
+        refused = precision_refusal(self.backend, precision)
+        if refused:  # nothing is measured, so nothing can be stored under the wrong precision
+            log.error("batch refused: %s", refused)
+            for job in jobs.values():
+                if not self._fail(job, refused):
+                    break
+                self.stats.failed += 1
+            return
         every = batch["lease_seconds"] / 3
         with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
             try:
@@ -143,7 +152,8 @@ class Agent:
                 self.stats.measure_s += time.perf_counter() - start
                 if self.abort.is_set():
                     raise GiveBack()
-                batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]}}
+                batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]},
+                             "precision": precision}  # fmt: skip
                 for key, timing in timings.items():
                     try:
                         if isinstance(timing, MeasurementError):
@@ -206,6 +216,13 @@ class Agent:
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
+        precision = job["config"].get("precision", "fp32")
+        refused = precision_refusal(self.backend, precision)
+        if refused:
+            log.error("job %s refused: %s", job["job_id"], refused)
+            self._fail(job, refused)
+            self.stats.failed += 1
+            return
         every = job["lease_seconds"] / 3
         with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
             try:
@@ -218,7 +235,7 @@ class Agent:
                 self.stats.measure_s += time.perf_counter() - start
                 if self.abort.is_set():
                     raise GiveBack()
-                stats = _statistics(timing) | {"context": timing.context | {"config": cfg}}
+                stats = _statistics(timing) | {"context": timing.context | {"config": cfg, "precision": precision}}
             except GiveBack:
                 self._fail(job, "agent stopped before finishing; job given back")
                 return

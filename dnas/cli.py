@@ -51,6 +51,12 @@ def quickstart(
     search_epochs: Annotated[int, typer.Option(help="Search epochs (first one trains weights only).")] = 4,
     train_epochs: Annotated[int, typer.Option(help="Retraining epochs for each network.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, or int8: profile, search and measure int8 (QDQ) networks, and report their int8 accuracy."
+        ),
+    ] = "fp32",
 ) -> None:
     """The whole job on this host: profile, fetch the table, search, retrain, measure, report."""
     import logging
@@ -58,8 +64,11 @@ def quickstart(
     from dnas.quickstart import echo, print_summary
     from search.pipeline.quickstart import run_quickstart
 
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"--precision must be fp32 or int8, not {precision!r}")
     logging.basicConfig(level=logging.WARNING)
-    result = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed, echo=echo)
+    result = run_quickstart(out, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed,
+                            precision=precision, echo=echo)  # fmt: skip
     print_summary(result)
 
 

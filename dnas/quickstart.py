@@ -24,6 +24,12 @@ def print_summary(result: QuickstartResult) -> None:
           " drift-adj.: the error with that divided out)"
           + ("; a neighbour or heat: predictions are only as good as the device stays" if abs(drift - 1) > 0.05
              else ""))  # fmt: skip
+    if result.precision != "fp32":
+        print(f"latencies above are {result.precision}: the table, the search and both measured files")
+        for r in result.networks:
+            if r.int8:
+                print(f"{r.name:10s} int8 accuracy {r.int8['int8_val_accuracy'] * 100:.2f}% against fp32 "
+                      f"{r.int8['fp32_onnx_val_accuracy'] * 100:.2f}% (both onnxruntime, held-out split)")  # fmt: skip
     print(f"theta learnt: mean per-layer largest probability {result.search['theta_max_prob_mean']:.2f}")
     print(f"searched is {result.speedup_measured:.2f}x faster measured, "
           f"{result.accuracy_delta_points:+.2f} accuracy points vs the baseline "

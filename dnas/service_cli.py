@@ -17,16 +17,30 @@ Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Ser
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
 DEFAULT_SERVER = "http://127.0.0.1:8321"
 WORKER_HEALTHCHECK_S = 60
+Precision = Annotated[
+    str, typer.Option(help="fp32, or int8: every op, probe and anchor network quantized by one recipe (QDQ static).")
+]
+PrecisionFilter = Annotated[
+    str | None,
+    typer.Option(help="Only tables measured at this precision (fp32 or int8); a table of another is never taken."),
+]
+
+
+def _check_precision(value: str | None) -> str | None:
+    if value is not None and value not in ("fp32", "int8"):
+        raise UserError(f"--precision must be fp32 or int8, not {value!r}")
+    return value
+
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
 table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two, import a published one.")
 
 
-def connect(server: str, token: str | None) -> ServiceClient:
+def connect(server: str, token: str | None, timeout: float = 120.0) -> ServiceClient:
     """The typed client (search/tables/client.py) for a command; every command here needs a token."""
     if not token:
         raise UserError("no token: pass --token or set DNAS_TOKEN (the admin token, or a reader token to read)")
-    return ServiceClient(server, token)
+    return ServiceClient(server, token, timeout=timeout)
 
 
 def serve(
@@ -165,14 +179,16 @@ def profile(
         int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
     ] = None,
     anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 8,
+    precision: Precision = "fp32",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
     target = space_options(space, resolution, width, classes, head_c, candidates)  # refused here, not by a 422
-    client = connect(server, token)
-    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
+    client = connect(server, token, timeout=1800)  # the service exports (int8: quantizes) every op first
+    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round,
+              "precision": _check_precision(precision)}  # fmt: skip
     run = client.start_run(
         device,
         target.model_dump(exclude_none=True),
@@ -195,11 +211,14 @@ def table_get(
     version: Annotated[str, typer.Option(help="Version number or 'latest'.")] = "latest",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON.")] = False,
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Fetch one table version."""
-    text = connect(server, token).table_text(device, version, csv=csv)
+    """Fetch one table version ('latest': the newest, of a space and a precision if given)."""
+    text = connect(server, token).table_text(device, version, csv=csv, space_hash=space_hash,
+                                             precision=_check_precision(precision))  # fmt: skip
     if output:
         output.write_text(text)
         typer.echo(f"wrote {output}", err=True)
@@ -207,10 +226,29 @@ def table_get(
         typer.echo(text)
 
 
+@table_app.command("list")
+def table_list(
+    device: Annotated[int, typer.Option("--device", help="Device id.")],
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """A device's table versions, oldest first: a device holds tables for several spaces and precisions."""
+    params: dict[str, Any] = {"limit": 1000}
+    if space_hash:
+        params["space_hash"] = space_hash
+    if _check_precision(precision):
+        params["precision"] = precision
+    for t in ServiceClient(server, token).json("GET", f"/v1/devices/{device}/latency-tables", params=params):
+        typer.echo(f"v{t['version']:<4d} {t.get('precision', 'fp32'):5s} space {t['space_hash'][:12]}  "
+                   f"{t['entries']:4d} ops  {t['created_at']}")  # fmt: skip
+
+
 @table_app.command("compare")
 def table_compare(
-    a: Annotated[str, typer.Argument(help="DEVICE:VERSION, e.g. 1:latest")],
-    b: Annotated[str, typer.Argument(help="DEVICE:VERSION")],
+    a: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION], e.g. 1:latest or 1:latest:int8")],
+    b: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION]")],
     png: Annotated[Path | None, typer.Option(help="Also write the bar chart here.")] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
@@ -282,6 +320,7 @@ def validate(
     head_c: HeadC = None,
     candidates: Candidates = None,
     version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
+    precision: PrecisionFilter = None,
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
     out: Annotated[Path, typer.Option(help="Where fidelity.json and fidelity.png go.")] = Path("fidelity"),
@@ -294,18 +333,20 @@ def validate(
     from search.tables.fidelity import FidelityError
     from search.tables.fidelity import validate as run_validate
 
+    # Networks are exported (and at int8 quantized) inside the POST that queues them: minutes at 224 px.
+    client = connect(server, token, timeout=1800)
     if arch:
-        return _validate_searched(arch, device, out, connect(server, token))
+        return _validate_searched(arch, device, out, client)
     if not device or len(device) != 1:
         raise UserError("give one --device (random architectures are checked against one device's table)")
     target = build_space(space_options(space, resolution, width, classes, head_c, candidates))
     try:
-        report = run_validate(connect(server, token), device[0], target, samples, out, calibrate=calibrate,
-                              seed=seed, version=version)  # fmt: skip
+        report = run_validate(client, device[0], target, samples, out, calibrate=calibrate,
+                              seed=seed, version=version, precision=_check_precision(precision))  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
     typer.echo(f"{samples} networks on device {device[0]}, table v{report['table_version']} "
-               f"(rule: {report['prediction_rule']}):")  # fmt: skip
+               f"({report['precision']}, rule: {report['prediction_rule']}):")  # fmt: skip
     rows = [("table rule", report["raw"])]
     if "calibrated_held_out" in report:
         rows.append(("calibrated*", report["calibrated_held_out"]))

@@ -27,12 +27,13 @@ from search.space.export import atomic_write, export_network, sha256_file
 from search.space.macro import SearchSpace
 from search.space.model import build_model
 from search.space.opspec import OpSpecError
+from search.space.quantize import dtype_of
 
 NETWORK_KEY = re.compile(r"net-[0-9a-f]{24}")
 
 
-def network_key(space: SearchSpace, arch: list[str]) -> str:
-    return space.network_key(arch)
+def network_key(space: SearchSpace, arch: list[str], dtype: str = "float32") -> str:
+    return space.network_key(arch, dtype)
 
 
 def network_path(artifact_dir: Path, key: str) -> Path:
@@ -47,16 +48,18 @@ class PreparedNetwork:
     arch: list[str]
     space: SearchSpace
     path: Path
+    dtype: str = "float32"
 
 
-def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str]) -> PreparedNetwork:
+def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str], dtype: str = "float32") -> PreparedNetwork:
     """Export the architecture's ONNX file if it is missing. No database here: exporting takes seconds, and
-    must never run while a transaction holds one of the pool's connections."""
+    must never run while a transaction holds one of the pool's connections. At int8 the network is quantized
+    by the recipe every op of its table was (search/space/quantize.py), under its own key."""
     try:
         names = list(space.check_arch(arch))
     except OpSpecError as exc:
         raise Invalid(f"arch: {exc}") from None
-    key = network_key(space, names)
+    key = network_key(space, names, dtype)
     path = network_path(artifact_dir, key)
     if not path.exists():
         state = torch.random.get_rng_state()
@@ -64,8 +67,19 @@ def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str]) -> 
         model = build_model(space, names)
         torch.random.set_rng_state(state)
         shape = (space.batch, space.in_channels, space.resolution, space.resolution)
-        atomic_write(path, export_network(model, shape))
-    return PreparedNetwork(key=key, arch=names, space=space, path=path)
+        atomic_write(path, export_network(model, shape, dtype=dtype, key=key))
+    return PreparedNetwork(key=key, arch=names, space=space, path=path, dtype=dtype)
+
+
+def spec_dtype(spec: dict[str, Any]) -> str:
+    """The dtype an operator row's model runs at: ops and probes carry it, fp32 networks predate it."""
+    return str(spec.get("dtype", "float32"))
+
+
+def check_precision(key: str, spec: dict[str, Any], precision: str) -> None:
+    """A model is measured only under the precision it was exported at: nothing is stored under the wrong one."""
+    if spec_dtype(spec) != dtype_of(precision):
+        raise Invalid(f"{key} is a {spec_dtype(spec)} model; it cannot be measured under precision {precision}")
 
 
 def register_network(session: Session, net: PreparedNetwork) -> Operator:
@@ -74,6 +88,8 @@ def register_network(session: Session, net: PreparedNetwork) -> Operator:
         space = net.space
         spec = {"kind": "network", "arch": net.arch, "space": space.to_dict(),
                 "input_shape": [space.batch, space.in_channels, space.resolution, space.resolution]}  # fmt: skip
+        if net.dtype != "float32":  # an fp32 network's spec is what it always was
+            spec["dtype"] = net.dtype
         insert_ignore(session, Operator, [{"key": net.key, "spec": spec, "onnx_sha256": sha256_file(net.path),
                                             "onnx_bytes": net.path.stat().st_size}])  # fmt: skip
         session.commit()
@@ -85,6 +101,7 @@ def register_network(session: Session, net: PreparedNetwork) -> Operator:
 def request_measurement(session: Session, *, device: Device, op: Operator, config: MeasureConfig,
                         max_attempts: int) -> dict[str, Any]:  # fmt: skip
     """Queue the network on the device unless it was measured (or is queued) under this config already."""
+    check_precision(op.key, op.spec, config.precision)
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     refuse_if_imported(device, "measure networks")
@@ -101,6 +118,8 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     """Queue several networks as one batch group, so an agent measures them together in interleaved rounds
     (and the noise ceiling, even rounds against odd, compares like with like). Networks measured before get a
     fresh job: a check wants numbers from now, taken next to each other."""
+    for op in ops:
+        check_precision(op.key, op.spec, config.precision)
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     refuse_if_imported(device, "measure networks")

@@ -31,6 +31,7 @@ from profiler_service.operators import insert_ignore
 from profiler_service.schemas import Ack, BatchResultsIn, FailureIn, ResultIn, ResultStats
 from profiler_service.security import same
 from profiler_service.timeutil import utcnow
+from search.space.quantize import dtype_of
 
 CLAIM_RETRIES = 8
 EXHAUSTED = "lease expired on the last attempt (agent lost?)"
@@ -219,6 +220,12 @@ def _store_result(session: Session, *, device_id: int, job_id: int, lease_token:
     job = _job_of(session, device_id, job_id)
     if job.status != JobStatus.LEASED or not job.lease_token or not same(job.lease_token, lease_token):
         return _replay_or_conflict(session, job, lease_token)
+    precision = job.config.get("precision", "fp32")
+    if not job.op_key.startswith("net-") and job.op_key.rsplit("-", 1)[-1] != dtype_of(precision):
+        raise Invalid(f"job {job_id}: {job.op_key} is not a {precision} model; not stored")
+    claimed = (body.context or {}).get("precision")
+    if claimed is not None and claimed != precision:
+        raise Invalid(f"job {job_id}: measured as {claimed!r}, but its config asks for {precision!r}; not stored")
     if body.rounds is not None and body.rounds != job.config.get("rounds"):
         raise Invalid(
             f"job {job_id}: measured in {body.rounds} rounds, but its config asks for {job.config.get('rounds')}"

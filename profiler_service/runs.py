@@ -24,6 +24,7 @@ from search.space.enumerate import enumerate_ops
 from search.space.export import ExportCache
 from search.space.macro import SearchSpace
 from search.space.opspec import OpSpecError
+from search.space.quantize import dtype_of
 from search.tables.predict import anchor_archs, probe_specs
 
 
@@ -78,7 +79,8 @@ def create_run(
     refuse_if_imported(device, "be profiled")
     session.commit()  # end the read: no connection held while exporting
     space = resolve_space(body.space)
-    ops = enumerate_ops(space).ops
+    dtype = dtype_of(body.config.precision)  # int8: every op, probe and anchor quantized by one recipe
+    ops = enumerate_ops(space, dtype).ops
     check_budget(ops)
     config, config_hash = body.config.model_dump(), body.config.hash
 
@@ -86,7 +88,7 @@ def create_run(
     specs = [*ops.values(), *probes.values()]
     for spec in specs:
         cache.get(spec)  # exports what is missing
-    nets = [prepare_network(artifact_dir, space, arch) for arch in anchor_archs(space, body.anchors)]
+    nets = [prepare_network(artifact_dir, space, arch, dtype) for arch in anchor_archs(space, body.anchors)]
 
     ensure_operators(session, cache, specs)
     anchors = [register_network(session, net).key for net in nets]

@@ -9,9 +9,10 @@ import statistics
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from db.states import RunStatus
+from search.space import quantize
 from search.space.options import SpaceOptions
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
@@ -111,7 +112,14 @@ class MeasureConfig(Strict):
 
     runtime: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=64)
-    precision: Literal["fp32"] = "fp32"
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="fp32, or int8: every op, probe and anchor quantized by the service's recipe."
+    )
+    quantization: dict[str, Any] | None = Field(
+        default=None,
+        description="int8 only, filled in by the service: the recipe (search/space/quantize.py). Part of the hash, "
+        "so a table never mixes recipes. A client may send it back; another recipe than the service's is refused.",
+    )
     warmup: int = Field(default=10, ge=0, le=1000)
     runs: int | None = Field(default=None, ge=1, le=10_000, description="Timed runs per op in all.")
     rounds: int | None = Field(default=None, ge=1, le=1000, description="Interleaved rounds (default 20).")
@@ -139,7 +147,24 @@ class MeasureConfig(Strict):
         if rounds * per > 10_000:
             raise ValueError("rounds x runs_per_round must be at most 10000 timed runs")
         self.rounds, self.runs_per_round, self.runs = rounds, per, rounds * per
+        if self.precision == "fp32":
+            if self.quantization is not None:
+                raise ValueError("quantization applies only to precision int8")
+        else:
+            current = quantize.recipe()
+            if self.quantization is not None and self.quantization != current:
+                raise ValueError(f"this service quantizes with recipe {current['name']} (onnxruntime "
+                                 f"{current['quantizer_version']}), not the one given")  # fmt: skip
+            self.quantization = current
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_recipe(self, handler: Any) -> dict[str, Any]:
+        """An fp32 config serialises (and hashes) exactly as before precision had a second value."""
+        data = handler(self)
+        if data.get("quantization") is None:
+            data.pop("quantization", None)
+        return data  # type: ignore[no-any-return]
 
     @property
     def hash(self) -> str:
@@ -304,6 +329,7 @@ class TableSummary(BaseModel):
     version: int
     space_hash: str
     config_hash: str
+    precision: str = Field(default="fp32", description="What the table's ops were measured at: fp32 or int8.")
     content_sha256: str = Field(description="SHA-256 of the numbers: two versions with equal numbers share it.")
     etag: str | None = Field(description="SHA-256 of the bytes served (the ETag); None until first read for "
                                          "versions published before migration 0004.")  # fmt: skip

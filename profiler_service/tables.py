@@ -19,6 +19,7 @@ from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement,
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables.predict import fit_rule
 from search.tables.schema import Entry, Prediction, PublishedTable, TableDevice
 
@@ -47,7 +48,8 @@ def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dic
     medians = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "op"}
     probes = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "probe"}
     anchor_rows = [m for m in measurements if _role(specs[m.op_key]) == "anchor"]
-    _, published = fit_rule(space, medians, probes, [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows])
+    anchors = [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows]
+    _, published = fit_rule(space, medians, probes, anchors, dtype_of(run.config.get("precision", "fp32")))
     for row, m in zip(published.get("anchors", []), anchor_rows, strict=True):
         row["key"] = m.op_key
     return published
@@ -143,11 +145,22 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
-def find_table_id(session: Session, device_id: int, version: str, space_hash: str | None = None) -> tuple[int, int]:
-    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path)."""
+def of_precision(precision: str):  # type: ignore[no-untyped-def]
+    """Tables measured at this precision. Every config records one (`fp32` since the first table), so the
+    filter reads the stored config rather than a column of its own."""
+    return LatencyTable.config["precision"].as_string() == precision
+
+
+def find_table_id(
+    session: Session, device_id: int, version: str, space_hash: str | None = None, precision: str | None = None
+) -> tuple[int, int]:
+    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path).
+    `precision` narrows 'latest' (and checks a numbered version): an int8 client never gets an fp32 table."""
     query = select(LatencyTable.id, LatencyTable.version).where(LatencyTable.device_id == device_id)
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
+    if precision:
+        query = query.where(of_precision(precision))
     number = parse_version(version)
     if number is None:
         query = query.order_by(LatencyTable.version.desc()).limit(1)
@@ -155,7 +168,7 @@ def find_table_id(session: Session, device_id: int, version: str, space_hash: st
         query = query.where(LatencyTable.version == number)
     found = session.execute(query).first()
     if found is None:
-        scope = f" for space {space_hash}" if space_hash else ""
+        scope = (f" for space {space_hash}" if space_hash else "") + (f" at precision {precision}" if precision else "")
         raise NotFound(f"device {device_id} has no latency table version {version[:40]}{scope}")
     return found[0], found[1]
 
@@ -225,7 +238,13 @@ def table_csv(payload: dict[str, Any]) -> str:
 
 
 def list_tables(
-    session: Session, device_id: int, space_hash: str | None, *, after: int = 0, limit: int = 100
+    session: Session,
+    device_id: int,
+    space_hash: str | None,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    precision: str | None = None,
 ) -> list[tuple[LatencyTable, int]]:
     """Versions after `after`, oldest first, each with its number of entries (counted, not loaded)."""
     entries = (  # the ops, as served: not the probes and anchor networks measured beside them
@@ -243,13 +262,23 @@ def list_tables(
     )
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
+    if precision:
+        query = query.where(of_precision(precision))
     return [(table, n) for table, n in session.execute(query)]
 
 
+def _op_of(key: str) -> str:
+    """An op key without its dtype: the same op at fp32 and at int8 compares with itself."""
+    return key.rsplit("-", 1)[0]
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two tables side by side (the paper's Fig. 5): per shared op, b's median over a's."""
-    am = {e["key"]: e["median_us"] for e in a["entries"]}
-    bm = {e["key"]: e["median_us"] for e in b["entries"]}
+    """Two tables side by side (the paper's Fig. 5): per shared op, b's median over a's. Tables of two
+    precisions (one device's fp32 and int8 tables) are matched op by op, their keys less the dtype."""
+    pa, pb = (t.get("config", {}).get("precision", "fp32") for t in (a, b))
+    name = (lambda k: k) if pa == pb else _op_of
+    am = {name(e["key"]): e["median_us"] for e in a["entries"]}
+    bm = {name(e["key"]): e["median_us"] for e in b["entries"]}
     shared = sorted(set(am) & set(bm))
     # An op priced 0 (imported tables keep HW-NAS-Bench's zero-priced identities) has no ratio: listed last.
     rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k] if am[k] > 0 and bm[k] > 0 else None}
@@ -257,8 +286,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     rows.sort(key=lambda r: -abs(math.log(r["ratio"])) if r["ratio"] else math.inf)
     ratios = sorted(r["ratio"] for r in rows if r["ratio"])
     return {
-        "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"]},
-        "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"]},
+        "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"], "precision": pa},
+        "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"], "precision": pb},
         "shared_ops": len(shared),
         "only_in_a": sorted(set(am) - set(bm)),
         "only_in_b": sorted(set(bm) - set(am)),

@@ -39,3 +39,16 @@ def test_project_declares_a_bundle_id_and_the_registration_link():
     assert target["dependencies"] == [{"package": "onnxruntime", "product": "onnxruntime"}]
     schemes = target["info"]["properties"]["CFBundleURLTypes"][0]["CFBundleURLSchemes"]
     assert schemes == ["dnas-agent"]
+
+
+def test_refuses_int8_on_the_coreml_execution_provider_and_records_the_precision():
+    """CoreML's execution provider cannot take QDQ models: with it on, an int8 batch fails with the reason before
+    anything is downloaded or measured; on the CPU EP int8 is measured and the result says so."""
+    measure, loop, proto = SOURCES["Measure.swift"], SOURCES["AgentLoop.swift"], SOURCES["Protocol.swift"]
+    assert "let precision: String?" in proto
+    refusal = measure[measure.index("func precisionRefusal") :]
+    refusal = refusal[: refusal.index("\n}\n")]
+    assert 'case "int8":' in refusal and "options.coreML" in refusal and "cannot take QDQ" in refusal
+    assert '"precision": .string(config.precisionName)' in measure
+    body = loop[loop.index("precisionRefusal(batch.config.precisionName") :]
+    assert body.index("client.failure(job, reason: why)") < body.index("downloadModel")

@@ -64,6 +64,8 @@ class DeviceUnfit(Exception):
 
 class AndroidBackend:
     name = "android"
+    # Both paths run onnxruntime's CPU EP (`-e cpu` for perf_test), which takes QDQ models as they are.
+    precisions = ("fp32", "int8")
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ RUNNER = "device_agents.runners.ort_runner"
 
 class LocalBackend:
     name = "local"
+    precisions = ("fp32", "int8")  # onnxruntime's CPU EP runs QDQ models (QLinearConv, QLinearAdd, QGemm)
 
     def __init__(self, cpus: list[int] | None = None, timeout_s: float = 600.0) -> None:
         self.cpus = cpus

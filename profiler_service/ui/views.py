@@ -133,6 +133,7 @@ def device_tables(session: Session, device_id: int) -> list[dict[str, Any]]:
             "entries": n,
             "run_id": t.run_id,
             "config": t.config,
+            "precision": t.config.get("precision", "fp32"),
         }
         for t, n in reversed(rows)
     ]
@@ -230,7 +231,7 @@ def table_view(payload: dict[str, Any]) -> dict[str, Any]:
         out["slots"] = space.slots
         try:
             lut = build_lut(space, table)
-            en = enumerate_ops(space)
+            en = enumerate_ops(space, table.dtype)
             values = [[float(v) for v in row] for row in lut.table.tolist()]
             out["heatmap"] = charts.heatmap(values, en.layer_keys)
             out["candidates"] = list(space.candidates)

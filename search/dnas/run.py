@@ -30,14 +30,28 @@ from search.tables.schema import PublishedTable
 log = logging.getLogger("dnas.search")
 
 
+def _one_each(values: Sequence[str], n: int, what: str) -> list[str | None]:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise TableError(f"{len(values)} {what} values for {n} tables: one, or one per table")
+    return list(values)
+
+
 def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[int], versions: Sequence[str],
-                token: str | None, cache_dir: Path | None = None) -> list[PublishedTable]:  # fmt: skip
+                token: str | None, cache_dir: Path | None = None,
+                precisions: Sequence[str] = ()) -> list[PublishedTable]:  # fmt: skip
     """The tables of one search, in order: files, or several devices' tables fetched one after another from
-    the service (each cached on disk as a single fetch is). `versions`: one for all devices, or one each."""
+    the service (each cached on disk as a single fetch is). `versions`: one for all devices, or one each.
+    `precisions` (fp32, int8): one for all or one each; a table of another precision is refused, never
+    taken instead. One device may appear twice with two precisions: two targets on one chip."""
     if tables and devices:
         raise TableError("give --table files or --device ids, not both")
     if tables:
-        return [PublishedTable.from_file(t) for t in tables]
+        wanted = _one_each(precisions, len(tables), "--precision")
+        return [PublishedTable.from_file(t).require_precision(p) for t, p in zip(tables, wanted, strict=True)]
     if server is None or not devices:
         raise TableError("give --table FILE, or --server URL and --device ID")
     versions = list(versions) or ["latest"]
@@ -45,8 +59,10 @@ def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[in
         versions = versions * len(devices)
     if len(versions) != len(devices):
         raise TableError(f"{len(versions)} --version values for {len(devices)} devices: one, or one per device")
+    wanted = _one_each(precisions, len(devices), "--precision")
     with ServiceClient(server, token, cache_dir=cache_dir) as client:
-        return [client.table(device, version) for device, version in zip(devices, versions, strict=True)]
+        return [client.table(device, version, precision=p)
+                for device, version, p in zip(devices, versions, wanted, strict=True)]  # fmt: skip
 
 
 def newest_calibration(server: str | None, token: str | None, device: int | None,
@@ -57,7 +73,7 @@ def newest_calibration(server: str | None, token: str | None, device: int | None
         return None
     try:
         with ServiceClient(server, token) as client:
-            cal = client.latest_calibration(device, table.space.hash)
+            cal = client.latest_calibration(device, table.space.hash, table.precision)
     except TableError:
         log.info("no calibration for device %s; searching with the table's own rule", device)
         return None
@@ -165,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Device id on the service; repeat for several devices.")  # fmt: skip
     parser.add_argument("--version", action="append", default=[],
                         help="Table version or 'latest' (default): one for all devices, or one each.")  # fmt: skip
+    parser.add_argument("--precision", action="append", default=[], choices=("fp32", "int8"),
+                        help="The table's precision: one for all devices, or one each (default: the newest "
+                             "table, whatever its precision).")  # fmt: skip
     parser.add_argument("--token", default=os.environ.get("DNAS_TOKEN"), help=argparse.SUPPRESS)
     parser.add_argument("--data", default="digits", help="digits, cifar10:PATH or imagefolder:PATH.")
     parser.add_argument("--raw", action=argparse.BooleanOptionalAction, default=False,
@@ -187,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.out is None:
             raise ConfigError("--out is required")
-        tables = load_tables(args.table, args.server, args.device, args.version, args.token)
+        tables = load_tables(args.table, args.server, args.device, args.version, args.token,
+                             precisions=args.precision)  # fmt: skip
         devices: list[int | None] = list(args.device) or [None] * len(tables)
         calibrations = [None if args.raw else newest_calibration(args.server, args.token, device, table)
                         for device, table in zip(devices, tables, strict=True)]  # fmt: skip

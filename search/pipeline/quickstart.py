@@ -25,7 +25,7 @@ from device_agents.loop import Agent
 from profiler_service.local_server import running_service
 from search.data.datasets import load_data
 from search.dnas.config import SearchConfig
-from search.dnas.retrain import TrainConfig, train_architecture
+from search.dnas.retrain import TrainConfig, int8_accuracy, train_architecture
 from search.dnas.run import run_search
 from search.space.cost import network_cost
 from search.tables.client import ServiceClient, not_published
@@ -65,6 +65,9 @@ class NetworkResult:
     prediction_error_drift_adjusted_pct: float
     params: int
     flops: int
+    # int8 runs: the trained network as an fp32 and an int8 ONNX file, both run by onnxruntime on the held-out
+    # split (search/dnas/retrain.py's int8_accuracy); None in fp32 runs
+    int8: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class QuickstartResult:
     accuracy_delta_points: float
     step_times_s: dict[str, float]
     wall_s: float
+    precision: str = "fp32"
 
     @property
     def searched(self) -> NetworkResult:
@@ -131,10 +135,14 @@ def _start_agent(url: str, token: str, cache: Path) -> tuple[threading.Thread, A
 
 
 def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
-                   target_fraction: float = TARGET_FRACTION, seed: int = 0,
+                   target_fraction: float = TARGET_FRACTION, seed: int = 0, precision: str = "fp32",
                    echo: Echo = lambda line: None) -> QuickstartResult:  # fmt: skip
     """The whole job on this host, written to `out` (report.json, theta.png, accuracy_vs_latency.png, the
-    search's outputs); RuntimeError if profiling or a measurement fails."""
+    search's outputs); RuntimeError if profiling or a measurement fails.
+
+    `precision` int8: the table is profiled in int8 (every op, probe and anchor quantized by one recipe), the
+    search prices int8 latency, both networks are measured as int8 files, and each reports its int8 accuracy
+    (onnxruntime, held-out split) beside its fp32 accuracy."""
     started = time.perf_counter()
     clock = StepClock(echo)
     if (out / "service").exists():
@@ -154,17 +162,19 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
         try:
             clock.step(
                 3,
-                f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host "
-                "(every op, a call-overhead probe per input shape and 8 anchor networks, in interleaved rounds)",
+                f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host in "
+                f"{precision} (every op, a call-overhead probe per input shape and 8 anchor networks, in "
+                "interleaved rounds)",
             )
-            run = admin.wait_for_run(admin.start_run(device["id"], SPACE, MEASURE)["id"], timeout_s=900,
+            config = MEASURE | {"precision": precision}
+            run = admin.wait_for_run(admin.start_run(device["id"], SPACE, config)["id"], timeout_s=900,
                                      progress=True)  # fmt: skip
             if why := not_published(run):
                 raise RuntimeError(f"profiling failed: {why}")
 
             clock.step(4, "fetching the latency table over REST")
             with ServiceClient(svc.url, admin.reader_token("quickstart"), cache_dir=out / "table-cache") as reader:
-                table = reader.table(device["id"])
+                table = reader.table(device["id"], precision=precision)
             space, rule = table.space, table.prediction
             echo(f"    table v{table.version}: {len(table.entries)} ops; a network costs the sum "
                  f"of its ops' in-network times + {rule.constant_us:.1f} us (call overhead "
@@ -181,10 +191,12 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
 
             clock.step(6, f"retraining the searched architecture and the baseline ({train_epochs} epochs each)")
             data = load_data("digits", space.resolution, seed=seed)
-            trained = {}
+            trained, int8_acc = {}, {}
             for name, arch in (("searched", searched_arch), ("baseline", baseline_arch)):
-                _, result = train_architecture(space, arch, data, TrainConfig(epochs=train_epochs, seed=seed))
+                model, result = train_architecture(space, arch, data, TrainConfig(epochs=train_epochs, seed=seed))
                 trained[name] = result["val_accuracy"]
+                if precision == "int8":
+                    int8_acc[name] = int8_accuracy(space, arch, model, data)
 
             clock.step(
                 7,
@@ -214,6 +226,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             prediction_error_drift_adjusted_pct=(predicted * drift / measured_ms - 1) * 100,
             params=cost.params,
             flops=cost.macs,
+            int8=int8_acc.get(name),
         ))  # fmt: skip
     searched, baseline = rows
     result = QuickstartResult(
@@ -230,6 +243,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
         accuracy_delta_points=(searched.val_accuracy - baseline.val_accuracy) * 100,
         step_times_s=dict(clock.times),
         wall_s=time.perf_counter() - started,
+        precision=precision,
     )  # fmt: skip
     result.report_path.write_text(json.dumps(result.to_dict(), indent=2))
     shutil.copy(out / "search" / "theta.png", out / "theta.png")

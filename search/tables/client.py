@@ -172,29 +172,30 @@ class ServiceClient:
 
     # ---- tables --------------------------------------------------------------------------------------------
     def table(self, device: int, version: str = "latest", space_hash: str | None = None, *,
-              disk_cache: bool = True) -> PublishedTable:  # fmt: skip
+              disk_cache: bool = True, precision: str | None = None) -> PublishedTable:  # fmt: skip
         """A table version, parsed; kept on disk by content hash with its ETag (a repeat fetch is a 304, and an
         unreachable service is answered from the disk). `disk_cache=False`: this service's copy, now, or a
-        ServiceError (what a check against the live table wants)."""
+        ServiceError (what a check against the live table wants). `precision`: the newest (or the numbered)
+        table at that precision, refused if another comes back (a service older than precision ignores it)."""
+        params = ({"space_hash": space_hash} if space_hash else {}) | ({"precision": precision} if precision else {})
+        path = f"/v1/devices/{device}/latency-tables/{version}"
         if not disk_cache:
-            path = f"/v1/devices/{device}/latency-tables/{version}"
-            params = {"space_hash": space_hash} if space_hash else {}
-            return PublishedTable.parse(self.request("GET", path, params=params).content, source=f"GET {path}")
-        ref = self.cache / f"device-{device}" / f"{version}-{space_hash or 'any'}.ref"
+            table = PublishedTable.parse(self.request("GET", path, params=params).content, source=f"GET {path}")
+            return table.require_precision(precision)
+        ref = self.cache / f"device-{device}" / (f"{version}-{space_hash or 'any'}"
+                                                 + (f"-{precision}" if precision else "") + ".ref")  # fmt: skip
         blobs = self.cache / "by-hash"
         cached = json.loads(ref.read_text()) if ref.exists() else None
         headers = {"If-None-Match": cached["etag"]} if cached else {}
-        params = {"space_hash": space_hash} if space_hash else {}
-        path = f"/v1/devices/{device}/latency-tables/{version}"
         try:
             resp = self.http.get(path, headers=headers, params=params, timeout=60)
         except httpx.TransportError as exc:
             if cached:
                 log.warning("service unreachable (%s); using cached table %s", exc, cached["sha256"][:12])
-                return PublishedTable.from_file(blobs / f"{cached['sha256']}.json")
+                return PublishedTable.from_file(blobs / f"{cached['sha256']}.json").require_precision(precision)
             raise TableError(f"cannot reach {self.server} and no cached copy of device {device} {version}") from None
         if resp.status_code == 304 and cached:
-            return PublishedTable.from_file(blobs / f"{cached['sha256']}.json")
+            return PublishedTable.from_file(blobs / f"{cached['sha256']}.json").require_precision(precision)
         if resp.status_code != 200:
             raise TableError(f"GET {self.server}{path} -> HTTP {resp.status_code}: {error_detail(resp)}")
         table = PublishedTable.parse(resp.content, source=f"GET {path}")
@@ -203,11 +204,14 @@ class ServiceClient:
         (blobs / f"{sha}.json").write_bytes(resp.content)  # the served bytes, as served
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(json.dumps({"etag": resp.headers.get("etag", f'"{sha}"'), "sha256": sha}))
-        return table
+        return table.require_precision(precision)
 
-    def table_text(self, device: int, version: str = "latest", *, csv: bool = False) -> str:
-        """A version as served (JSON or CSV), not parsed: what `dnas table get` writes."""
-        params = {"format": "csv"} if csv else {}
+    def table_text(self, device: int, version: str = "latest", *, csv: bool = False, space_hash: str | None = None,
+                   precision: str | None = None) -> str:  # fmt: skip
+        """A version as served (JSON or CSV), not parsed: what `dnas table get` writes ('latest': the newest, of
+        a space and a precision if given)."""
+        params = ({"format": "csv"} if csv else {}) | ({"space_hash": space_hash} if space_hash else {})
+        params |= {"precision": precision} if precision else {}
         return self.request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params).text
 
     def import_table(self, data: bytes, **params: str) -> dict[str, Any]:
@@ -232,10 +236,11 @@ class ServiceClient:
     def network_set(self, device: int, set_id: Any) -> dict[str, Any]:
         return self.json("GET", f"/v1/devices/{device}/network-sets/{set_id}")
 
-    def latest_calibration(self, device: int, space_hash: str) -> dict[str, Any]:
-        """The newest calibration of the device for this space; TableError if there is none."""
+    def latest_calibration(self, device: int, space_hash: str, precision: str | None = None) -> dict[str, Any]:
+        """The newest calibration of the device for this space (and precision); TableError if there is none."""
+        params = {"space_hash": space_hash} | ({"precision": precision} if precision else {})
         try:
-            return self.json("GET", f"/v1/devices/{device}/calibrations/latest", params={"space_hash": space_hash})
+            return self.json("GET", f"/v1/devices/{device}/calibrations/latest", params=params)
         except ServiceError as exc:
             raise TableError(f"no calibration for device {device}: {exc}") from None
 

@@ -24,7 +24,8 @@ def device_labels(tables: Sequence[PublishedTable]) -> list[str]:
     base = []
     for i, table in enumerate(tables):
         device = table.device_info
-        base.append(str(device.get("name") or f"table{i}"))
+        name = str(device.get("name") or f"table{i}")
+        base.append(name if table.precision == "fp32" else f"{name}-{table.precision}")  # one device, two targets
     labels = []
     for i, (table, name) in enumerate(zip(tables, base, strict=True)):
         if base.count(name) == 1:

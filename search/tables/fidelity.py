@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from search.measurement.rounds import estimate
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables import calibration
 from search.tables.client import ServiceClient
 from search.tables.schema import PublishedTable, TableError
@@ -81,7 +82,8 @@ def measure_set(client: ServiceClient, device_id: int, space: SearchSpace, archs
             time.sleep(0.5)
             status = client.network_set(device_id, queued["set"])
     by_key = {n["key"]: n for n in status["networks"]}
-    return [by_key[space.network_key(arch)] for arch in archs]
+    dtype = dtype_of(config.get("precision", "fp32"))  # an int8 set is measured as int8 networks, own keys
+    return [by_key[space.network_key(arch, dtype)] for arch in archs]
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,14 @@ def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def validate(client: ServiceClient, device_id: int, space: SearchSpace, n: int, out: Path, *, calibrate: bool,
-             seed: int = 0, version: str = "latest") -> dict[str, Any]:  # fmt: skip
-    table = client.table(device_id, version, space.hash, disk_cache=False)
+             seed: int = 0, version: str = "latest", precision: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Sample n networks, measure them whole on the device beside the table's anchors, compare with the table's
+    rule. `precision` picks the table (and so how the networks are exported and measured): asked for int8,
+    it never checks an fp32 table."""
+    try:
+        table = client.table(device_id, version, space.hash, disk_cache=False, precision=precision)
+    except TableError as exc:
+        raise FidelityError(str(exc)) from None
     archs = sample_archs(space, n, seed)
     measured_set = measure_with_anchors(client, device_id, table, archs)
     nets = measured_set.networks
@@ -139,6 +147,7 @@ def validate(client: ServiceClient, device_id: int, space: SearchSpace, n: int, 
         "table_version": table.version,
         "table_sha256": table.content_sha256,
         "prediction_rule": table.prediction.rule,
+        "precision": table.precision,
         "space_hash": space.hash,
         "networks": n,
         "seed": seed,

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables.predict import PLAIN, PLAIN_DESCRIPTION, PredictionRule
 
 Number = int | float  # as given: a float stays a float, an int an int (see the module docstring)
@@ -168,13 +169,37 @@ class PublishedTable(_Part):
     def rule(self) -> PredictionRule:
         """How this table predicts a network (search/tables/predict.py); older tables: the plain sum."""
         try:
-            return PredictionRule.from_published(self.prediction.model_dump(exclude_unset=True))
+            return PredictionRule.from_published(self.prediction.model_dump(exclude_unset=True), self.dtype)
         except ValueError as exc:
             raise TableError(str(exc)) from None
 
     def predict_us(self, arch: list[str]) -> float:
         """The table's prediction for one architecture of its space, by its own rule."""
         return self.rule.predict(self.space, arch, self.medians)
+
+    # ---- precision: one chip in fp32 and in int8 is two targets ---------------------------------------
+    @property
+    def precision(self) -> str:
+        """What its ops were measured at (fp32 for every table before int8 existed)."""
+        return str((self.config or {}).get("precision", "fp32"))
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of its op keys: a space's ops are looked up at this dtype."""
+        try:
+            return dtype_of(self.precision)
+        except ValueError as exc:
+            raise TableError(f"{exc}; upgrade dnas to read this table") from None
+
+    def require_precision(self, precision: str | None) -> PublishedTable:
+        """Refuse a table of another precision than asked: an int8 search never runs on an fp32 table."""
+        if precision is not None and self.precision != precision:
+            raise TableError(
+                f"this is a {self.precision} table (device {self.device_info.get('id')}, version {self.version}); "
+                f"a {precision} search or check needs a {precision} table: profile the device with --precision "
+                f"{precision}"
+            )
+        return self
 
     @property
     def anchors(self) -> list[tuple[list[str], float]]:
@@ -194,6 +219,7 @@ class PublishedTable(_Part):
             "content_sha256": self.content_sha256,
             "space_hash": self.space_hash,
             "config": self.config,
+            "precision": self.precision,
             "prediction_rule": self.prediction.rule,
             "calibration": self.calibration,  # set by the search when it applied one
         }

@@ -89,6 +89,14 @@ final class AgentLoop: ObservableObject {
         }
         defer { beat.cancel() }
 
+        if let why = precisionRefusal(batch.config.precisionName, options: options) {
+            status = why
+            for job in batch.jobs {
+                failed += 1
+                try? await client.failure(job, reason: why)
+            }
+            return
+        }
         var failures: [Int: String] = [:]
         var models: [BatchModel] = []
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dnas-models")

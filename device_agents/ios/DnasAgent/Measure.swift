@@ -33,6 +33,23 @@ struct MeasureOptions {
     var coreMLOnlyWithANE = false
 }
 
+/// Why this app, as set up, cannot measure a batch of this precision; nil if it can. int8 models are QDQ
+/// (QuantizeLinear/DequantizeLinear around the ops): the CPU execution provider runs them as int8 kernels, but
+/// the CoreML execution provider cannot take QDQ, so with CoreML on an int8 time would not be one. Nothing is
+/// measured, and the jobs fail with this reason: nothing is stored under the wrong precision.
+func precisionRefusal(_ precision: String, options: MeasureOptions) -> String? {
+    switch precision {
+    case "fp32":
+        return nil
+    case "int8":
+        return options.coreML
+            ? "precision int8: the CoreML execution provider cannot take QDQ (int8) models; turn CoreML off in the app to measure int8 on the CPU execution provider"
+            : nil
+    default:
+        return "precision \(precision): this app measures fp32 and int8 only"
+    }
+}
+
 /// One model, open and ready: its session and a fixed random input of its shape.
 private struct OpenModel {
     let session: ORTSession
@@ -135,6 +152,7 @@ func measureBatch(_ models: [BatchModel], config: MeasureConfig, seed: UInt64, o
         "backend": .string("ios"),
         "runtime": .string("onnxruntime-objc"),
         "runtime_version": .string(ortVersionString()),
+        "precision": .string(config.precisionName),
         "threads": .number(Double(config.threads)),
         "method": .string("interleaved"),
         "estimator": .string(Rounds.estimator),

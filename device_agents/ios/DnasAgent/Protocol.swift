@@ -39,6 +39,9 @@ struct MeasureConfig: Codable {
     let warmup: Int
     let rounds: Int
     let runs_per_round: Int
+    let precision: String?  // "fp32" or "int8" (QDQ models); services before int8 do not send it
+
+    var precisionName: String { precision ?? "fp32" }
 }
 
 struct LeaseRequest: Codable {

@@ -30,6 +30,7 @@ from search.tables.schema import PublishedTable
 router = APIRouter(tags=["latency-tables"], dependencies=[ReaderDep], route_class=StrictJsonRoute)
 
 SpaceHash = Query(default=None, pattern=r"^[0-9a-f]{6,64}$", description="Only tables of this space.")
+Precision = Query(default=None, description="Only tables measured at this precision (fp32 or int8).")
 
 
 @router.get("/devices/{device_id}/latency-tables", response_model=list[TableSummary])
@@ -39,6 +40,7 @@ def versions(
     request: Request,
     response: Response,
     space_hash: str | None = SpaceHash,
+    precision: Literal["fp32", "int8"] | None = Precision,
     after: After = 0,
     limit: Limit = 100,
 ) -> list[TableSummary]:
@@ -51,13 +53,14 @@ def versions(
             version=t.version,
             space_hash=t.space_hash,
             config_hash=t.config_hash,
+            precision=t.config.get("precision", "fp32"),
             content_sha256=t.content_sha256,
             etag=t.payload_sha256,
             run_id=t.run_id,
             created_at=as_utc(t.created_at),
             entries=n,
         )
-        for t, n in list_tables(session, device_id, space_hash, after=after, limit=limit)
+        for t, n in list_tables(session, device_id, space_hash, after=after, limit=limit, precision=precision)
     ]
     return paginated(rows, request, response, limit, cursor=lambda t: t.version)
 
@@ -93,14 +96,16 @@ def get_table(
     request: Request,
     session: SessionDep,
     space_hash: str | None = SpaceHash,
+    precision: Literal["fp32", "int8"] | None = Precision,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     """One version ('latest' or a number). A version's bytes are fixed when it is published (the device's
     name as it was then included), so its ETag, the SHA-256 of those bytes, never changes; `If-None-Match`
-    answers 304. Sent gzip-compressed (weak ETag) when the client accepts it."""
+    answers 304. Sent gzip-compressed (weak ETag) when the client accepts it. With `precision`, 'latest' is
+    the newest table of that precision, and a numbered version of another precision is a 404."""
     number = parse_version(version)
     try:
-        table_id, table_version = find_table_id(session, device_id, version, space_hash)
+        table_id, table_version = find_table_id(session, device_id, version, space_hash, precision)
     except NotFound:
         get_device(session, device_id)  # the better message when the device itself does not exist
         raise
@@ -122,32 +127,35 @@ def get_table(
     return Response(rep.body, media_type=media, headers=headers)
 
 
-REF = re.compile(r"([0-9]{1,10}):(latest|[0-9]{1,10})")
+REF = re.compile(r"([0-9]{1,10}):(latest|[0-9]{1,10})(?::(fp32|int8))?")
 
 
-def _ref(text: str) -> tuple[int, str]:
+def _ref(text: str) -> tuple[int, str, str | None]:
     found = REF.fullmatch(text)
     if not found or not 1 <= int(found[1]) <= 2**31 - 1:
-        raise Invalid(f"table reference {text[:40]!r} must look like DEVICE_ID:VERSION (e.g. 3:latest)")
+        raise Invalid(
+            f"table reference {text[:40]!r} must look like DEVICE_ID:VERSION[:PRECISION] (e.g. 3:latest:int8)"
+        )
     parse_version(found[2])
-    return int(found[1]), found[2]
+    return int(found[1]), found[2], found[3]
 
 
 @router.get("/latency-tables/compare")
 def compare_tables(
     session: SessionDep,
     request: Request,
-    a: str = Query(description="DEVICE_ID:VERSION", max_length=32),
-    b: str = Query(description="DEVICE_ID:VERSION", max_length=32),
+    a: str = Query(description="DEVICE_ID:VERSION[:PRECISION]", max_length=40),
+    b: str = Query(description="DEVICE_ID:VERSION[:PRECISION]", max_length=40),
     format: Literal["json", "png"] = "json",
     top: int = Query(default=20, ge=1, le=200),
 ) -> Response:
-    """Two tables side by side: per-op latency ratio b/a, the ops that differ most first."""
+    """Two tables side by side: per-op latency ratio b/a, the ops that differ most first. One device's fp32
+    and int8 tables (`3:latest:fp32` against `3:latest:int8`) are matched op by op."""
     tables = []
     for ref in (a, b):
-        device_id, version = _ref(ref)
+        device_id, version, precision = _ref(ref)
         get_device(session, device_id)
-        table_id, _ = find_table_id(session, device_id, version)
+        table_id, _ = find_table_id(session, device_id, version, precision=precision)
         cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
         tables.append(json.loads(cached.json.body))
     session.rollback()
