@@ -41,7 +41,7 @@ def build_lut(space: SearchSpace, table: PublishedTable) -> LatencyLUT:
     if table.space_hash and table.space_hash != space.hash:
         log.warning("table was measured for space %s; searching space %s", table.space_hash[:12], space.hash[:12])
     medians = table.medians
-    en = enumerate_ops(space)
+    en = enumerate_ops(space, table.dtype)
     missing = [k for k in en.ops if k not in medians]
     if missing:
         raise TableError(
