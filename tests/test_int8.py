@@ -21,7 +21,7 @@ from search.dnas.run import load_tables
 from search.space.macro import get_space
 from search.space.quantize import is_quantized
 from search.tables.client import ServiceClient
-from search.tables.fidelity import FidelityError, validate
+from search.tables.fidelity import validate
 from search.tables.latency import PublishedTable, TableError, build_lut
 from tests.service_harness import register, running_service, start_agent, wait_for_run
 
@@ -192,14 +192,13 @@ def test_a_network_is_measured_only_at_its_own_precision(tmp_path):
         assert is_quantized((nets / f"{keys['int8']}.onnx").read_bytes())
 
 
-def test_fidelity_refuses_a_table_of_another_precision_than_asked():
-    class Stub:
-        def json(self, method: str, path: str, params: dict | None = None, **_: object) -> dict:
-            return {"config": {"precision": "fp32"}, "version": 1, "space": {}, "entries": []}
-
-    space = get_space(resolution=32, width=0.25, num_classes=10)
-    with pytest.raises(FidelityError, match="asked for a int8 table, the service sent a fp32 one"):
-        validate(Stub(), 1, space, 2, Path("/nonexistent"), calibrate=False, precision="int8")
+def test_a_table_of_another_precision_than_asked_is_refused_wherever_it_comes_from():
+    """A service older than precision support ignores `?precision=` and sends its fp32 table; a file on disk is
+    whatever it is. Either way the client checks what it got (the service's own refusal is tested above)."""
+    fp32 = PublishedTable.parse({"config": {"precision": "fp32"}, "version": 1, "space": {}, "entries": []})
+    assert fp32.require_precision("fp32") is fp32 and fp32.require_precision(None) is fp32
+    with pytest.raises(TableError, match=r"this is a fp32 table .*needs a int8 table"):
+        fp32.require_precision("int8")
 
 
 def test_one_device_searched_at_two_precisions_is_two_targets():
