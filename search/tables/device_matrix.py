@@ -25,7 +25,8 @@ def device_labels(tables: Sequence[PublishedTable]) -> list[str]:
     for i, table in enumerate(tables):
         device = table.device_info
         name = str(device.get("name") or f"table{i}")
-        base.append(name if table.precision == "fp32" else f"{name}-{table.precision}")  # one device, two targets
+        suffix = "" if table.precision == "fp32" or name.endswith(f"-{table.precision}") else f"-{table.precision}"
+        base.append(name + suffix)  # one device measured at two precisions is two targets
     labels = []
     for i, (table, name) in enumerate(zip(tables, base, strict=True)):
         if base.count(name) == 1:
