@@ -184,6 +184,9 @@ def main() -> None:
     parser.add_argument("--lr-theta", type=float, default=0.3)
     parser.add_argument("--search-threads", type=int, default=1, help="torch threads of the searches")
     parser.add_argument("--fraction", type=float, default=0.6, help="budget: x the baseline on each target")
+    parser.add_argument("--without-skip", action="store_true",
+                        help="search the 8 blocks only: every layer must spend latency on a block, so the two "
+                             "targets' block costs decide (the identity skip is nearly free on both)")  # fmt: skip
     parser.add_argument("--target-mode", choices=("band", "at_most"), default="band",
                         help="band: each network lands near its budget, so both are equally tight and the "
                              "comparison is of what each spends its latency on")  # fmt: skip
@@ -206,17 +209,19 @@ def main() -> None:
     from profiler_service.local_server import running_service
     from search.dnas.config import SearchConfig
     from search.dnas.run import load_tables, run_search
+    from search.space.macro import FBNET_CANDIDATES
     from search.tables.client import ServiceClient
     from search.tables.cross_device import measure_on_devices, searched_architectures
     from search.tables.device_matrix import device_labels
     from search.tables.macs import macs_table
     from search.tables.schema import PublishedTable
 
+    space_req = SPACE | ({"candidates": [c for c in FBNET_CANDIDATES if c != "skip"]} if args.without_skip else {})
     started = time.perf_counter()
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    out: dict[str, Any] = {"bench": "targets", "space": {k: SPACE[k] for k in ("resolution", "width", "num_classes")}}
+    out: dict[str, Any] = {"bench": "targets", "space": space_req}
     with running_service(f"sqlite:///{args.out / 'service.db'}", args.out / "service", lease_seconds=60) as svc:
         admin = ServiceClient(svc.url, svc.admin_token)
         devices, agents = [], []
@@ -231,7 +236,7 @@ def main() -> None:
             profile_s = {}
             for device, precision in zip(devices, PRECISIONS, strict=True):  # one at a time: no contention
                 t0 = time.perf_counter()
-                started_run = admin.start_run(device["id"], SPACE, {"threads": 1, "precision": precision})
+                started_run = admin.start_run(device["id"], space_req, {"threads": 1, "precision": precision})
                 run = admin.wait_for_run(started_run["id"], timeout_s=3600, progress=True)
                 if run["status"] != "published":
                     raise RuntimeError(f"profiling {device['name']} did not publish: {run.get('errors', [])[:3]}")
