@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,19 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.cross_device import start_agent  # the same niced, pinned `dnas agent local`
+
 BASELINE = "ir_k3_e6"
 SPACE = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
 PRECISIONS = ("fp32", "int8")
-
-
-def start_agent(url: str, token: str, cache: Path, log: Path, cpus: str | None, nice: int) -> subprocess.Popen:
-    """`dnas agent local` as its own process, niced and pinned (its measurement child too)."""
-    cmd = [sys.executable, "-m", "dnas", "agent", "local", "--server", url, "--cache-dir", str(cache), "--wait", "1"]
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd, "--cpus", cpus]
-    cmd = ["nice", "-n", str(nice), *cmd]
-    env = {**os.environ, "DNAS_AGENT_TOKEN": token}  # never on the command line
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
 def verdicts(report: dict[str, Any], own: dict[str, str]) -> list[dict[str, Any]]:
