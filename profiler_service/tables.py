@@ -89,6 +89,11 @@ def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
     return [m for m, _ in chosen], provenance
 
 
+def next_version(session: Session, device_id: int) -> int:
+    """A device's next table version: versions count per device, whatever made the table (a run, an import)."""
+    return (session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == device_id)) or 0) + 1
+
+
 def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
     """The run's table as the device's next version, with all its entries and its payload, written in the
     caller's transaction (profiler_service/lifecycle.py publishes: the run's status flip and this commit
@@ -102,9 +107,7 @@ def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
     prediction = prediction_of(run, measurements, specs) | provenance
     stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
     device = session.get(Device, run.device_id)
-    version = (
-        session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == run.device_id)) or 0
-    ) + 1
+    version = next_version(session, run.device_id)
     table = LatencyTable(
         device_id=run.device_id,
         version=version,
