@@ -124,6 +124,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    # Token checks are one SELECT each: read outside a transaction, they cost one round trip, not three (psycopg
+    # sends BEGIN and ROLLBACK on their own), and still see every revocation committed before them.
+    app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
     app.state.admin_hash = AdminHashCache()  # per app: each app serves its own database's admin token

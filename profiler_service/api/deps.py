@@ -101,7 +101,7 @@ async def authorise(request: Request, digest: str, need: Literal["admin", "reade
     if request.scope.get(AUTHORISED) == (digest, need) or _admin_fast(request, digest):
         return
     check = _check_admin if need == "admin" else _check_reader
-    await run_in_threadpool(check, request.app.state.sessionmaker, admin_cache(request), digest)
+    await run_in_threadpool(check, request.app.state.read_sessions, admin_cache(request), digest)
     request.scope[AUTHORISED] = (digest, need)
 
 
@@ -112,7 +112,7 @@ async def token_role(request: Request, digest: str) -> Role | None:
         return "admin"
 
     def look() -> Role | None:
-        with request.app.state.sessionmaker() as session:
+        with request.app.state.read_sessions() as session:
             return _role_of(admin_cache(request), session, digest)
 
     return await run_in_threadpool(look)
