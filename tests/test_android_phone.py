@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from device_agents.android import device_state
-from device_agents.android.backend import AndroidBackend
+from device_agents.android.backend import AndroidBackend, DeviceUnfit
 from device_agents.android.connection import AdbConnection, AdbError
 from device_agents.android.perf_test import PerfTestBuildError, build_files
 from device_agents.backend import BatchPlan, MeasurementError, Timing
-from device_agents.emulator.perf_test_standin import write_build
+from device_agents.emulator import perf_test_standin
+from device_agents.emulator.perf_test_standin import GENERATIONS, write_build
 from device_agents.emulator.usb import EmulatedUsbTransport
 from profiler_service.local_server import stop_process
 from search.space.enumerate import enumerate_ops
@@ -107,6 +108,61 @@ def test_perf_test_build_is_pushed_by_checksum_and_replaced_when_rebuilt(tmp_pat
         assert conn.push_if_changed(binary, "/data/local/tmp/dnas")
         assert (emu.sandbox / "data/local/tmp/dnas/onnxruntime_perf_test").read_bytes() == binary.read_bytes()
         conn.close()
+
+
+def _standin(generation: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, perf_test_standin.__file__, "--dnas-generation", generation, *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_stand_in_answers_help_as_each_upstream_generation_does():
+    """What upstream's command_args_parser.cc and main.cc print: the getopt generation (to 1.22) prints its usage
+    for -h and --help, exit 255; the absl one (1.23 on) answers -h without a model with one line on stderr and
+    255, and --help with absl's flag help and exit 1."""
+    old_h, old_help = _standin("getopt", "-h"), _standin("getopt", "--help")
+    assert old_h.returncode == old_help.returncode == 255
+    assert "-m [test_mode]" in old_h.stdout and "-m [test_mode]" in old_help.stdout
+    new_h, new_help = _standin("absl", "-h"), _standin("absl", "--help")
+    assert (new_h.returncode, new_h.stdout, new_h.stderr) == (255, "", "See 'onnxruntime_perf_test --help'.")
+    assert new_help.returncode == 1 and "-m [test_mode]" not in new_help.stdout
+    assert "Flags from onnxruntime/test/perftest/command_args_parser.cc:" in new_help.stdout
+    assert "    --m (Specifies the test mode. Value could be 'duration' or 'times'.); default: \"duration\";" in (
+        new_help.stdout
+    )
+    unknown = _standin("absl", "--bogus", "m.onnx")
+    assert unknown.returncode == 1 and "Unknown command line flag 'bogus'" in unknown.stderr
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_both_perf_test_generations_start_and_measure_on_a_stock_phone(tmp_path, models, generation):
+    """onnxruntime 1.23's absl-flags build answers `-h` with one line and 255, which the start check took for a
+    binary that does not start: the agent refused every current build. The probe is `--help`, which both
+    generations answer with their usage; the fingerprint says which one answered."""
+    build = write_build(tmp_path / "build", generation=generation)
+    with running_emulator(tmp_path / "sandbox", "--stock") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), runner="perf-test",
+                                 perf_test_dir=build, taskset="none")  # fmt: skip
+        try:
+            assert backend.fingerprint()["extra"]["perf_test_cli"] == generation
+            out = backend.measure_batch({"0": models["0"]}, BatchPlan(threads=1, warmup=0, rounds=2,
+                                                                      runs_per_round=3, seed=1))  # fmt: skip
+        finally:
+            backend.close()
+    timing = out["0"]
+    assert isinstance(timing, Timing) and timing.summary is not None, timing
+    assert timing.summary["n"] == 6 and timing.context["method"] == "separate visits"
+
+
+def test_a_build_that_prints_no_usage_is_refused_at_start(tmp_path):
+    build = write_build(tmp_path / "build")
+    (build / "onnxruntime_perf_test").write_text("#!/bin/sh\necho 'CANNOT LINK EXECUTABLE: libfoo.so not found'\n"
+                                                 "exit 1\n")  # fmt: skip
+    with running_emulator(tmp_path / "sandbox", "--stock") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"), runner="perf-test",
+                                 perf_test_dir=build)  # fmt: skip
+        with pytest.raises(DeviceUnfit, match=r"does not start.*printed no usage.*CANNOT LINK"):
+            backend.fingerprint()
+        backend.close()
 
 
 def test_batch_waits_out_throttling_and_records_the_device_state(tmp_path, models, caplog):

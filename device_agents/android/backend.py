@@ -30,11 +30,13 @@ from device_agents.android.connection import AdbConnection, AdbError, sha256_fil
 from device_agents.android.perf_test import (
     FIELDS,
     PERF_TEST,
+    PROBE_ARGS,
     PerfTestBuildError,
     PerfTestParseError,
     build_files,
     build_version,
     parse_perf_test,
+    probe_generation,
     summarise_visits,
 )
 from device_agents.backend import BatchPlan, MeasurementError, Timing
@@ -97,6 +99,7 @@ class AndroidBackend:
         self._facts: dict[str, Any] = {}
         self._perf_mode: bool | None = None
         self._perf_mode_detail: str | None = None
+        self._perf_test_cli: str | None = None  # which command-line generation the build answered with
         self.taskset: str | None = None
         self.runtime_version: str | None = None
 
@@ -119,6 +122,7 @@ class AndroidBackend:
                 "manufacturer": f["manufacturer"], "build_fingerprint": f["build_fingerprint"],
                 "adb_user": f["user"], "cpu_max_khz": f["cpu_max_khz"], "governors": f["governors"],
                 "taskset": self.taskset, "performance_mode": self._perf_mode,
+                "perf_test_cli": self._perf_test_cli,
             },
         }  # fmt: skip
 
@@ -204,10 +208,11 @@ class AndroidBackend:
                 log.info("pushed %s", path.name)
         self._push_text(VISITS_SH, "visits.sh")
         self.conn.check(f"chmod 755 {self.workdir}/{PERF_TEST}")
-        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} -h 2>&1")
-        if "-m [test_mode]" not in res.output and res.returncode != 0:
-            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (exit {res.returncode}): "
-                              f"{res.output.strip()[-400:]}")  # fmt: skip
+        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} {PROBE_ARGS} 2>&1")
+        self._perf_test_cli = probe_generation(res.output)
+        if self._perf_test_cli is None:
+            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (`{PERF_TEST} {PROBE_ARGS}` "
+                              f"printed no usage, exit {res.returncode}): {res.output.strip()[-400:]}")  # fmt: skip
         return version
 
     def _push_text(self, text: str, name: str) -> None:
