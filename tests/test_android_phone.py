@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,27 @@ def test_usb_code_path_through_a_transport_the_emulator_serves(tmp_path, models)
                               usb_transport=lambda s, t: EmulatedUsbTransport.find_adb(bus, s, t))  # fmt: skip
         with pytest.raises(AdbError, match="no USB device with serial NOSUCHPHONE"):
             wrong.shell("true")
+
+
+def test_a_command_quiet_for_longer_than_the_transport_timeout_still_answers(tmp_path):
+    """adb-shell 0.4.4's TCP and USB bulk reads raise once `transport_timeout_s` (10 s here) passes without a
+    packet, and never retry, so `read_timeout_s` did not apply: any command silent for 10 s failed (a protocol-1
+    run, a runner that prints only at the end). On the device the command is quiet for 15 s, over both links
+    at once."""
+    bus = tmp_path / "usb"
+    with running_emulator(tmp_path / "sandbox", "--usb-bus", str(bus)) as emu:
+        tcp = AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey")
+        usb = AdbConnection(serial=SERIAL, key_path=tmp_path / "adbkey",
+                            usb_transport=lambda s, t: EmulatedUsbTransport.find_adb(bus, s, t))  # fmt: skip
+        assert tcp.transport_timeout_s == usb.transport_timeout_s == 10.0
+        for conn in (tcp, usb):  # connected (and the key made) before the two run together
+            assert conn.shell("true").returncode == 0
+        with ThreadPoolExecutor(2) as pool:
+            quiet = [pool.submit(conn.shell, "sleep 15; echo woke; exit 3", 60) for conn in (tcp, usb)]
+            answers = [future.result() for future in quiet]
+        for conn in (tcp, usb):
+            conn.close()
+    assert [(a.output.strip(), a.returncode) for a in answers] == [("woke", 3), ("woke", 3)]
 
 
 def test_real_libusb_path_imports_and_says_what_to_check(tmp_path):
