@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from device_agents.android import device_state
-from device_agents.android.connection import AdbConnection, AdbError, sha256_file
+from device_agents.android.connection import AdbConnection, AdbError, AdbLinkError, sha256_file
 from device_agents.android.perf_test import (
     FIELDS,
     PERF_TEST,
@@ -39,7 +39,7 @@ from device_agents.android.perf_test import (
     probe_generation,
     summarise_visits,
 )
-from device_agents.backend import BatchPlan, MeasurementError, Timing
+from device_agents.backend import BatchPlan, DeviceUnavailable, MeasurementError, Timing
 from device_agents.batch_stream import BatchStream
 from device_agents.runners import ort_runner
 from search.measurement import rounds
@@ -255,12 +255,31 @@ class AndroidBackend:
             out = run(remote, plan)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         context = self._context(plan.threads, before, after)
         for timing in out.values():
             if isinstance(timing, Timing):
                 timing.context = timing.context | context
         return out
+
+    def _failure(self, exc: AdbError | DeviceUnfit) -> Exception:
+        """A lost link is the device going away, not the models failing: DeviceUnavailable, and the device is
+        prepared afresh before the next batch (`reconnect`). Anything else fails the batch's models."""
+        if isinstance(exc, AdbLinkError):
+            self._ready = False
+            return DeviceUnavailable(str(exc))
+        return MeasurementError(str(exc))
+
+    def reconnect(self) -> None:
+        """Connect again and redo the preparation: after a reboot fixed performance mode is off and the
+        governors may differ, so what the next results' context says is read again, not remembered. Raises
+        DeviceUnavailable while the device is still away (or not yet usable)."""
+        self.conn.close()
+        self._ready = False
+        try:
+            self._prepare()
+        except (AdbError, DeviceUnfit) as exc:
+            raise DeviceUnavailable(str(exc)) from exc
 
     def _context(self, threads: int, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -400,7 +419,7 @@ class AndroidBackend:
             timing = self._run_one(remote, threads, warmup, runs)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         timing.context = timing.context | self._context(threads, before, after)
         return timing
 
