@@ -242,6 +242,32 @@ def test_big_cores_are_the_fastest_cluster():
     assert device_state.Cpus().big_core_mask() is None
 
 
+def test_auto_taskset_gives_each_thread_a_core_fastest_first():
+    """One prime core (a Snapdragon 8 Gen 1: cpu7 3.0 GHz, cpu4-6 2.5, cpu0-3 1.8): -x 4 used to share the
+    prime core; it gets the prime core and the next cluster. Whole clusters, so never a slow core while a
+    faster one of its cluster idles; threads 0 (onnxruntime's default, a thread per core) takes all."""
+    one_prime = device_state.Cpus(max_khz={0: 1_800_000, 1: 1_800_000, 2: 1_800_000, 3: 1_800_000,
+                                           4: 2_500_000, 5: 2_500_000, 6: 2_500_000, 7: 3_000_000})  # fmt: skip
+    masks = {threads: one_prime.fastest_cores_mask(threads) for threads in (1, 2, 4, 5, 8, 0)}
+    assert masks == {1: "80", 2: "f0", 4: "f0", 5: "ff", 8: "ff", 0: "ff"}
+    assert device_state.Cpus(max_khz={0: 1, 1: 1}).fastest_cores_mask(4) is None
+
+
+def test_auto_taskset_follows_the_batch_threads_and_is_recorded(tmp_path, models):
+    """Through the emulator, on a 'phone' whose cpu1 is the one prime core and cpu2-3 the next cluster (this
+    host has no cpu2-3: taskset keeps the cores that exist, cpu1, so nothing runs on the benchmark core)."""
+    with running_emulator(tmp_path / "sandbox", "--cpu-max-khz", "1800000,2800000,2400000,2400000") as emu:
+        backend = AndroidBackend(AdbConnection(tcp=emu.address, key_path=tmp_path / "adbkey"))
+        try:
+            assert backend.fingerprint()["extra"]["taskset"] == "2"
+            one = backend.measure_batch({"0": models["0"]}, BatchPlan(1, 0, rounds=2, runs_per_round=2, seed=1))
+            two = backend.measure_batch({"0": models["0"]}, BatchPlan(2, 0, rounds=2, runs_per_round=2, seed=1))
+        finally:
+            backend.close()
+    assert one["0"].context["taskset"] == "2" and two["0"].context["taskset"] == "e"
+    assert "at least 2 for 2 threads" in two["0"].context["taskset_source"]
+
+
 def test_a_phone_dropping_off_mid_batch_ends_the_batch_at_once_as_the_device_gone(tmp_path, models):
     """adb-shell's TCP reader would spin on a closed socket until its read timeout (ten minutes for a batch):
     the link going away must end the batch as it happens, as the device being unavailable (the agent gives the

@@ -97,6 +97,7 @@ class AndroidBackend:
         self.thermal_wait_s, self.thermal_poll_s = thermal_wait_s, thermal_poll_s
         self._ready = False
         self._facts: dict[str, Any] = {}
+        self._cpus = device_state.Cpus()
         self._perf_mode: bool | None = None
         self._perf_mode_detail: str | None = None
         self._perf_test_cli: str | None = None  # which command-line generation the build answered with
@@ -145,7 +146,8 @@ class AndroidBackend:
             "cpu_max_khz": {str(k): v for k, v in sorted(cpus.max_khz.items())},
             "governors": {str(k): v for k, v in sorted(cpus.governors.items())},
         }
-        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(cpus)
+        self._cpus = cpus
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(1)
         self.conn.check(f"mkdir -p {self.workdir}/models")
         if self.runner == "python":
             self.runtime_version = self._check_python()
@@ -163,14 +165,23 @@ class AndroidBackend:
                 log.warning("fixed performance mode unavailable (%s): clocks may vary", self._perf_mode_detail)
         self._ready = True
 
-    def _resolve_taskset(self, cpus: device_state.Cpus) -> tuple[str | None, str | None]:
+    def _resolve_taskset(self, threads: int) -> tuple[str | None, str | None]:
+        """The mask for a run of `threads` threads: `auto` takes at least that many cores, fastest first
+        (Cpus.fastest_cores_mask), so the threads never share cores while faster ones sit idle."""
         option = (self.taskset_option or "none").lower()
         if option == "none":
             return None, None
         if option == "auto":
-            mask = cpus.big_core_mask()
-            return (mask, "big cores by cpuinfo_max_freq") if mask else (None, "cores indistinguishable: not pinned")
+            mask = self._cpus.fastest_cores_mask(threads)
+            if not mask:
+                return None, "cores indistinguishable: not pinned"
+            many = f"at least {threads} for {threads} threads" if threads > 0 else "all for onnxruntime's default"
+            return mask, f"auto: the fastest cores by cpuinfo_max_freq, whole clusters, {many}"
         return self.taskset_option, "given"
+
+    def _pin_for(self, threads: int) -> None:
+        """Set the mask `_pin()` applies and the context records, for this batch's (or job's) thread count."""
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(threads)
 
     def _check_python(self) -> str:
         who = f"{self._facts['model'] or 'the device'} ({self.conn.name})"
@@ -246,6 +257,7 @@ class AndroidBackend:
     def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
         try:
             self._prepare()
+            self._pin_for(plan.threads)
             remote = self._sync_models(models)
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
@@ -411,6 +423,7 @@ class AndroidBackend:
     def measure(self, model: Path, *, threads: int, warmup: int, runs: int) -> Timing:
         try:
             self._prepare()
+            self._pin_for(threads)
             remote = self._sync_models({"m": model})["m"]
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
