@@ -9,7 +9,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
 from db.models import KEY_LEN, Device, Job, Operator
@@ -85,6 +85,9 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
 def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
     first = jobs[0]
     token = first.lease_token or ""
+    # One SELECT for the batch's operators: loaded one by one they were a fifth of a lease's time (py-spy).
+    keys = {job.op_key for job in jobs}
+    ops = {op.key: op for op in session.scalars(select(Operator).where(Operator.key.in_(keys)))}
     return LeasedBatch(
         lease_token=token,
         lease_expires_at=as_utc(first.lease_expires_at),
@@ -93,7 +96,7 @@ def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> Lease
         seed=int(hashlib.sha256(token.encode()).hexdigest()[:8], 16),  # no part of the token leaks into results
         group_jobs=group_jobs,
         config=first.config,
-        jobs=[_leased(job, session.get(Operator, job.op_key), request) for job in jobs],
+        jobs=[_leased(job, ops.get(job.op_key), request) for job in jobs],
     )
 
 
