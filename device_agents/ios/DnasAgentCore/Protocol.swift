@@ -1,8 +1,14 @@
 // The agent protocol of device_agents/PROTOCOL.md (protocol 2: batches), as Codable types and one client.
+// No UIKit here: this file builds in the SwiftPM package (Package.swift) on macOS and Linux, Swift 6 mode.
 import Foundation
 
+#if canImport(FoundationNetworking)
+// Linux: URLSession lives here and is not declared Sendable there (it is on Apple's SDKs, and is thread-safe).
+@preconcurrency import FoundationNetworking
+#endif
+
 /// Any JSON value a context may hold.
-enum JSONValue: Codable, Equatable {
+enum JSONValue: Codable, Equatable, Sendable {
     case string(String), number(Double), bool(Bool), null
 
     init(from decoder: Decoder) throws {
@@ -24,7 +30,7 @@ enum JSONValue: Codable, Equatable {
     }
 }
 
-struct Fingerprint: Codable {
+struct Fingerprint: Codable, Sendable {
     var model: String?
     var soc: String?
     var os: String?
@@ -34,7 +40,7 @@ struct Fingerprint: Codable {
     var extra: [String: String] = [:]
 }
 
-struct MeasureConfig: Codable {
+struct MeasureConfig: Codable, Sendable {
     let threads: Int
     let warmup: Int
     let rounds: Int
@@ -44,13 +50,13 @@ struct MeasureConfig: Codable {
     var precisionName: String { precision ?? "fp32" }
 }
 
-struct LeaseRequest: Codable {
+struct LeaseRequest: Codable, Sendable {
     let wait_seconds: Double
     let max_jobs: Int
     let `protocol`: Int
 }
 
-struct BatchJob: Codable {
+struct BatchJob: Codable, Sendable {
     let job_id: Int
     let lease_token: String
     let attempt: Int
@@ -61,7 +67,7 @@ struct BatchJob: Codable {
     let input_shape: [Int]
 }
 
-struct Batch: Codable {
+struct Batch: Codable, Sendable {
     let lease_token: String
     let lease_seconds: Double
     let batch_group: String?
@@ -70,7 +76,7 @@ struct Batch: Codable {
     let jobs: [BatchJob]
 }
 
-struct BatchResult: Codable {
+struct BatchResult: Codable, Sendable {
     let job_id: Int
     let median_us, mean_us, p10_us, p90_us, std_us: Double
     let n: Int
@@ -80,13 +86,13 @@ struct BatchResult: Codable {
     let context: [String: JSONValue]
 }
 
-struct ResultsBody: Codable { let lease_token: String; let results: [BatchResult] }
-struct LeaseProof: Codable { let lease_token: String }
-struct FailureBody: Codable { let lease_token: String; let reason: String }
-struct Ack: Codable { let job_id: Int; let status: String; let replayed: Bool? }
-struct Acks: Codable { let acks: [Ack] }
+struct ResultsBody: Codable, Sendable { let lease_token: String; let results: [BatchResult] }
+struct LeaseProof: Codable, Sendable { let lease_token: String }
+struct FailureBody: Codable, Sendable { let lease_token: String; let reason: String }
+struct Ack: Codable, Sendable { let job_id: Int; let status: String; let replayed: Bool? }
+struct Acks: Codable, Sendable { let acks: [Ack] }
 
-enum ProtocolError: Error, LocalizedError {
+enum ProtocolError: Error, LocalizedError, Sendable {
     case refused(Int, String)  // 4xx: retrying will not help (409: the lease is no longer ours)
     case transient(String)  // network, 502/503/504: retried with backoff
     case corruptModel(String)
@@ -100,12 +106,46 @@ enum ProtocolError: Error, LocalizedError {
     }
 }
 
-final class AgentClient {
-    let server: URL
+/// One result posted on its own (protocol 1's `POST /v1/agent/jobs/{id}/result`): the 422 fallback of a batch.
+struct SingleResultBody: Codable, Sendable {
+    let lease_token: String
+    let median_us, mean_us, p10_us, p90_us, std_us: Double
+    let n: Int
+    let rounds: Int
+    let round_medians_us: [Double]
+    let estimator: String
+    let context: [String: JSONValue]
+
+    init(_ r: BatchResult, leaseToken: String) {
+        lease_token = leaseToken
+        median_us = r.median_us; mean_us = r.mean_us; p10_us = r.p10_us; p90_us = r.p90_us; std_us = r.std_us
+        n = r.n; rounds = r.rounds; round_medians_us = r.round_medians_us; estimator = r.estimator
+        context = r.context
+    }
+}
+
+/// An error body's `detail` as one line: a sentence, or (422) FastAPI's list of refused fields, as
+/// search/tables/client.py's error_detail renders it.
+func errorDetail(_ data: Data) -> String {
+    guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let detail = object["detail"]
+    else { return String(decoding: data.prefix(500), as: UTF8.self) }
+    if let sentence = detail as? String { return sentence }
+    guard let items = detail as? [Any] else { return String(describing: detail) }
+    return items.prefix(5).map { item -> String in
+        guard let err = item as? [String: Any] else { return String(describing: item) }
+        let loc = (err["loc"] as? [Any] ?? []).map { "\($0)" }.filter { $0 != "body" }.joined(separator: ".")
+        return "\(loc.isEmpty ? "body" : loc): \(err["msg"] ?? "")"
+    }.joined(separator: "; ")
+}
+
+/// The protocol's calls. Sendable (immutable; URLSession is thread-safe), so the heartbeat task, the measuring
+/// task and the main actor share one.
+final class AgentClient: Sendable {
+    let server: ServerURL
     private let token: String
     private let session: URLSession
 
-    init(server: URL, token: String) {
+    init(server: ServerURL, token: String) {
         self.server = server
         self.token = token
         let config = URLSessionConfiguration.default
@@ -113,16 +153,14 @@ final class AgentClient {
         self.session = URLSession(configuration: config)
     }
 
-    /// A path of the API, or a model URL as the service gives it: absolute, or relative to the server.
-    private func url(_ path: String) -> URL {
-        if let absolute = URL(string: path), absolute.scheme != nil { return absolute }
-        return URL(string: path, relativeTo: server)?.absoluteURL ?? server.appendingPathComponent(path)
-    }
-
-    private func request(_ method: String, _ path: String, body: Encodable? = nil) async throws -> (Data, Int) {
-        var req = URLRequest(url: url(path))
+    /// `timeout` bounds one request (a heartbeat must end before the next is due); nil keeps the session's 150 s.
+    private func request(_ method: String, _ path: String, body: (any Encodable & Sendable)? = nil,
+                         timeout: TimeInterval? = nil) async throws -> (Data, Int)
+    {
+        var req = URLRequest(url: try server.resolve(path))  // refused (never sent) unless on the server
         req.httpMethod = method
         req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        if let timeout { req.timeoutInterval = timeout }
         if let body {
             req.setValue("application/json", forHTTPHeaderField: "Content-Type")
             req.httpBody = try JSONEncoder().encode(AnyEncodable(body))
@@ -135,71 +173,84 @@ final class AgentClient {
         }
         let code = (response as? HTTPURLResponse)?.statusCode ?? 0
         if [502, 503, 504].contains(code) { throw ProtocolError.transient("HTTP \(code)") }
-        if code >= 400 {
-            let detail = (try? JSONDecoder().decode([String: String].self, from: data))?["detail"] ?? ""
-            throw ProtocolError.refused(code, detail)
-        }
+        if code >= 400 { throw ProtocolError.refused(code, errorDetail(data)) }
         return (data, code)
     }
 
-    /// Retries transient failures with exponential backoff (0.5 s doubling to 30 s, with jitter) for up to
-    /// `retryFor` seconds. The sleep never throws: a stopping app still gets its result or give-back through.
-    func withRetry<T>(retryFor: TimeInterval = 600, _ call: () async throws -> T) async throws -> T {
-        var delay = 0.5
-        let deadline = Date().addingTimeInterval(retryFor)
+    /// Retries transient failures with PROTOCOL.md's backoff until `deadline`, then throws the last one. The sleep
+    /// never throws: a stopping app still gets its result or give-back through.
+    func withRetry<T>(until deadline: Date, _ call: () async throws -> T) async throws -> T {
+        var backoff = Backoff()
         while true {
             do { return try await call() } catch ProtocolError.transient(let why) {
-                if Date().addingTimeInterval(delay) > deadline { throw ProtocolError.transient(why) }
-                let pause = delay * (0.5 + Double.random(in: 0..<1))
+                let pause = backoff.next(random: Double.random(in: 0..<1))
+                if Date().addingTimeInterval(pause) > deadline { throw ProtocolError.transient(why) }
                 try? await Task.sleep(nanoseconds: UInt64(pause * 1e9))
-                delay = min(delay * 2, 30)
             }
         }
     }
 
+    func withRetry<T>(retryFor: TimeInterval = 600, _ call: () async throws -> T) async throws -> T {
+        try await withRetry(until: Date().addingTimeInterval(retryFor), call)
+    }
+
     func reportFingerprint(_ fp: Fingerprint) async throws {
-        _ = try await withRetry { try await request("PUT", "v1/agent/fingerprint", body: fp) }
+        _ = try await withRetry { try await request("PUT", "/v1/agent/fingerprint", body: fp) }
     }
 
     /// Protocol 2: a batch of up to `maxJobs` jobs of one group, or nil after the long poll (204).
-    func leaseBatch(waitSeconds: Double, maxJobs: Int) async throws -> Batch? {
+    func leaseBatch(waitSeconds: Double, maxJobs: Int, retryFor: TimeInterval = 600) async throws -> Batch? {
         let body = LeaseRequest(wait_seconds: waitSeconds, max_jobs: maxJobs, protocol: 2)
-        let (data, code) = try await withRetry { try await request("POST", "v1/agent/lease", body: body) }
+        let (data, code) = try await withRetry(retryFor: retryFor) {
+            try await request("POST", "/v1/agent/lease", body: body)
+        }
         return code == 204 ? nil : try JSONDecoder().decode(Batch.self, from: data)
     }
 
+    /// The model's bytes, from the server's own scheme, host and port only (`URLRefusal` otherwise). The caller
+    /// checks them against `model_sha256` (CryptoKit, in the app) before measuring anything.
     func downloadModel(_ job: BatchJob) async throws -> Data {
+        _ = try server.resolve(job.model_url)  // a foreign URL fails the job at once, not after retries
         let (data, _) = try await withRetry { try await request("GET", job.model_url) }
-        let digest = sha256Hex(data)
-        guard digest == job.model_sha256 else {
-            throw ProtocolError.corruptModel("model for job \(job.job_id) is corrupt: sha256 \(digest.prefix(12))")
-        }
         return data
     }
 
-    /// Throws `.refused(409, ...)` when nothing is held under the token any more: stop and discard.
-    func heartbeat(leaseToken: String, retryFor: TimeInterval) async throws {
-        _ = try await withRetry(retryFor: retryFor) {
-            try await request("POST", "v1/agent/heartbeat", body: LeaseProof(lease_token: leaseToken))
+    /// Throws `.refused(409, ...)` when nothing is held under the token any more: stop and discard. Ends within
+    /// `within` seconds, each request's wait included: a call hanging on a stalled service would otherwise
+    /// outlive the lease (issue 21, item 7).
+    func heartbeat(leaseToken: String, within: TimeInterval) async throws {
+        let deadline = Date().addingTimeInterval(within)
+        _ = try await withRetry(until: deadline) {
+            try await request("POST", "/v1/agent/heartbeat", body: LeaseProof(lease_token: leaseToken),
+                              timeout: max(0.05, deadline.timeIntervalSinceNow))
         }
     }
 
     func results(leaseToken: String, _ results: [BatchResult]) async throws -> [Ack] {
         let body = ResultsBody(lease_token: leaseToken, results: results)
-        let (data, _) = try await withRetry { try await request("POST", "v1/agent/results", body: body) }
+        let (data, _) = try await withRetry { try await request("POST", "/v1/agent/results", body: body) }
         return try JSONDecoder().decode(Acks.self, from: data).acks
+    }
+
+    /// One result on its own (protocol 1), the fallback when the service refuses a batch's POST whole (422).
+    func result(_ job: BatchJob, _ result: BatchResult) async throws -> Ack {
+        let body = SingleResultBody(result, leaseToken: job.lease_token)
+        let (data, _) = try await withRetry {
+            try await request("POST", "/v1/agent/jobs/\(job.job_id)/result", body: body)
+        }
+        return try JSONDecoder().decode(Ack.self, from: data)
     }
 
     func failure(_ job: BatchJob, reason: String) async throws {
         let body = FailureBody(lease_token: job.lease_token, reason: String(reason.prefix(4000)))
         _ = try await withRetry(retryFor: 30) {
-            try await request("POST", "v1/agent/jobs/\(job.job_id)/failure", body: body)
+            try await request("POST", "/v1/agent/jobs/\(job.job_id)/failure", body: body)
         }
     }
 }
 
 struct AnyEncodable: Encodable {
-    let value: Encodable
-    init(_ value: Encodable) { self.value = value }
+    let value: any Encodable
+    init(_ value: any Encodable) { self.value = value }
     func encode(to encoder: Encoder) throws { try value.encode(to: encoder) }
 }
