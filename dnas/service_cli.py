@@ -90,8 +90,8 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
-    typer.echo(f"dashboard: http://{settings.host}:{settings.port}/ui (sign in with the admin or a reader token)",
-               err=True)  # fmt: skip
+    where = settings.public_url or f"http://{settings.host}:{settings.port}"
+    typer.echo(f"dashboard: {where}/ui (sign in with the admin or a reader token)", err=True)
     try:
         uvicorn.run(
             "profiler_service.app:create_app",
@@ -99,6 +99,9 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # X-Forwarded-For and -Proto only from the proxies named: from anyone else they are a caller's claim.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             # A worker answers its supervisor's health pings only once it has re-imported the program that
             # started it (the `dnas` console script: unlike `python -m`, spawn re-runs it) and uvicorn. With
             # uvicorn's 5 s default, a loaded 2-core host killed and restarted every worker forever.

@@ -14,6 +14,7 @@ from profiler_service.api.deps import Id, SessionDep
 from profiler_service.api.routes import devices as devices_api
 from profiler_service.api.routes import runs as runs_api
 from profiler_service.errors import ApiError
+from profiler_service.public_url import server_url
 from profiler_service.schemas import DeviceCreate, RunCreate
 from profiler_service.ui import views
 from profiler_service.ui.auth import AdminCallerDep, CallerDep, first, read_form
@@ -63,8 +64,7 @@ async def register(request: Request, caller: AdminCallerDep, session: SessionDep
         return page(
             request, "device_new.html", status, platforms=PLATFORMS, error=_refusal(exc), name=name, platform=platform
         )
-    server = str(request.base_url).rstrip("/")
-    return page(request, "device_created.html", 201, device=created, server=server)
+    return page(request, "device_created.html", 201, device=created, server=server_url(request))
 
 
 @router.get("/devices/{device_id}", include_in_schema=False)
