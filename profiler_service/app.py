@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
-from profiler_service import http_log, metrics, request_id
+from profiler_service import api_docs, http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
@@ -116,6 +116,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="Registers devices, queues per-operator measurements, publishes versioned latency tables.",
         generate_unique_id_function=_unique_id,
+        docs_url=None,  # FastAPI's pages load their script from a CDN: api_docs serves /docs from here instead
+        redoc_url=None,
         # Counted as the bytes arrive, chunked or not, before any handler or auth runs: 413 past the limit.
         max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
@@ -129,6 +131,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.admin_hash = AdminHashCache()  # per app: each app serves its own database's admin token
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
+    api_docs.install(app)  # /docs: Swagger UI from this origin, under the dashboard's CSP
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     if settings.log_headers:  # inside the request id middleware: each line carries the request's id
         app.add_middleware(http_log.HeaderLogMiddleware)
