@@ -95,6 +95,28 @@ def test_forwarded_headers_are_believed_only_from_the_proxies_named(behind_proxy
     assert "Secure" in login_cookie(direct, **{"X-Forwarded-Proto": "https"})
 
 
+def sign_in_from(svc: Service, origin: str) -> int:
+    """A sign-in posted by a browser on `origin`, through a proxy that sent the service its own `Host` (as
+    nginx does by default). The form's cookie is Secure, so it is sent by hand over this plain-http hop."""
+    form = httpx.get(f"{svc.url}/ui/login", timeout=60)
+    secret = login_cookie_value(form)
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)[1]  # type: ignore[index]
+    resp = httpx.post(f"{svc.url}/ui/login", data={"csrf": csrf, "token": svc.admin_token, "next": "/ui/"},
+                      headers={"Origin": origin, "Cookie": f"dnas_login={secret}"}, timeout=60)  # fmt: skip
+    return resp.status_code
+
+
+def login_cookie_value(resp: httpx.Response) -> str:
+    header = next(h for h in resp.headers.get_list("set-cookie") if h.startswith("dnas_login="))
+    return header.split(";", 1)[0].split("=", 1)[1]
+
+
+def test_a_form_from_the_public_origin_is_same_site_whatever_host_the_proxy_sent(behind_proxy: Service) -> None:
+    assert sign_in_from(behind_proxy, "https://dnas.example.org") == 303
+    assert sign_in_from(behind_proxy, f"https://{EVIL}") == 403
+    assert sign_in_from(behind_proxy, "http://dnas.example.org") == 403  # another origin: the scheme differs
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "says"),
     [
