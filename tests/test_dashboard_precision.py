@@ -24,7 +24,8 @@ from tests.service_harness import Service, register, running_service
 CANDIDATES = ["ir_k3_e1", "ir_k5_e6", "skip"]
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": CANDIDATES}
 LAYERS = 22
-INT8_OVER_FP32 = {"ir_k3_e1": 2.0, "ir_k5_e6": 0.5, "conv_k3": 3.0, "conv_k1": 3.0}  # by the op key's kind; anything else 1.25
+# int8 / fp32 by the op key's kind (the stem and head are convs); anything else 1.25.
+INT8_OVER_FP32 = {"ir_k3_e1": 2.0, "ir_k5_e6": 0.5, "conv_k3": 3.0, "conv_k1": 3.0}
 
 
 def factor(key: str) -> float:
@@ -165,3 +166,21 @@ def test_two_devices_of_one_space_compare_by_layer_too_and_the_png_draws_the_map
     with Image.open(png) as img:
         # The layers x families map beside the ops that differ most: the two-panel figure, not the bars alone.
         assert img.format == "PNG" and img.width >= 1800, img.size
+
+
+def test_the_run_form_starts_a_run_at_the_precision_picked_and_refuses_another(dual: Dual) -> None:
+    d = dual.device["id"]
+    # 3 rounds, not the tables' 2: a config of its own reuses nothing, so the run queues and can be cancelled.
+    form = {"resolution": "32", "width": "0.25", "num_classes": "10", "candidates": CANDIDATES, "warmup": "1",
+            "rounds": "3", "runs_per_round": "1", "anchors": "0"}  # fmt: skip
+    with dual.bearer() as admin, dual.svc.client() as api:
+        before = len(api.get("/v1/profiling-runs", params={"device_id": d}).json())
+        refused = admin.post(f"/ui/devices/{d}/runs", data=form | {"precision": "int4"})
+        assert refused.status_code == 422 and "precision" in refused.text
+        assert len(api.get("/v1/profiling-runs", params={"device_id": d}).json()) == before  # nothing started
+        started = admin.post(f"/ui/devices/{d}/runs", data=form | {"precision": "int8"})
+        assert started.status_code == 303, started.text[:500]
+        run_id = int(started.headers["location"].rsplit("/", 1)[1])
+        run = api.get(f"/v1/profiling-runs/{run_id}").json()
+        assert run["config"]["precision"] == "int8" and run["config"]["quantization"]["format"] == "QDQ"
+        api.post(f"/v1/profiling-runs/{run_id}/cancel").raise_for_status()
