@@ -167,6 +167,21 @@ def test_two_devices_of_one_space_compare_by_layer_too_and_the_png_draws_the_map
         # The layers x families map beside the ops that differ most: the two-panel figure, not the bars alone.
         assert img.format == "PNG" and img.width >= 1800, img.size
 
+    # Two downloaded table files compare the same way without a service; a file that is no table is refused.
+    files = []
+    with dual.bearer() as reader:
+        for version in (1, 2):
+            files.append(tmp_path / f"v{version}.json")
+            files[-1].write_bytes(reader.get(f"/ui/devices/{d}/tables/{version}/download").content)
+    no_service = os.environ | {"DNAS_TOKEN": ""}  # with no token, a command that needs the service exits 1
+    offline = subprocess.run([sys.executable, "-m", "dnas", "table", "compare", *map(str, files)],
+                             capture_output=True, text=True, timeout=300, env=no_service)  # fmt: skip
+    assert offline.returncode == 0 and offline.stdout == proc.stdout, offline.stderr
+    (tmp_path / "not.json").write_text('{"entries": []}')
+    bad = subprocess.run([sys.executable, "-m", "dnas", "table", "compare", str(files[0]), str(tmp_path / "not.json")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and "not.json is not a published latency table" in bad.stderr + bad.stdout
+
 
 def test_the_run_form_starts_a_run_at_the_precision_picked_and_refuses_another(dual: Dual) -> None:
     d = dual.device["id"]
