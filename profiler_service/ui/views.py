@@ -26,6 +26,7 @@ from profiler_service.ui import charts
 from search.space.enumerate import enumerate_ops
 from search.space.macro import FBNET_CANDIDATES, SearchSpace
 from search.space.opspec import OpSpec, OpSpecError
+from search.space.quantize import DTYPE_OF
 from search.tables.latency import TableError, build_lut
 from search.tables.schema import PublishedTable
 
@@ -136,13 +137,13 @@ def recent_runs(
     return [run_status(session, run_id) for run_id in session.scalars(query)]
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = tuple(DTYPE_OF)  # fp32, int8: what a measurement config may ask for (search/space/quantize.py)
 
 
 def precision_filter(value: str) -> str | None:
     """A page's `?precision=`: empty for every table; anything else but fp32 or int8 is refused, by name."""
     if value and value not in PRECISIONS:
-        raise Invalid(f"precision must be fp32 or int8 (or empty for every table), not {value[:20]!r}")
+        raise Invalid(f"precision must be {' or '.join(PRECISIONS)} (or empty for every table), not {value[:20]!r}")
     return value or None
 
 
