@@ -129,6 +129,11 @@ class Wakeups:
         if self.live and stamp == self.stamp() and len(self._agents) < MAX_REMEMBERED:
             self._agents[agent.digest] = dataclasses.replace(agent, remembered=True)
 
+    def protocol_recorded(self, digest: str, version: int) -> None:
+        """The agent's new protocol version is stored: remembered with it, so its next call is not a lookup."""
+        if digest in self._agents:
+            self._agents[digest] = dataclasses.replace(self._agents[digest], agent_protocol=version)
+
     def forget(self, digest: str) -> None:
         self._agents.pop(digest, None)
 

@@ -132,7 +132,7 @@ async def lease(body: LeaseRequest, agent: PollingAgentDep, request: Request) ->
                 session.commit()
 
         await run_in_threadpool(record_protocol)
-        wakeups.forget(agent.digest)  # the next call looks the device up again, with its new protocol
+        wakeups.protocol_recorded(agent.digest, body.version)
 
     while True:
         mark = wakeups.mark(agent.id)
