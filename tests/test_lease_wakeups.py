@@ -91,7 +91,13 @@ def test_postgres_waiting_lease_of_a_rotated_token_is_refused(pg_service: Servic
 
 
 def test_sqlite_waiting_lease_gets_the_job_by_polling(sqlite_url, tmp_path):
-    with running_service(sqlite_url, tmp_path) as svc, svc.client() as admin, ThreadPoolExecutor(1) as pool:
+    # The default poll interval; a wait long enough to outlast queueing the run on a slow machine.
+    slow_enough = {"DNAS_SERVICE_LONG_POLL_SECONDS": "120"}
+    with (
+        running_service(sqlite_url, tmp_path, **slow_enough) as svc,
+        svc.client() as admin,
+        ThreadPoolExecutor(1) as pool,
+    ):
         device = register(admin, "polled")
         waiting = lease_in_background(pool, svc, device["agent_token"])
         waiting_calls_reach(svc, 1)
