@@ -68,6 +68,16 @@ class ServiceSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, le=86_400, description="How long a leased job stays leased.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
+    lease_poll_seconds: float = Field(
+        default=0.25, gt=0, le=3600,
+        description="How often a waiting lease call claims again when nothing can wake it: always on SQLite; "
+        "on PostgreSQL only while the worker's listener is down.",
+    )  # fmt: skip
+    wake_recheck_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="PostgreSQL: how often each worker looks, in one query for all its waiting lease calls, "
+        "for work no notification announced (a lease that expired, a job written by hand).",
+    )  # fmt: skip
     max_body_bytes: int = Field(
         default=8 << 20, ge=1024,
         description="Largest request body accepted (413) where agents need megabytes: their results.",
