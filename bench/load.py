@@ -143,6 +143,11 @@ def start_profile(svc: Service, seconds: float, out_dir: Path, label: str) -> su
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+def ratio(a: float, b: float, digits: int = 3) -> float | None:
+    """a / b, or None when nothing was measured for b (a run where no request finished)."""
+    return round(a / b, digits) if b else None
+
+
 def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> dict:  # type: ignore[valid-type]
     trees = [("this", None)] + ([("compare", args.compare)] if args.compare else [])
     start = conditions()
@@ -163,21 +168,22 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
 
         fetches: dict[str, list[dict]] = {t.name: [] for t in targets} | {"nginx": []}
         profile = None
-        for connections in args.connections:
-            for t in targets:
+        for step, connections in enumerate(args.connections):
+            for t in targets if step % 2 == 0 else targets[::-1]:  # alternate who goes first: no order bias
                 if args.py_spy and connections == 64 and t is targets[0]:
                     profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "fetch")
                 log(f"{t.name}: fetches at {connections} connections")
                 fetches[t.name].append(run_wrk(t.svc.url + t.table_path, connections=connections, seconds=args.seconds,
                                                headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
                                                workdir=work))  # fmt: skip
+                log(json.dumps(fetches[t.name][-1]))
             fetches["nginx"].append(run_wrk(nginx_url, connections=connections, seconds=args.seconds,
                                             headers=gzip_header, workdir=work))  # fmt: skip
         if profile:
             profile.wait()
 
         agents: dict[str, dict] = {}
-        jobs = int(args.seconds * 3000 / 2 * args.max_jobs)  # enough for 3,000 calls/s
+        jobs = int(args.seconds * 2000 / 2 * args.max_jobs)  # enough for 2,000 calls/s
         for t in targets:
             queued = queue_load_jobs(t.db_url, t.run_id, jobs)
             log(f"{t.name}: {queued} jobs queued; agent calls")
@@ -187,11 +193,12 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
                                      seconds=args.seconds, script="agent", workdir=work,
                                      env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
             agents[t.name]["jobs_queued"] = queued
+            log(json.dumps(agents[t.name]))
             if profile and t is targets[0]:
                 profile.wait()
 
     def ratios(name: str) -> list[dict]:
-        return [{"connections": s["connections"], "fetches_per_s": round(s["per_s"] / n["per_s"], 4)}
+        return [{"connections": s["connections"], "fetches_per_s": ratio(s["per_s"], n["per_s"], 4)}
                 for s, n in zip(fetches[name], fetches["nginx"], strict=True)]  # fmt: skip
 
     return {
@@ -210,8 +217,8 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
                 "compare_over_this": [
                     {
                         "connections": a["connections"],
-                        "fetches_per_s": round(b["per_s"] / a["per_s"], 3),
-                        "p99": round(b["p99_ms"] / a["p99_ms"], 3) if a["p99_ms"] else None,
+                        "fetches_per_s": ratio(b["per_s"], a["per_s"]),
+                        "p99": ratio(b["p99_ms"], a["p99_ms"]),
                     }
                     for a, b in zip(fetches["this"], fetches["compare"], strict=True)
                 ]
