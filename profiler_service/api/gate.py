@@ -59,7 +59,7 @@ async def refuse_strangers(request: Request, role: str) -> None:
     known = _known_agents(request)
     if _agent_known(known, digest):
         return
-    await run_in_threadpool(deps.check_agent, request.app.state.sessionmaker, deps.admin_cache(request), digest)
+    await run_in_threadpool(deps.check_agent, request.app.state.sessionmaker, digest)
     if len(known) >= MAX_KNOWN:
         known.clear()
     known[digest] = time.monotonic()
