@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from db.models import UiSession
 from profiler_service.api.deps import Role, authorise, role_of, token_role
 from profiler_service.errors import ApiError, Forbidden, Unauthorized
+from profiler_service.public_url import public_origin, secure_cookies
 from profiler_service.security import hash_token, same
 from profiler_service.timeutil import utcnow
 
@@ -63,7 +64,7 @@ class BadForm(ApiError):
 
 def cookie_args(request: Request, max_age: int | None) -> dict[str, Any]:
     """Every dashboard cookie's attributes, in one place (a proxy-aware `secure` belongs here)."""
-    return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https", "path": "/ui",
+    return {"httponly": True, "samesite": "strict", "secure": secure_cookies(request), "path": "/ui",
             "max_age": max_age}  # fmt: skip
 
 
@@ -196,7 +197,11 @@ def check_origin(request: Request) -> None:
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {fetch_site[:20]}): this form must be sent "
                         "from the dashboard itself")  # fmt: skip
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+    if (
+        origin is not None
+        and origin != public_origin(request)
+        and urlsplit(origin).netloc != request.headers.get("host")
+    ):  # the public URL's origin is ours whatever Host the proxy in front sent
         raise Forbidden("cross-site request refused: this form must be sent from the dashboard itself")
 
 
