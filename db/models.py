@@ -59,6 +59,18 @@ class ServiceSetting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class UiSession(Base):
+    """A dashboard session: the cookie holds a random secret, this row only its SHA-256 and the token digest it
+    signed in with. A database reader can therefore not make a cookie (no key to sign with, no secret to copy),
+    and signing out deletes the row, which ends the session on every worker at once."""
+
+    __tablename__ = "ui_sessions"
+    id_hash: Mapped[str] = mapped_column(String(HASH_LEN), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(HASH_LEN), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class ApiToken(Base):
     """Read-only tokens for search clients, minted by an admin; only the hash is kept."""
 

@@ -80,8 +80,12 @@ def serve(
 
     from profiler_service.app import prepare
     from profiler_service.request_id import log_config
+    from profiler_service.security import RevokedAdminToken
 
-    token = prepare(settings)
+    try:
+        token = prepare(settings)
+    except RevokedAdminToken as exc:  # the operator's to fix: one line, not a traceback
+        raise UserError(str(exc)) from None
     if token:
         typer.echo(f"admin token (shown once, store it): {token}", err=True)
     # Workers rebuild settings from the environment: pass the resolved values down that way. A URL built from

@@ -25,7 +25,8 @@ from profiler_service import api_docs, http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
-from profiler_service.security import AdminHashCache, ensure_admin_token
+from profiler_service.query_scrub import QueryScrubMiddleware
+from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
@@ -137,7 +138,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
-    app.state.admin_hash = AdminHashCache()  # per app: each app serves its own database's admin token
     app.state.wakeups = Wakeups(app.state.sessionmaker, settings)  # listens only once the lifespan starts it
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
@@ -145,7 +145,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     if settings.log_headers:  # inside the request id middleware: each line carries the request's id
         app.add_middleware(http_log.HeaderLogMiddleware)
-    app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
+    app.add_middleware(request_id.RequestIdMiddleware)  # so every line has the id
+    app.add_middleware(QueryScrubMiddleware)  # added last: outermost, before anything logs the query
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -355,3 +355,8 @@ class TokenCreated(BaseModel):
     name: str
     role: str
     token: str = Field(description="Shown once.")
+
+
+class AdminTokenRotated(BaseModel):
+    token: str = Field(description="The new admin token, shown once. The one that called stopped working.")
+    written_to: str | None = Field(description="The admin token file it was also written to, if the service keeps one.")

@@ -92,6 +92,11 @@ class ServiceSettings(BaseSettings):
         description="Log every request's headers, to debug a proxy or a client; credentials appear as a SHA-256 "
         "fingerprint (the start of the stored token hash), never as the value.",
     )
+    sign_in_failures: int = Field(
+        default=10, ge=1, le=10_000,
+        description="Failed dashboard sign-ins allowed per client address per minute (each worker counts its "
+        "own); past it that address's sign-ins get 429 until a minute has passed since the oldest.",
+    )  # fmt: skip
     sweep_seconds: float = Field(
         default=5.0, gt=0, le=3600,
         description="How often each worker publishes complete runs, stores failed ones and ends dead leases.",

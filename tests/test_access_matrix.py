@@ -43,6 +43,7 @@ MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     ("POST",  "/v1/tokens",                                             (401, 401, 403, 403, 403, 403, 201)),
     ("GET",   "/v1/tokens",                                             (401, 401, 403, 403, 403, 403, 200)),
     ("POST",  "/v1/tokens/{token_id}/revoke",                           (401, 401, 403, 403, 403, 403, 200)),
+    ("POST",  "/v1/admin-token/rotate",                                 (401, 401, 403, 403, 403, 403, 200)),
     ("POST",  "/v1/profiling-runs",                                     (401, 401, 403, 403, 403, 403, 201)),
     ("GET",   "/v1/profiling-runs",                                     (401, 401, 200, 403, 403, 403, 200)),
     ("GET",   "/v1/profiling-runs/{run_id}",                            (401, 401, 200, 403, 403, 403, 200)),
@@ -301,6 +302,8 @@ def test_each_caller_gets_the_status_the_matrix_gives(world, method, path, role,
     with world.client(role) as client:
         resp = _send(client, method, url, body)
     assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
+    if path == "/v1/admin-token/rotate" and expected == 200:  # the admin's token is now the new one
+        world.tokens["admin"] = resp.json()["token"]
     if expected == 401:  # says how to authenticate, as HTTP asks
         assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer"), resp.headers
     if role == "retired" and expected == 403 and path.startswith("/v1/agent/"):

@@ -175,7 +175,7 @@ def test_sign_in_as_reader_and_admin_and_never_with_an_agent_token(page, lab: La
 
     cookie = next(c for c in page.context.cookies() if c["name"] == "dnas_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    assert lab.reader_token not in cookie["value"]  # the cookie vouches for the token's hash, never carries it
+    assert lab.reader_token not in cookie["value"]  # the cookie holds a session secret, never the token
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/ui/login?**")

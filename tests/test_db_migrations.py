@@ -21,6 +21,7 @@ from tests.tables import MINI
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
     "latency_tables", "latency_table_entries", "service_settings", "api_tokens", "calibrations", "validation_reports",
+    "ui_sessions",
 }  # fmt: skip
 
 
@@ -217,3 +218,32 @@ def test_sqlite_upgrade_gives_jobs_their_run(sqlite_url):
 @pytest.mark.postgres
 def test_postgres_upgrade_gives_jobs_their_run(pg_url):
     _upgrade_jobs_to_run_ids(pg_url)
+
+
+# ---- 0007: dashboard sessions kept by the service; the old signing key deleted -------------------------------
+def _upgrade_ends_signed_cookies(url: str) -> None:
+    """The HMAC key that signed dashboard cookies sat in service_settings beside the token hashes: the upgrade
+    deletes it (every cookie it signed stops working) and keeps every other setting."""
+    migrate.upgrade(url, "0006")
+    engine = make_engine(url)
+    settings = Table("service_settings", MetaData(), autoload_with=engine)
+    with engine.begin() as c:
+        c.execute(settings.insert(), [{"name": "ui_session_key", "value": "ab" * 32},
+                                      {"name": "admin_token_sha256", "value": "cd" * 32}])  # fmt: skip
+    migrate.upgrade(url)
+    with engine.connect() as c:
+        kept = dict(c.execute(select(settings.c.name, settings.c.value)).all())
+    assert kept == {"admin_token_sha256": "cd" * 32}
+    assert "ui_sessions" in inspect(engine).get_table_names()
+    migrate.downgrade(url, "0006")
+    assert "ui_sessions" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_sqlite_upgrade_ends_signed_cookies(sqlite_url):
+    _upgrade_ends_signed_cookies(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_ends_signed_cookies(pg_url):
+    _upgrade_ends_signed_cookies(pg_url)

@@ -12,13 +12,13 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from db.models import ApiToken, Device
+from db.models import ApiToken, Device, ServiceSetting
 from profiler_service.errors import Forbidden, Unauthorized
-from profiler_service.security import AdminHashCache, hash_token, same
+from profiler_service.security import ADMIN_SETTING, hash_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
 from profiler_service.wakeups import PollingAgent
@@ -40,11 +40,6 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def admin_cache(request: Request) -> AdminHashCache:
-    """This app's cached admin hash (profiler_service/security.py): its own database's, never another's."""
-    return request.app.state.admin_hash
-
-
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -57,26 +52,19 @@ def token_from(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
     return creds.credentials
 
 
-def _is_admin(admin: AdminHashCache, session: Session, digest: str) -> bool:
-    stored = admin.read(session)
-    return stored is not None and same(stored, digest)
+def role_of(session: Session, digest: str) -> Role | None:
+    """Which kind of token this digest is (None: never issued, revoked or rotated), in one indexed query.
 
-
-def _is_reader(session: Session, digest: str) -> bool:
-    return session.scalar(
-        select(ApiToken.id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
-    ) is not None  # fmt: skip
-
-
-def _role_of(admin: AdminHashCache, session: Session, digest: str) -> Role | None:
-    """Only on the refusal path: which kind of valid token this is, to tell 403 from 401."""
-    if _is_admin(admin, session, digest):
-        return "admin"
-    if _is_reader(session, digest):
-        return "reader"
-    if session.scalar(select(Device.id).where(Device.token_hash == digest)) is not None:
-        return "agent"
-    return None
+    Read from the database on every call, never cached: a replaced or rotated admin token stops working at once
+    on every worker and every service sharing the database (a worker's cached hash kept it for 30 s), and a
+    refused token costs one query, not three."""
+    admin = select(literal("admin").label("role")).where(
+        ServiceSetting.name == ADMIN_SETTING, ServiceSetting.value == digest
+    )
+    reader = select(literal("reader")).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+    agent = select(literal("agent")).where(Device.token_hash == digest)
+    found = session.execute(union_all(admin, reader, agent).limit(1)).scalar()
+    return found  # type: ignore[return-value]
 
 
 def _unknown(role: str) -> Unauthorized:
@@ -85,36 +73,28 @@ def _unknown(role: str) -> Unauthorized:
 
 
 AUTHORISED = "dnas.authorised"  # scope key: (digest, need) this request was already granted
-
-
-def _admin_fast(request: Request, digest: str) -> bool:
-    """The admin token, checked against this app's cached hash: no thread hop, no query."""
-    cached = admin_cache(request).cached()
-    return cached is not None and same(cached, digest)
+ALLOWED: dict[str, tuple[Role, ...]] = {"admin": ("admin",), "reader": ("admin", "reader")}
 
 
 async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
     """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
-    session cookie carries the digest, never the token) both decide through it. Raises 401 or 403.
+    session names the digest it signed in with) both decide through it. Raises 401 or 403.
 
     A grant is remembered in the request's scope: the route class checks before reading the body
     (api/gate.py) and the dependency then asks again without another query."""
-    if request.scope.get(AUTHORISED) == (digest, need) or _admin_fast(request, digest):
+    if request.scope.get(AUTHORISED) == (digest, need):
         return
-    check = _check_admin if need == "admin" else _check_reader
-    await run_in_threadpool(check, request.app.state.read_sessions, admin_cache(request), digest)
+    await run_in_threadpool(_check, request.app.state.read_sessions, digest, need)
     request.scope[AUTHORISED] = (digest, need)
 
 
 async def token_role(request: Request, digest: str) -> Role | None:
     """Which kind of token this digest belongs to (None: unknown, revoked or rotated). The dashboard asks it
     to choose what to show; what it lets a caller do is decided by `authorise`."""
-    if _admin_fast(request, digest):
-        return "admin"
 
     def look() -> Role | None:
         with request.app.state.read_sessions() as session:
-            return _role_of(admin_cache(request), session, digest)
+            return role_of(session, digest)
 
     return await run_in_threadpool(look)
 
@@ -123,50 +103,32 @@ async def require_admin(request: Request, creds: Credentials) -> None:
     await authorise(request, hash_token(token_from(creds, "admin")), "admin")
 
 
-def _check_admin(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
+def _check(sessions: sessionmaker, digest: str, need: Literal["admin", "reader"]) -> None:
     with sessions() as session:
-        _check_admin_in(admin, session, digest)
-
-
-def _check_admin_in(admin: AdminHashCache, session: Session, digest: str) -> None:
-    allowed = _is_admin(admin, session, digest)
-    role = None if allowed else _role_of(admin, session, digest)
-    session.rollback()  # end the read: no connection is held while the request waits for its next thread
-    if not allowed:
-        if role is None:
-            raise _unknown("admin")
+        role = role_of(session, digest)
+        session.rollback()  # end the read: no connection is held while the request waits for its next thread
+    if role in ALLOWED[need]:
+        return
+    if role is None:
+        raise _unknown("admin" if need == "admin" else "reader or admin")
+    if need == "admin":
         raise Forbidden(f"this call needs the admin token; the token sent is a{'n' if role == 'agent' else ''} "
                         f"{role} token")  # fmt: skip
+    raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
 
 
 async def require_reader(request: Request, creds: Credentials) -> None:
-    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
-    token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
+    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
     await authorise(request, hash_token(token_from(creds, "reader or admin")), "reader")
-
-
-def _check_reader(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
-    with sessions() as session:
-        _check_reader_in(admin, session, digest)
-
-
-def _check_reader_in(admin: AdminHashCache, session: Session, digest: str) -> None:
-    allowed = _is_admin(admin, session, digest) or _is_reader(session, digest)
-    role = None if allowed else _role_of(admin, session, digest)
-    session.rollback()  # end the read before the next thread hop
-    if not allowed:
-        if role is None:
-            raise _unknown("reader or admin")
-        raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
 
 
 LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
 
 
-def _refuse_agent(admin: AdminHashCache, session: Session, digest: str, device: Device | None) -> None:
+def _refuse_agent(session: Session, digest: str, device: Device | None) -> None:
     """Raise unless `device` (found by the digest) may call the agent protocol."""
     if device is None:
-        role = _role_of(admin, session, digest)
+        role = role_of(session, digest)
         session.rollback()
         if role is None:
             raise _unknown("device agent")
@@ -177,23 +139,23 @@ def _refuse_agent(admin: AdminHashCache, session: Session, digest: str, device: 
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
 
 
-def agent_device(admin: AdminHashCache, session: Session, digest: str) -> Device:
+def agent_device(session: Session, digest: str) -> Device:
     """The device whose agent token has this digest, or 401/403."""
     device = session.scalar(select(Device).where(Device.token_hash == digest))
-    _refuse_agent(admin, session, digest, device)
+    _refuse_agent(session, digest, device)
     assert device is not None  # _refuse_agent raised otherwise
     return device
 
 
-def check_agent(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
+def check_agent(sessions: sessionmaker, digest: str) -> None:
     """The agent check without keeping the device: what api/gate.py asks before the body is read."""
     with sessions() as session:
-        agent_device(admin, session, digest)
+        agent_device(session, digest)
 
 
 def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
     digest = hash_token(token_from(creds, "device agent"))
-    device = agent_device(admin_cache(request), session, digest)
+    device = agent_device(session, digest)
     now = utcnow()
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=LAST_SEEN_EVERY_S):  # bounded write rate from polling agents

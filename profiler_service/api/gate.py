@@ -60,7 +60,7 @@ async def refuse_strangers(request: Request, role: str) -> None:
     known = _known_agents(request)
     if _agent_known(known, digest) or request.app.state.wakeups.agent(digest) is not None:
         return
-    await run_in_threadpool(deps.check_agent, request.app.state.read_sessions, deps.admin_cache(request), digest)
+    await run_in_threadpool(deps.check_agent, request.app.state.read_sessions, digest)
     if len(known) >= MAX_KNOWN:
         known.clear()
     known[digest] = time.monotonic()

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db.models import KEY_LEN, Device, Job, Operator
 from db.states import JobStatus
-from profiler_service.api.deps import AgentDep, Id, PollingAgentDep, SessionDep, admin_cache, agent_device
+from profiler_service.api.deps import AgentDep, Id, PollingAgentDep, SessionDep, agent_device
 from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
 from profiler_service.errors import ApiError, NotFound
 from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
@@ -119,7 +119,7 @@ async def lease(body: LeaseRequest, agent: PollingAgentDep, request: Request) ->
     def attempt() -> LeasedJob | LeasedBatch | None:
         with state.sessionmaker() as session:
             if not checked:  # remembered, or woken after a wait: the token is checked before any claim
-                agent_device(admin_cache(request), session, agent.digest)
+                agent_device(session, agent.digest)
             seconds = state.settings.lease_seconds
             if body.max_jobs is None:
                 job = claim_next(session, device_id=agent.id, lease_seconds=seconds)
