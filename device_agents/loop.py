@@ -136,7 +136,7 @@ class Agent:
                 self.stats.failed += 1
             return
         every = batch["lease_seconds"] / 3
-        with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token, within_s=0.8 * every), every) as beat:
             try:
                 models = {}
                 for key, job in jobs.items():
@@ -224,7 +224,7 @@ class Agent:
             self.stats.failed += 1
             return
         every = job["lease_seconds"] / 3
-        with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
+        with _Heartbeat(lambda: self.client.heartbeat(job, within_s=0.8 * every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
                 if self.abort.is_set():
@@ -303,3 +303,5 @@ class _Heartbeat:
                 return
             except ConnectionError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a thread that died here would let the lease run out with nobody told
+                log.exception("heartbeat failed unexpectedly; beating on")
