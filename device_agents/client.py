@@ -105,6 +105,12 @@ class AgentClient:
     def report_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         self._call("PUT", "/v1/agent/fingerprint", json=fingerprint)
 
+    def report_status(self, problem: str | None, retry_in_s: float | None = None) -> None:
+        """Why this agent cannot work now, shown on its device's page. Tried for 10 s only: it is said while
+        something is failing already, and the log says it too."""
+        body = {"problem": problem[:2000] if problem else None, "retry_in_s": retry_in_s}
+        self._call("PUT", "/v1/agent/status", json=body, within_s=10.0)
+
     def lease(self, wait_seconds: float = 20.0) -> dict[str, Any] | None:
         """Protocol 1: one job at a time."""
         resp = self._call("POST", "/v1/agent/lease", json={"wait_seconds": wait_seconds})

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
@@ -31,6 +32,7 @@ from profiler_service.queue import (
 )
 from profiler_service.schemas import (
     Ack,
+    AgentStatusIn,
     BatchAck,
     BatchHeartbeat,
     BatchResultsIn,
@@ -42,7 +44,7 @@ from profiler_service.schemas import (
     LeaseRequest,
     ResultIn,
 )
-from profiler_service.timeutil import as_utc
+from profiler_service.timeutil import as_utc, utcnow
 from search.space.opspec import OpSpec, OpSpecError
 
 router = APIRouter(prefix="/agent", tags=["agent"], route_class=StrictJsonRoute)
@@ -56,6 +58,20 @@ def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep)
     """What the agent found the device to be (model, SoC, OS, runtime); stamped on every table it publishes."""
     device.fingerprint = body.model_dump()
     session.merge(device)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.put("/status", status_code=204)
+def report_status(body: AgentStatusIn, device: AgentDep, session: SessionDep) -> Response:
+    """Why the agent cannot work now (its phone unplugged, a call refused), while it retries: a worker that
+    keeps failing is otherwise only "not connected" on the dashboard. A lease clears it, as `problem: null` does."""
+    now = utcnow()
+    retry_at = None if body.retry_in_s is None else (now + timedelta(seconds=body.retry_in_s)).isoformat()
+    problem = {"problem": body.problem, "reported_at": now.isoformat(), "retry_at": retry_at}
+    session.execute(
+        update(Device).where(Device.id == device.id).values(agent_problem=problem if body.problem else None)
+    )
     session.commit()
     return Response(status_code=204)
 
@@ -118,14 +134,16 @@ async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> Lease
             jobs, group_jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
             return _batch(jobs, group_jobs, session, request) if jobs else None
 
-    if device.agent_protocol != body.version:  # recorded once per change, not on every poll
+    if device.agent_protocol != body.version or device.agent_problem is not None:  # once per change, not per poll
 
-        def record_protocol() -> None:
+        def record_agent() -> None:
+            """The protocol it speaks; and a lease means a problem it reported is over."""
             with state.sessionmaker() as session:
-                session.execute(update(Device).where(Device.id == device.id).values(agent_protocol=body.version))
+                values = {"agent_protocol": body.version, "agent_problem": None}
+                session.execute(update(Device).where(Device.id == device.id).values(**values))
                 session.commit()
 
-        await run_in_threadpool(record_protocol)
+        await run_in_threadpool(record_agent)
 
     while True:
         leased = await run_in_threadpool(attempt)
