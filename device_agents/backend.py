@@ -12,6 +12,12 @@ class MeasurementError(Exception):
     """The op could not be measured on this device; the message becomes the job's failure reason."""
 
 
+class DeviceUnavailable(Exception):
+    """The device went away (cable pulled, Wi-Fi dropped, rebooting): nothing is wrong with the jobs. The agent
+    gives the batch back, leases nothing until `reconnect()` succeeds, and never reports the jobs failed for it.
+    A backend that raises it has `reconnect()`, which raises it again while the device is still away."""
+
+
 @dataclass
 class Timing:
     """What a runner measured for one model, in one of three forms:

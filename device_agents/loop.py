@@ -8,6 +8,9 @@ Stopping: the first SIGINT/SIGTERM lets the current job or batch finish and repo
 back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire). A
 batch sees the second one at its next visit or round (an Android batch of separate visits can last hours):
 what was final by then (models that failed, any measured in every round) is reported, the rest given back.
+
+A device that goes away (DeviceUnavailable: a phone unplugged, off Wi-Fi, rebooting) fails no job: its work
+is given back, and the agent leases nothing until the backend reconnects, trying with backoff.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing, precision_refusal
+from device_agents.backend import (
+    BatchBackend,
+    BatchPlan,
+    DeviceUnavailable,
+    MeasurementError,
+    Timing,
+    precision_refusal,
+)
 from device_agents.client import AgentClient, ProtocolError
 from device_agents.stats import summarise
 from search.measurement.rounds import summarise_rounds
@@ -138,6 +148,7 @@ class Agent:
                 self.stats.failed += 1
             return
         every = batch["lease_seconds"] / 3
+        gone: DeviceUnavailable | None = None
         with _Heartbeat(lambda: self.client.heartbeat_batch(token, within_s=0.8 * every), every) as beat:
             try:
                 models = {}
@@ -167,10 +178,17 @@ class Agent:
             except GiveBack:
                 self._give_back(jobs.values(), "agent stopped before finishing; batch given back")
                 return
+            except DeviceUnavailable as exc:  # not the jobs' fault: none is failed for it
+                log.warning("device unavailable, batch given back: %s", exc)
+                self._give_back(jobs.values(), f"device unavailable, batch given back: {exc}")
+                gone = exc
             except JOB_ERRORS as exc:
                 log.error("batch failed: %s", exc)
                 failures |= {key: str(exc) for key in jobs if key not in failures}
                 results = []
+        if gone is not None:
+            self._reconnect()
+            return
         if beat.lost:
             log.warning("batch lease lost while measuring; %d results discarded", len(results))
             return
@@ -231,6 +249,7 @@ class Agent:
             self.stats.failed += 1
             return
         every = job["lease_seconds"] / 3
+        gone: DeviceUnavailable | None = None
         with _Heartbeat(lambda: self.client.heartbeat(job, within_s=0.8 * every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
@@ -246,11 +265,18 @@ class Agent:
             except GiveBack:
                 self._fail(job, "agent stopped before finishing; job given back")
                 return
+            except DeviceUnavailable as exc:
+                log.warning("device unavailable, job %s given back: %s", job["job_id"], exc)
+                self._fail(job, f"device unavailable, job given back: {exc}")
+                gone = exc
             except JOB_ERRORS as exc:
                 log.error("job %s failed: %s", job["job_id"], exc)
                 self._fail(job, str(exc))
                 self.stats.failed += 1
                 return
+        if gone is not None:
+            self._reconnect()
+            return
         if beat.lost:
             log.warning("job %s: lease lost while measuring; result discarded", job["job_id"])
             return
@@ -262,6 +288,21 @@ class Agent:
         self.stats.done += 1
         log.info("job %s done: median %.1f us%s", job["job_id"], stats["median_us"],
                  " (replayed)" if ack.get("replayed") else "")  # fmt: skip
+
+    def _reconnect(self) -> None:
+        """Lease nothing until the device answers again: the backend reconnects and prepares it afresh (after a
+        reboot its clocks and modes are not what they were), tried 1 s after the loss, then doubling up to
+        30 s. A stop request ends the wait."""
+        delay = 1.0
+        while not self.stopping.wait(delay):
+            try:
+                self.backend.reconnect()
+            except DeviceUnavailable as exc:
+                delay = min(2 * delay, 30.0)
+                log.warning("device still unavailable (%s); next try in %.0f s", exc, delay)
+                continue
+            log.info("device back and prepared again; leasing")
+            return
 
     def _fail(self, job: dict[str, Any], reason: str) -> bool:
         """Report a failure (the job is requeued or failed with the reason); False if the service is unreachable."""

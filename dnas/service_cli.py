@@ -90,8 +90,8 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
-    typer.echo(f"dashboard: http://{settings.host}:{settings.port}/ui (sign in with the admin or a reader token)",
-               err=True)  # fmt: skip
+    where = settings.public_url or f"http://{settings.host}:{settings.port}"
+    typer.echo(f"dashboard: {where}/ui (sign in with the admin or a reader token)", err=True)
     try:
         uvicorn.run(
             "profiler_service.app:create_app",
@@ -99,6 +99,9 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # X-Forwarded-For and -Proto only from the proxies named: from anyone else they are a caller's claim.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             # A worker answers its supervisor's health pings only once it has re-imported the program that
             # started it (the `dnas` console script: unlike `python -m`, spawn re-runs it) and uvicorn. With
             # uvicorn's 5 s default, a loaded 2-core host killed and restarted every worker forever.
@@ -247,23 +250,46 @@ def table_list(
 
 @table_app.command("compare")
 def table_compare(
-    a: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION], e.g. 1:latest or 1:latest:int8")],
-    b: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION]")],
-    png: Annotated[Path | None, typer.Option(help="Also write the bar chart here.")] = None,
+    a: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION] (1:latest:int8), or a table file")],
+    b: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION], or a table file (then both are files)")],
+    png: Annotated[Path | None, typer.Option(help="Also write the chart here (and the layer map).")] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Per-op latency ratio of two tables; the ops that differ most first."""
-    client = connect(server, token)
-    result = client.compare(a, b)
+    """Per-op latency ratio of two tables; the ops that differ most first. Two published table files (the JSON
+    the service serves, e.g. a dashboard download) are compared here, without a service."""
+    if Path(a).is_file() and Path(b).is_file():
+        result, picture = _compare_files(Path(a), Path(b), png is not None)
+    else:
+        client = connect(server, token)
+        result = client.compare(a, b)
+        picture = client.compare_png(a, b) if png else None
     median = result["median_ratio"]
     typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = " + (f"{median:.3f}" if median else "-"))
     for row in result["ops"][:15]:
         ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else "     -"  # an op priced 0 on either side
         typer.echo(f"  {ratio}  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
-    if png:
-        png.write_bytes(client.compare_png(a, b))
+    if png and picture is not None:
+        png.write_bytes(picture)
         typer.echo(f"wrote {png}", err=True)
+
+
+def _compare_files(a: Path, b: Path, draw: bool) -> tuple[dict[str, Any], bytes | None]:
+    """The service's own comparison (profiler_service/compare.py) on two table files."""
+    from profiler_service.compare import by_layer, compare, compare_png
+
+    tables = []
+    for path in (a, b):
+        try:
+            table = json.loads(path.read_text())
+            needed = ("device", "version", "content_sha256", "entries")
+            if not isinstance(table, dict) or any(k not in table for k in needed):
+                raise ValueError(f"it lacks one of {', '.join(needed)}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is not a published latency table (JSON): {exc}") from None
+        tables.append(table)
+    result = compare(*tables)
+    return result, compare_png(result, 20, by_layer(result, tables[0])) if draw else None
 
 
 @table_app.command("import")

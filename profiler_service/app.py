@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
-from profiler_service import http_log, metrics, request_id
+from profiler_service import api_docs, http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
@@ -30,6 +30,7 @@ from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
 from profiler_service.ui import install as install_dashboard
+from profiler_service.wakeups import Wakeups, libpq_url
 from search.space.export import ExportCache
 from search.space.opspec import OpSpecError
 
@@ -97,14 +98,19 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    sweeper = asyncio.create_task(run_sweeps(app.state.sessionmaker, app.state.settings))
+    tasks = [asyncio.create_task(run_sweeps(app.state.sessionmaker, app.state.settings))]
+    engine = app.state.engine
+    if engine.dialect.name == "postgresql":  # one listening connection per worker, for every lease call it holds
+        tasks.append(asyncio.create_task(app.state.wakeups.run(libpq_url(engine.url))))
     try:
         yield
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        app.state.engine.dispose()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine.dispose()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -116,6 +122,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="Registers devices, queues per-operator measurements, publishes versioned latency tables.",
         generate_unique_id_function=_unique_id,
+        docs_url=None,  # FastAPI's pages load their script from a CDN: api_docs serves /docs from here instead
+        redoc_url=None,
         # Counted as the bytes arrive, chunked or not, before any handler or auth runs: 413 past the limit.
         max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
@@ -127,8 +135,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
     app.state.admin_hash = AdminHashCache()  # per app: each app serves its own database's admin token
+    app.state.wakeups = Wakeups(app.state.sessionmaker, settings)  # listens only once the lifespan starts it
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
+    api_docs.install(app)  # /docs: Swagger UI from this origin, under the dashboard's CSP
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     if settings.log_headers:  # inside the request id middleware: each line carries the request's id
         app.add_middleware(http_log.HeaderLogMiddleware)

@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -30,6 +38,13 @@ LATENCY = Histogram(
     "dnas_http_request_duration_seconds", "Time to answer an HTTP request (long polls included).", ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30, 60),
 )  # fmt: skip
+# Summed over the live workers: how many agents hold a lease call waiting for work right now, and how many
+# workers hear queued jobs announced (PostgreSQL; profiler_service/wakeups.py). Below the worker count, the
+# waiting calls of the others poll the database.
+LEASE_WAITING = Gauge("dnas_lease_waiting", "Lease calls (long polls) waiting for work.", multiprocess_mode="livesum")
+LEASE_LISTENERS = Gauge(
+    "dnas_lease_listeners", "Workers listening for queued jobs (PostgreSQL LISTEN).", multiprocess_mode="livesum"
+)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The method label's only values (and "other"): a method is any token the caller sends, and each new label
 # value is a new series in every worker, for good, so an unauthenticated caller could grow the scrape at will.

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, Measurement
 from db.states import JOB_PENDING, JobStatus
+from profiler_service import notify
 from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.operators import insert_ignore
 from profiler_service.schemas import Ack, BatchResultsIn, FailureIn, ResultIn, ResultStats
@@ -79,22 +80,38 @@ def add_jobs(
     """Queue one job per op key at the given generation, in the caller's transaction. A run's jobs form its
     batch group (an agent measures them in the same rounds); otherwise `group` names one (a network set) or
     there is none (a single network). A job that exists already (a concurrent request queued the same
-    generation) is left as it is."""
+    generation) is left as it is. On PostgreSQL the same transaction notifies the device's waiting long polls."""
     if run_id is not None:
         group = _run_group(run_id)
     rows = [{"device_id": device_id, "op_key": key, "config_hash": config_hash, "config": config,
              "generation": generation, "max_attempts": max_attempts, "batch_group": group, "run_id": run_id}
             for key, generation in generations.items()]  # fmt: skip
     insert_ignore(session, Job, rows)
+    if rows:
+        notify.jobs_runnable(session, device_id)
 
 
 # ---- claiming -------------------------------------------------------------------------------------------
-def _claimable(device_id: int, now: datetime) -> ColumnElement[bool]:
+def _runnable(now: datetime) -> ColumnElement[bool]:
+    """A job a claim may take: queued, or leased with the lease expired, with attempts left."""
     return and_(
-        Job.device_id == device_id,
         Job.attempts < Job.max_attempts,
         or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.LEASED, Job.lease_expires_at < now)),
     )
+
+
+def _claimable(device_id: int, now: datetime) -> ColumnElement[bool]:
+    return and_(Job.device_id == device_id, _runnable(now))
+
+
+def runnable_devices(session: Session, device_ids: Iterable[int]) -> set[int]:
+    """Which of these devices have a job a claim would take now: one query for every idle long poll of a
+    worker, however many (profiler_service/wakeups.py), finding what no notification announced (a lease that
+    expired, a job written by hand)."""
+    ids = sorted(set(device_ids))
+    if not ids:
+        return set()
+    return set(session.scalars(select(Job.device_id).where(Job.device_id.in_(ids), _runnable(utcnow())).distinct()))
 
 
 def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:
@@ -313,6 +330,8 @@ def record_failure(session: Session, *, device_id: int, job_id: int, body: Failu
             finished_at=utcnow() if exhausted else None,
         )
     ).rowcount
+    if changed == 1 and not exhausted:  # given back: another agent of this device may take it now
+        notify.jobs_runnable(session, device_id)
     session.commit()
     if changed != 1:
         raise Conflict(f"job {job_id}: the lease changed while reporting the failure; nothing recorded")

@@ -81,7 +81,7 @@ class DevicePublic(BaseModel):
     agent_problem: dict[str, Any] | None = Field(
         default=None,
         description="Why its agent cannot work now, as it last said (`problem`, `reported_at`, `retry_at`); "
-        "cleared by its next lease.",
+        "cleared by its next fingerprint.",
     )
 
 
@@ -225,7 +225,7 @@ class LeaseRequest(Strict):
 
 
 class AgentStatusIn(Strict):
-    """What keeps the agent from working, while it retries: shown on the device's page until its next lease."""
+    """What keeps the agent from working, while it retries: shown on the device's page until its next fingerprint."""
 
     problem: str | None = Field(
         default=None, min_length=1, max_length=2000, description="One line; null clears a problem reported before."

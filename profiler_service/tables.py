@@ -1,5 +1,6 @@
 """Latency tables: building one from a run's measurements (published by profiler_service/lifecycle.py, in one
-transaction with the run's status, and never changed after), serialisation (JSON, CSV), comparison."""
+transaction with the run's status, and never changed after), serialisation (JSON, CSV). Comparing two tables is
+profiler_service/compare.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import re
 from collections import Counter
 from typing import Any
@@ -268,54 +268,3 @@ def list_tables(
     if precision:
         query = query.where(of_precision(precision))
     return [(table, n) for table, n in session.execute(query)]
-
-
-def _op_of(key: str) -> str:
-    """An op key without its dtype: the same op at fp32 and at int8 compares with itself."""
-    return key.rsplit("-", 1)[0]
-
-
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two tables side by side (the paper's Fig. 5): per shared op, b's median over a's. Tables of two
-    precisions (one device's fp32 and int8 tables) are matched op by op, their keys less the dtype."""
-    pa, pb = (t.get("config", {}).get("precision", "fp32") for t in (a, b))
-    name = (lambda k: k) if pa == pb else _op_of
-    am = {name(e["key"]): e["median_us"] for e in a["entries"]}
-    bm = {name(e["key"]): e["median_us"] for e in b["entries"]}
-    shared = sorted(set(am) & set(bm))
-    # An op priced 0 (imported tables keep HW-NAS-Bench's zero-priced identities) has no ratio: listed last.
-    rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k] if am[k] > 0 and bm[k] > 0 else None}
-            for k in shared]  # fmt: skip
-    rows.sort(key=lambda r: -abs(math.log(r["ratio"])) if r["ratio"] else math.inf)
-    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
-    return {
-        "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"], "precision": pa},
-        "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"], "precision": pb},
-        "shared_ops": len(shared),
-        "only_in_a": sorted(set(am) - set(bm)),
-        "only_in_b": sorted(set(bm) - set(am)),
-        "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-        "ops": rows,
-    }
-
-
-def compare_png(result: dict[str, Any], top: int = 20) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["ops"] if r["ratio"]][:top][::-1]
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.35 * len(rows) + 1.5)))
-    labels = [r["key"].split("-b")[0] for r in rows]
-    ax.barh(labels, [math.log2(r["ratio"]) for r in rows], color=["#c44" if r["ratio"] > 1 else "#48c" for r in rows])
-    ax.axvline(0, color="black", lw=0.8)
-    name = lambda side: f"{result[side]['device'].get('name', result[side]['device']['id'])} v{result[side]['version']}"  # noqa: E731
-    ax.set_xlabel(f"log2 latency ratio ({name('b')} / {name('a')})")
-    ax.set_title(f"Ops that differ most between {name('a')} and {name('b')}")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()

@@ -216,13 +216,13 @@ def test_a_worker_whose_phone_is_away_at_start_retries_and_says_so_on_the_dashbo
                 if fleet.poll() is None:
                     fleet.kill()
         assert wait_for_run(admin, run["id"])["status"] == "published"
-        assert admin.get(f"/v1/devices/{phone['id']}").json()["agent_problem"] is None  # its lease cleared it
+        assert admin.get(f"/v1/devices/{phone['id']}").json()["agent_problem"] is None  # its fingerprint cleared it
     assert "android  done" in log.read_text()
 
 
 def test_a_worker_whose_lease_is_answered_with_a_web_page_starts_again(tmp_path, caplog):
     """A proxy's page answered 200 to a lease (not JSON) used to end the worker for good: it starts again
-    after its backoff, says why, and measures the run; its next lease clears the problem it reported."""
+    after its backoff, says why, and measures the run; its next start clears the problem it reported."""
     import logging
     import signal
 

@@ -12,29 +12,19 @@ import sys
 
 import pytest
 
+from tests.hand_measured import measure_by_hand
 from tests.service_harness import Service, register, running_service
 
 TINY = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
 
 
 def _measure_by_hand(svc: Service, name: str, median_of: dict[str, float] | None = None) -> tuple[int, dict]:
-    """A device whose one run is measured with chosen medians (no agent process): `median_of` by op key, or
-    100 + job id for ops it does not name."""
+    """A device whose one run is measured with chosen medians: `median_of` by op key, or 100 + a counter for
+    ops it does not name."""
     with svc.client() as admin:
         device = register(admin, name)
-        body = {"device_id": device["id"], "space": TINY, "anchors": 0,
-                "config": {"warmup": 1, "rounds": 2, "runs_per_round": 1}}  # fmt: skip
-        run = admin.post("/v1/profiling-runs", json=body).raise_for_status().json()
-    chosen: dict[str, float] = {}
-    with svc.client(device["agent_token"]) as agent:
-        for _ in range(run["total"]):
-            job = agent.post("/v1/agent/lease", json={"wait_seconds": 0}).raise_for_status().json()
-            median = (median_of or {}).get(job["op_key"], 100.0 + job["job_id"])
-            chosen[job["op_key"]] = median
-            stats = {"median_us": median, "mean_us": median, "p10_us": median, "p90_us": median, "std_us": 0.0,
-                     "n": 2}  # fmt: skip
-            agent.post(f"/v1/agent/jobs/{job['job_id']}/result",
-                       json={"lease_token": job["lease_token"], **stats}).raise_for_status()  # fmt: skip
+    counter = iter(range(1, 10_000))
+    chosen = measure_by_hand(svc, device, TINY, lambda key: (median_of or {}).get(key, 100.0 + next(counter)))
     return device["id"], chosen
 
 

@@ -209,7 +209,7 @@ def test_imported_tables_compare_like_measured_ones(svc):
 def test_compare_lists_an_op_priced_zero_without_a_ratio():
     """Some HW-NAS-Bench devices price identity skips at 0: the comparison keeps the op and gives it no ratio,
     rather than dividing by zero."""
-    from profiler_service.tables import compare
+    from profiler_service.compare import compare
 
     def table(values: dict[str, float]) -> dict:
         return {"device": {"id": 1}, "version": 1, "content_sha256": "x",

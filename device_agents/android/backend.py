@@ -27,18 +27,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from device_agents.android import device_state
-from device_agents.android.connection import AdbConnection, AdbError, sha256_file
+from device_agents.android.connection import AdbConnection, AdbError, AdbLinkError, sha256_file
 from device_agents.android.perf_test import (
     FIELDS,
     PERF_TEST,
+    PROBE_ARGS,
     PerfTestBuildError,
     PerfTestParseError,
     build_files,
     build_version,
     parse_perf_test,
+    probe_generation,
     summarise_visits,
 )
-from device_agents.backend import BatchPlan, MeasurementError, Timing
+from device_agents.backend import BatchPlan, DeviceUnavailable, MeasurementError, Timing
 from device_agents.batch_stream import BatchStream
 from device_agents.runners import ort_runner
 from search.measurement import rounds
@@ -100,8 +102,10 @@ class AndroidBackend:
         self.thermal_wait_s, self.thermal_poll_s = thermal_wait_s, thermal_poll_s
         self._ready = False
         self._facts: dict[str, Any] = {}
+        self._cpus = device_state.Cpus()
         self._perf_mode: bool | None = None
         self._perf_mode_detail: str | None = None
+        self._perf_test_cli: str | None = None  # which command-line generation the build answered with
         self.taskset: str | None = None
         self.runtime_version: str | None = None
 
@@ -124,6 +128,7 @@ class AndroidBackend:
                 "manufacturer": f["manufacturer"], "build_fingerprint": f["build_fingerprint"],
                 "adb_user": f["user"], "cpu_max_khz": f["cpu_max_khz"], "governors": f["governors"],
                 "taskset": self.taskset, "performance_mode": self._perf_mode,
+                "perf_test_cli": self._perf_test_cli,
             },
         }  # fmt: skip
 
@@ -146,7 +151,8 @@ class AndroidBackend:
             "cpu_max_khz": {str(k): v for k, v in sorted(cpus.max_khz.items())},
             "governors": {str(k): v for k, v in sorted(cpus.governors.items())},
         }
-        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(cpus)
+        self._cpus = cpus
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(1)
         self.conn.check(f"mkdir -p {self.workdir}/models")
         if self.runner == "python":
             self.runtime_version = self._check_python()
@@ -164,14 +170,23 @@ class AndroidBackend:
                 log.warning("fixed performance mode unavailable (%s): clocks may vary", self._perf_mode_detail)
         self._ready = True
 
-    def _resolve_taskset(self, cpus: device_state.Cpus) -> tuple[str | None, str | None]:
+    def _resolve_taskset(self, threads: int) -> tuple[str | None, str | None]:
+        """The mask for a run of `threads` threads: `auto` takes at least that many cores, fastest first
+        (Cpus.fastest_cores_mask), so the threads never share cores while faster ones sit idle."""
         option = (self.taskset_option or "none").lower()
         if option == "none":
             return None, None
         if option == "auto":
-            mask = cpus.big_core_mask()
-            return (mask, "big cores by cpuinfo_max_freq") if mask else (None, "cores indistinguishable: not pinned")
+            mask = self._cpus.fastest_cores_mask(threads)
+            if not mask:
+                return None, "cores indistinguishable: not pinned"
+            many = f"at least {threads} for {threads} threads" if threads > 0 else "all for onnxruntime's default"
+            return mask, f"auto: the fastest cores by cpuinfo_max_freq, whole clusters, {many}"
         return self.taskset_option, "given"
+
+    def _pin_for(self, threads: int) -> None:
+        """Set the mask `_pin()` applies and the context records, for this batch's (or job's) thread count."""
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(threads)
 
     def _check_python(self) -> str:
         who = f"{self._facts['model'] or 'the device'} ({self.conn.name})"
@@ -209,10 +224,11 @@ class AndroidBackend:
                 log.info("pushed %s", path.name)
         self._push_text(VISITS_SH, "visits.sh")
         self.conn.check(f"chmod 755 {self.workdir}/{PERF_TEST}")
-        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} -h 2>&1")
-        if "-m [test_mode]" not in res.output and res.returncode != 0:
-            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (exit {res.returncode}): "
-                              f"{res.output.strip()[-400:]}")  # fmt: skip
+        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} {PROBE_ARGS} 2>&1")
+        self._perf_test_cli = probe_generation(res.output)
+        if self._perf_test_cli is None:
+            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (`{PERF_TEST} {PROBE_ARGS}` "
+                              f"printed no usage, exit {res.returncode}): {res.output.strip()[-400:]}")  # fmt: skip
         return version
 
     def _push_text(self, text: str, name: str) -> None:
@@ -252,6 +268,7 @@ class AndroidBackend:
         stop = stop or threading.Event()
         try:
             self._prepare()
+            self._pin_for(plan.threads)
             remote = self._sync_models(models)
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
@@ -261,12 +278,31 @@ class AndroidBackend:
             out = run(remote, plan, stop)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         context = self._context(plan.threads, before, after)
         for timing in out.values():
             if isinstance(timing, Timing):
                 timing.context = timing.context | context
         return out
+
+    def _failure(self, exc: AdbError | DeviceUnfit) -> Exception:
+        """A lost link is the device going away, not the models failing: DeviceUnavailable, and the device is
+        prepared afresh before the next batch (`reconnect`). Anything else fails the batch's models."""
+        if isinstance(exc, AdbLinkError):
+            self._ready = False
+            return DeviceUnavailable(str(exc))
+        return MeasurementError(str(exc))
+
+    def reconnect(self) -> None:
+        """Connect again and redo the preparation: after a reboot fixed performance mode is off and the
+        governors may differ, so what the next results' context says is read again, not remembered. Raises
+        DeviceUnavailable while the device is still away (or not yet usable)."""
+        self.conn.close()
+        self._ready = False
+        try:
+            self._prepare()
+        except (AdbError, DeviceUnfit) as exc:
+            raise DeviceUnavailable(str(exc)) from exc
 
     def _context(self, threads: int, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -420,6 +456,7 @@ class AndroidBackend:
     def measure(self, model: Path, *, threads: int, warmup: int, runs: int) -> Timing:
         try:
             self._prepare()
+            self._pin_for(threads)
             remote = self._sync_models({"m": model})["m"]
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
@@ -428,7 +465,7 @@ class AndroidBackend:
             timing = self._run_one(remote, threads, warmup, runs)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         timing.context = timing.context | self._context(threads, before, after)
         return timing
 

@@ -21,6 +21,7 @@ from profiler_service.errors import Forbidden, Unauthorized
 from profiler_service.security import AdminHashCache, hash_token, same
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.wakeups import PollingAgent
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
@@ -176,17 +177,23 @@ def _refuse_agent(admin: AdminHashCache, session: Session, digest: str, device: 
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
 
 
+def agent_device(admin: AdminHashCache, session: Session, digest: str) -> Device:
+    """The device whose agent token has this digest, or 401/403."""
+    device = session.scalar(select(Device).where(Device.token_hash == digest))
+    _refuse_agent(admin, session, digest, device)
+    assert device is not None  # _refuse_agent raised otherwise
+    return device
+
+
 def check_agent(sessions: sessionmaker, admin: AdminHashCache, digest: str) -> None:
     """The agent check without keeping the device: what api/gate.py asks before the body is read."""
     with sessions() as session:
-        _refuse_agent(admin, session, digest, session.scalar(select(Device).where(Device.token_hash == digest)))
+        agent_device(admin, session, digest)
 
 
 def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
     digest = hash_token(token_from(creds, "device agent"))
-    device = session.scalar(select(Device).where(Device.token_hash == digest))
-    _refuse_agent(admin_cache(request), session, digest, device)
-    assert device is not None  # _refuse_agent raised otherwise
+    device = agent_device(admin_cache(request), session, digest)
     now = utcnow()
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=LAST_SEEN_EVERY_S):  # bounded write rate from polling agents
@@ -197,9 +204,32 @@ def require_agent(request: Request, session: SessionDep, creds: Credentials) -> 
     return device
 
 
+async def require_polling_agent(request: Request, creds: Credentials) -> PollingAgent:
+    """The agent of a lease call. While this worker hears device changes (PostgreSQL), a token it already knows
+    costs no query: an idle fleet's calls every 20 s would otherwise be a query each. Such an agent is only
+    let wait; the claim checks its token again (profiler_service/wakeups.py)."""
+    digest = hash_token(token_from(creds, "device agent"))
+    wakeups = request.app.state.wakeups
+    known = wakeups.agent(digest)
+    if known is not None:
+        wakeups.seen(known.id)
+        return known
+    stamp = wakeups.stamp()
+
+    def look_up() -> PollingAgent:
+        with request.app.state.sessionmaker() as session:
+            device = require_agent(request, session, creds)
+            return PollingAgent(id=device.id, digest=digest, agent_protocol=device.agent_protocol)
+
+    agent = await run_in_threadpool(look_up)
+    wakeups.remember(agent, stamp)
+    return agent
+
+
 AdminDep = Depends(require_admin)
 ReaderDep = Depends(require_reader)
 AgentDep = Annotated[Device, Depends(require_agent)]
+PollingAgentDep = Annotated[PollingAgent, Depends(require_polling_agent)]
 
 
 MAX_ID = 2**31 - 1

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from profiler_service.api import deps
 from profiler_service.security import hash_token
 
-ROLES = {deps.require_admin: "admin", deps.require_reader: "reader", deps.require_agent: "agent"}
+ROLES = {deps.require_admin: "admin", deps.require_reader: "reader", deps.require_agent: "agent",
+         deps.require_polling_agent: "agent"}  # fmt: skip
 KNOWN_FOR_S = 30.0
 MAX_KNOWN = 10_000
 
@@ -57,7 +58,7 @@ async def refuse_strangers(request: Request, role: str) -> None:
         await deps.authorise(request, digest, role)  # type: ignore[arg-type]
         return
     known = _known_agents(request)
-    if _agent_known(known, digest):
+    if _agent_known(known, digest) or request.app.state.wakeups.agent(digest) is not None:
         return
     await run_in_threadpool(deps.check_agent, request.app.state.sessionmaker, deps.admin_cache(request), digest)
     if len(known) >= MAX_KNOWN:

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from db.models import ServiceSetting
 from profiler_service.api.deps import authorise, token_role
 from profiler_service.errors import ApiError, Forbidden, Unauthorized
+from profiler_service.public_url import public_origin
 from profiler_service.security import hash_token, same
 
 COOKIE = "dnas_session"
@@ -158,6 +159,8 @@ AdminCallerDep = Annotated[Caller, Depends(admin_caller)]
 def check_origin(request: Request) -> None:
     """A browser names the page that sent a POST; one from another site is refused whatever it carries."""
     origin = request.headers.get("origin")
+    if origin and origin == public_origin(request):  # the public URL's, whatever Host the proxy in front sent
+        return
     if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
         raise Forbidden("cross-site request refused: this form must be sent from the dashboard itself")
 

@@ -16,6 +16,8 @@ from db.states import RUN_FINAL, JobStatus, RunStatus
 from profiler_service.api.deps import LAST_SEEN_EVERY_S
 from profiler_service.api.routes.devices import public as device_public
 from profiler_service.api.routes.tables import cached_table
+from profiler_service.compare import by_layer, ratio_label, side_label
+from profiler_service.errors import Invalid
 from profiler_service.runs import run_status
 from profiler_service.settings import ServiceSettings
 from profiler_service.tables import find_table_id, list_tables
@@ -24,6 +26,7 @@ from profiler_service.ui import charts
 from search.space.enumerate import enumerate_ops
 from search.space.macro import FBNET_CANDIDATES, SearchSpace
 from search.space.opspec import OpSpec, OpSpecError
+from search.space.quantize import DTYPE_OF
 from search.tables.latency import TableError, build_lut
 from search.tables.schema import PublishedTable
 
@@ -86,18 +89,31 @@ def device_rows(session: Session, settings: ServiceSettings, *, include_retired:
             .group_by(ProfilingRun.device_id)
         ).all()
     )
-    latest = dict(
-        session.execute(
-            select(LatencyTable.device_id, func.max(LatencyTable.version))
-            .where(LatencyTable.device_id.in_(ids))
-            .group_by(LatencyTable.device_id)
-        ).all()
-    )
+    latest = latest_by_precision(session, ids)
     return [
         device_row(d, held.get(d.id, []), settings)
-        | {"running_runs": running.get(d.id, 0), "latest_table": latest.get(d.id)}
+        | {"running_runs": running.get(d.id, 0), "latest_tables": latest.get(d.id, [])}
         for d in devices
     ]
+
+
+def latest_by_precision(session: Session, device_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each device's newest table of each precision, newest first: 'v3 int8, v2 fp32', so the overview does
+    not present an int8 table as simply the device's latest."""
+    rows = session.execute(
+        select(LatencyTable.device_id, LatencyTable.version, LatencyTable.config).where(
+            LatencyTable.device_id.in_(device_ids)
+        )
+    ).all()
+    newest: dict[int, dict[str, int]] = {}
+    for device_id, version, config in rows:
+        precision = (config or {}).get("precision", "fp32")
+        mine = newest.setdefault(device_id, {})
+        mine[precision] = max(version, mine.get(precision, 0))
+    return {
+        d: [{"version": v, "precision": p} for p, v in sorted(m.items(), key=lambda kv: -kv[1])]
+        for d, m in newest.items()
+    }
 
 
 def device_row(device: Device, held: list[dict[str, Any]], settings: ServiceSettings) -> dict[str, Any]:
@@ -123,9 +139,19 @@ def recent_runs(
     return [run_status(session, run_id) for run_id in session.scalars(query)]
 
 
-def device_tables(session: Session, device_id: int) -> list[dict[str, Any]]:
-    """Published versions, newest first."""
-    rows = list_tables(session, device_id, None, after=0, limit=1000)
+PRECISIONS = tuple(DTYPE_OF)  # fp32, int8: what a measurement config may ask for (search/space/quantize.py)
+
+
+def precision_filter(value: str) -> str | None:
+    """A page's `?precision=`: empty for every table; anything else but fp32 or int8 is refused, by name."""
+    if value and value not in PRECISIONS:
+        raise Invalid(f"precision must be {' or '.join(PRECISIONS)} (or empty for every table), not {value[:20]!r}")
+    return value or None
+
+
+def device_tables(session: Session, device_id: int, precision: str | None = None) -> list[dict[str, Any]]:
+    """Published versions, newest first; with `precision`, only those measured at it (the API's own filter)."""
+    rows = list_tables(session, device_id, None, after=0, limit=1000, precision=precision)
     return [
         {
             "version": t.version,
@@ -139,6 +165,16 @@ def device_tables(session: Session, device_id: int) -> list[dict[str, Any]]:
         }
         for t, n in reversed(rows)
     ]
+
+
+def precision_pair(tables: list[dict[str, Any]]) -> dict[str, int] | None:
+    """The newest int8 table and the newest fp32 table of its space (newest-first `tables`): what the device
+    page's "fp32 against int8" link compares. None unless the device has both for one space."""
+    int8 = next((t for t in tables if t["precision"] == "int8"), None)
+    if int8 is None:
+        return None
+    fp32 = next((t for t in tables if t["precision"] == "fp32" and t["space_hash"] == int8["space_hash"]), None)
+    return {"fp32": fp32["version"], "int8": int8["version"]} if fp32 else None
 
 
 def device_names(session: Session) -> dict[int, str]:
@@ -290,17 +326,42 @@ def _prediction_view(pred: dict[str, Any]) -> dict[str, Any]:
 
 
 def all_tables(session: Session) -> list[dict[str, Any]]:
-    """Every published version of every device, newest first: the compare page's choices."""
+    """Every published version of every device, newest first: the compare page's choices, each labelled with
+    its precision (one device's fp32 and int8 tables are otherwise told apart by version number only)."""
     names = device_names(session)
     rows = session.execute(
-        select(LatencyTable.device_id, LatencyTable.version, LatencyTable.space_hash, LatencyTable.created_at)
+        select(
+            LatencyTable.device_id,
+            LatencyTable.version,
+            LatencyTable.space_hash,
+            LatencyTable.created_at,
+            LatencyTable.config,
+        )
         .order_by(LatencyTable.created_at.desc(), LatencyTable.id.desc())
         .limit(500)
     ).all()
-    return [
-        {"ref": f"{d}:{v}", "label": f"{names.get(d, d)} v{v} (space {h[:8]}, {as_utc(c):%Y-%m-%d %H:%M})"}
-        for d, v, h, c in rows
-    ]
+    out = []
+    for d, v, h, c, config in rows:
+        precision = (config or {}).get("precision", "fp32")
+        label = f"{names.get(d, d)} v{v} {precision} (space {h[:8]}, {as_utc(c):%Y-%m-%d %H:%M})"
+        out.append({"ref": f"{d}:{v}", "label": label, "precision": precision})
+    return out
+
+
+def comparison(result: dict[str, Any], table_a: dict[str, Any]) -> dict[str, Any]:
+    """What the compare page draws beyond the API's answer: which side is which precision, and the ratio per
+    layer and block family (the same matched rows, laid out as the search sees them) when A's space reads."""
+    grid = by_layer(result, table_a)
+    a_name, b_name = result["a"]["precision"], result["b"]["precision"]
+    if a_name == b_name:
+        a_name, b_name = "A", "B"
+    return {
+        "grid": grid,
+        "grid_chart": charts.ratio_grid(grid, a_name, b_name) if grid else None,
+        "ratio_label": ratio_label(result),
+        "a_label": side_label(result, "a"),
+        "b_label": side_label(result, "b"),
+    }
 
 
 # ---- fidelity --------------------------------------------------------------------------------------------
@@ -370,6 +431,7 @@ RUN_DEFAULTS = {
     "rounds": "20",
     "runs_per_round": "3",
     "anchors": "8",
+    "precision": "fp32",
 }
 CANDIDATES = FBNET_CANDIDATES
 

@@ -6,7 +6,7 @@ Create Date: 2026-12-04 17:30:00.000000
 
 A fleet worker whose device or service call fails (a phone unplugged or not authorised, a refused lease, an
 answer that is not JSON) retries with backoff; it says why on `PUT /v1/agent/status`, and the device's page
-shows it until the agent's next lease. Before, such a worker died and the dashboard only showed "not seen".
+shows it until the agent's next fingerprint. Before, such a worker died and the dashboard only showed "not seen".
 """
 
 from __future__ import annotations

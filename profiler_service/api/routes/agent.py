@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -15,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from db.models import KEY_LEN, Device, Job, Operator
 from db.states import JobStatus
-from profiler_service.api.deps import AgentDep, Id, SessionDep
+from profiler_service.api.deps import AgentDep, Id, PollingAgentDep, SessionDep, admin_cache, agent_device
 from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
-from profiler_service.errors import NotFound
+from profiler_service.errors import ApiError, NotFound
 from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
@@ -45,11 +44,11 @@ from profiler_service.schemas import (
     ResultIn,
 )
 from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.wakeups import Wakeups
 from search.space.opspec import OpSpec, OpSpecError
 
 router = APIRouter(prefix="/agent", tags=["agent"], route_class=StrictJsonRoute)
 
-POLL_INTERVAL_S = 0.25
 log = logging.getLogger("dnas.service.agent")
 
 
@@ -57,6 +56,7 @@ log = logging.getLogger("dnas.service.agent")
 def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep) -> Response:
     """What the agent found the device to be (model, SoC, OS, runtime); stamped on every table it publishes."""
     device.fingerprint = body.model_dump()
+    device.agent_problem = None  # the agent (re)started with its device: a problem it reported is over
     session.merge(device)
     session.commit()
     return Response(status_code=204)
@@ -65,7 +65,8 @@ def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep)
 @router.put("/status", status_code=204)
 def report_status(body: AgentStatusIn, device: AgentDep, session: SessionDep) -> Response:
     """Why the agent cannot work now (its phone unplugged, a call refused), while it retries: a worker that
-    keeps failing is otherwise only "not connected" on the dashboard. A lease clears it, as `problem: null` does."""
+    keeps failing is otherwise only "not connected" on the dashboard. Its next fingerprint (a start that got as
+    far as its device) clears it, as `problem: null` does."""
     now = utcnow()
     retry_at = None if body.retry_in_s is None else (now + timedelta(seconds=body.retry_in_s)).isoformat()
     problem = {"problem": body.problem, "reported_at": now.isoformat(), "retry_at": retry_at}
@@ -118,40 +119,57 @@ def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> Lease
     response_model=LeasedJob | LeasedBatch,
     responses={204: {"description": "No job within the wait."}},
 )
-async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> LeasedJob | LeasedBatch | Response:
+async def lease(body: LeaseRequest, agent: PollingAgentDep, request: Request) -> LeasedJob | LeasedBatch | Response:
     """Long poll: answers as soon as work is runnable for this device, or 204 after the wait. Without
-    `max_jobs`, one job (protocol 1); with it, a batch of jobs of one group under one token (protocol 2)."""
+    `max_jobs`, one job (protocol 1); with it, a batch of jobs of one group under one token (protocol 2).
+    On PostgreSQL a waiting call is woken by the notification of the transaction that queued its work and
+    queries nothing while it waits; on SQLite it claims every `lease_poll_seconds` (profiler_service/wakeups.py)."""
     state = request.app.state
+    wakeups: Wakeups = state.wakeups
     wait = min(body.wait_seconds, state.settings.long_poll_seconds)
     deadline = time.monotonic() + wait
 
+    checked = not agent.remembered  # looked up by this call, just now
+
     def attempt() -> LeasedJob | LeasedBatch | None:
         with state.sessionmaker() as session:
+            if not checked:  # remembered, or woken after a wait: the token is checked before any claim
+                agent_device(admin_cache(request), session, agent.digest)
             seconds = state.settings.lease_seconds
             if body.max_jobs is None:
-                job = claim_next(session, device_id=device.id, lease_seconds=seconds)
+                job = claim_next(session, device_id=agent.id, lease_seconds=seconds)
                 return None if job is None else _leased(job, session.get(Operator, job.op_key), request)
-            jobs, group_jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
+            jobs, group_jobs = claim_batch(session, device_id=agent.id, lease_seconds=seconds, max_jobs=body.max_jobs)
             return _batch(jobs, group_jobs, session, request) if jobs else None
 
-    if device.agent_protocol != body.version or device.agent_problem is not None:  # once per change, not per poll
+    if agent.agent_protocol != body.version:  # recorded once per change, not on every poll
 
-        def record_agent() -> None:
-            """The protocol it speaks; and a lease means a problem it reported is over."""
+        def record_protocol() -> None:
             with state.sessionmaker() as session:
-                values = {"agent_protocol": body.version, "agent_problem": None}
-                session.execute(update(Device).where(Device.id == device.id).values(**values))
+                session.execute(update(Device).where(Device.id == agent.id).values(agent_protocol=body.version))
                 session.commit()
 
-        await run_in_threadpool(record_agent)
+        await run_in_threadpool(record_protocol)
+        wakeups.protocol_recorded(agent.digest, body.version)
 
     while True:
-        leased = await run_in_threadpool(attempt)
-        if leased is not None:
-            return leased
-        if time.monotonic() >= deadline or await request.is_disconnected():
+        mark = wakeups.mark(agent.id)
+        if not wakeups.known_idle(agent.id):
+            try:
+                leased = await run_in_threadpool(attempt)
+            except ApiError:  # the remembered token was rotated or its device retired
+                wakeups.forget(agent.digest)
+                raise
+            if leased is not None:
+                return leased
+            wakeups.note_idle(agent.id, mark)
+            # Woken calls are few where notifications wake them: each checks its token again (it may have been
+            # rotated while it waited). Polling calls (SQLite) check it once, as every call did before.
+            checked = checked and not wakeups.live
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
             return Response(status_code=204)
-        await asyncio.sleep(POLL_INTERVAL_S)
+        await wakeups.wait(agent.id, mark, remaining)
 
 
 MODEL_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such model."}}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,12 +12,11 @@ from profiler_service.api.deps import Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.routes.devices import get_device
 from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.compare import by_layer, compare, compare_png
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.schemas import TableSummary
 from profiler_service.table_cache import CachedTable, Representation, accepts_gzip
 from profiler_service.tables import (
-    compare,
-    compare_png,
     find_table_id,
     list_tables,
     parse_version,
@@ -140,6 +139,19 @@ def _ref(text: str) -> tuple[int, str, str | None]:
     return int(found[1]), found[2], found[3]
 
 
+def compared_tables(session: SessionDep, request: Request, a: str, b: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two published tables a comparison names, through the table cache (the dashboard reads them too)."""
+    tables = []
+    for ref in (a, b):
+        device_id, version, precision = _ref(ref)
+        get_device(session, device_id)
+        table_id, _ = find_table_id(session, device_id, version, precision=precision)
+        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
+        tables.append(json.loads(cached.json.body))
+    session.rollback()
+    return tables[0], tables[1]
+
+
 @router.get("/latency-tables/compare")
 def compare_tables(
     session: SessionDep,
@@ -150,16 +162,10 @@ def compare_tables(
     top: int = Query(default=20, ge=1, le=200),
 ) -> Response:
     """Two tables side by side: per-op latency ratio b/a, the ops that differ most first. One device's fp32
-    and int8 tables (`3:latest:fp32` against `3:latest:int8`) are matched op by op."""
-    tables = []
-    for ref in (a, b):
-        device_id, version, precision = _ref(ref)
-        get_device(session, device_id)
-        table_id, _ = find_table_id(session, device_id, version, precision=precision)
-        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
-        tables.append(json.loads(cached.json.body))
-    session.rollback()
-    result = compare(*tables)
+    and int8 tables (`3:latest:fp32` against `3:latest:int8`) are matched op by op. The PNG adds, for tables
+    of one space, the ratio per layer and block family."""
+    table_a, table_b = compared_tables(session, request, a, b)
+    result = compare(table_a, table_b)
     if format == "png":
-        return Response(compare_png(result, top), media_type="image/png")
+        return Response(compare_png(result, top, by_layer(result, table_a)), media_type="image/png")
     return JSONResponse(result)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from profiler_service.api.deps import token_role
+from profiler_service.public_url import secure_cookies
 from profiler_service.security import hash_token
 from profiler_service.ui.auth import (
     COOKIE,
@@ -36,7 +37,7 @@ def safe_next(target: str) -> str:
 
 
 def _cookie_args(request: Request) -> dict:
-    return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https", "path": "/ui"}
+    return {"httponly": True, "samesite": "strict", "secure": secure_cookies(request), "path": "/ui"}
 
 
 async def _form(
