@@ -146,7 +146,9 @@ class AgentClient:
         token anywhere else, e.g. to an http:// URL a proxy's Host header produced."""
         url = httpx.URL(model_url)
         if not url.is_absolute_url:
-            if not model_url.startswith("/"):
+            # "//host/path" names another host without a scheme: not a path of this server, whatever httpx would
+            # make of it (it kept the path and dropped the host); refused, as the iOS app does (spec/url_resolution).
+            if not model_url.startswith("/") or model_url.startswith("//"):
                 raise ValueError(f"model_url {model_url[:100]!r} is neither a path nor a URL")
             return model_url
         server = httpx.URL(self.server)
