@@ -95,6 +95,8 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
     agent_protocol: Mapped[int | None]  # the protocol version its agent last spoke (1: single jobs, 2: batches)
+    # Why its agent cannot work now ({"problem", "reported_at", "retry_at"}), as it said; its fingerprint clears it.
+    agent_problem: Mapped[dict[str, Any] | None]
 
 
 class Operator(Base):

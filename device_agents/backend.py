@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -79,4 +80,10 @@ class Backend(Protocol):
 class BatchBackend(Backend, Protocol):
     """A backend that can hold every model of a batch open and measure them in interleaved rounds."""
 
-    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]: ...
+    def measure_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event | None = None
+    ) -> dict[str, Timing | MeasurementError]:
+        """Every model's timing or error. Once `stop` is set (the agent was told to give its work back now) a
+        backend that can ends at its next visit and returns only what is final: the models that failed, and
+        any measured in every round. The agent gives back the models it returns nothing for."""
+        ...

@@ -71,11 +71,20 @@ class AgentClient:
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, *, retry_for_s: float | None = None, **kwargs: Any) -> httpx.Response:
-        retry_for_s = self.retry_for_s if retry_for_s is None else retry_for_s
+    def _call(self, method: str, path: str, *, retry_for_s: float | None = None, within_s: float | None = None,
+              **kwargs: Any) -> httpx.Response:  # fmt: skip
+        """One protocol call, retried on 502/503/504 and network errors for `retry_for_s`. With `within_s` the
+        whole call ends by then, each request included: its timeout is what is left (without it, one request
+        may wait the 150 s read timeout however soon its caller needs an answer)."""
+        if within_s is not None:
+            retry_for_s = within_s
+        elif retry_for_s is None:
+            retry_for_s = self.retry_for_s
         deadline = time.monotonic() + retry_for_s
         delay = 0.5
         while True:
+            if within_s is not None:
+                kwargs["timeout"] = max(0.05, deadline - time.monotonic())
             try:
                 resp = self.http.request(method, path, **kwargs)
                 if resp.status_code not in RETRY_STATUS:
@@ -95,6 +104,12 @@ class AgentClient:
     # ---- the protocol --------------------------------------------------------------------------------------
     def report_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         self._call("PUT", "/v1/agent/fingerprint", json=fingerprint)
+
+    def report_status(self, problem: str | None, retry_in_s: float | None = None) -> None:
+        """Why this agent cannot work now, shown on its device's page. Tried for 10 s only: it is said while
+        something is failing already, and the log says it too."""
+        body = {"problem": problem[:2000] if problem else None, "retry_in_s": retry_in_s}
+        self._call("PUT", "/v1/agent/status", json=body, within_s=10.0)
 
     def lease(self, wait_seconds: float = 20.0) -> dict[str, Any] | None:
         """Protocol 1: one job at a time."""
@@ -143,13 +158,14 @@ class AgentClient:
         path = url.raw_path.decode()
         return path[len(base) :] if base and path.startswith(base + "/") else path
 
-    # A heartbeat retries only until the next one is due: one stuck in backoff would outlive its job.
-    def heartbeat(self, job: dict[str, Any], retry_for_s: float | None = None) -> None:
+    # A heartbeat, its retries and each request's wait included, ends before the next one is due: one stuck in
+    # backoff or in a read that a stalled service never answers would let the lease run out meanwhile.
+    def heartbeat(self, job: dict[str, Any], within_s: float) -> None:
         self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]},
-                   retry_for_s=retry_for_s)  # fmt: skip
+                   within_s=within_s)  # fmt: skip
 
-    def heartbeat_batch(self, lease_token: str, retry_for_s: float | None = None) -> None:
-        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token}, retry_for_s=retry_for_s)
+    def heartbeat_batch(self, lease_token: str, within_s: float) -> None:
+        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token}, within_s=within_s)
 
     def results(self, lease_token: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A batch's results in one call; each item is acknowledged on its own."""

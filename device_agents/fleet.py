@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.android.backend import DeviceUnfit
+from device_agents.client import ProtocolError
 from device_agents.loop import Agent, AgentStats
 from device_agents.settings import AgentSettings
 
 log = logging.getLogger("dnas.fleet")
+
+RETRY_FIRST_S = 5.0  # a failed worker starts again after this, doubling up to RETRY_MAX_S while it keeps failing
+RETRY_MAX_S = 300.0
+# What a worker meets in the field (a device away or unfit, a call refused, an answer that is not JSON): one line.
+EXPECTED = (DeviceUnfit, ProtocolError, ConnectionError, OSError, ValueError)
 
 
 def make_agents(workers: list[AgentSettings], default_cache_dir: Path) -> list[Agent]:
@@ -29,7 +35,9 @@ def make_agents(workers: list[AgentSettings], default_cache_dir: Path) -> list[A
 
 
 def run_fleet(workers: list[AgentSettings], default_cache_dir: Path) -> list[AgentStats]:
-    """Run every worker in its own thread until each stops (idle, or SIGINT/SIGTERM: a second one aborts)."""
+    """Run every worker in its own thread until each stops (idle, or SIGINT/SIGTERM: a second one aborts).
+    A worker that fails (its phone unplugged or not authorised, a call the service refuses, an answer that is
+    not JSON) starts again with backoff, saying why in the log and on its device's dashboard page."""
     agents = make_agents(workers, default_cache_dir)
     names = [getattr(w, "backend", "?") for w in workers]
 
@@ -40,19 +48,61 @@ def run_fleet(workers: list[AgentSettings], default_cache_dir: Path) -> list[Age
 
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
-    results: list[AgentStats | None] = [None] * len(agents)
+    results = [AgentStats() for _ in agents]
 
     def work(i: int) -> None:
-        try:
-            results[i] = agents[i].run()
-        except DeviceUnfit as exc:
-            log.error("worker %d (%s) refused its device: %s", i, names[i], exc)
-        except Exception:
-            log.exception("worker %d (%s) stopped with an error", i, names[i])
+        delay = RETRY_FIRST_S
+        while True:
+            agent = agents[i]
+            try:
+                _add(results[i], agent.run())
+                return
+            except Exception as exc:  # a worker outlives its device and its service, as the loop outlives outages
+                why = (
+                    f"refused its device: {exc}"
+                    if isinstance(exc, DeviceUnfit)
+                    else f"failed: {type(exc).__name__}: {exc}"
+                )
+                if not isinstance(exc, EXPECTED):  # a bug: its traceback, once
+                    log.exception("worker %d (%s) failed", i, names[i])
+                _add(results[i], agent.stats)
+            if agent.stopping.is_set():
+                log.error("worker %d (%s) stopped: %s", i, names[i], why)
+                return
+            if agent.stats.done or agent.stats.failed:  # it worked a while: a new failure starts the backoff anew
+                delay = RETRY_FIRST_S
+            log.error("worker %d (%s) %s; starting it again in %.0f s", i, names[i], why, delay)
+            _say(agent, why, delay)
+            if agent.stopping.wait(delay):
+                return
+            agents[i] = workers[i].make_agent(workers[i].make_backend(), default_cache_dir)
+            if agent.stopping.is_set():  # a signal between the wait and the swap reached the old agent only
+                agents[i].stopping.set()
+            delay = min(2 * delay, RETRY_MAX_S)
 
     threads = [threading.Thread(target=work, args=(i,), name=f"worker-{i}") for i in range(len(agents))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return [r or AgentStats() for r in results]
+    return results
+
+
+def _add(total: AgentStats, more: AgentStats) -> AgentStats:
+    total.done, total.failed, total.batches = (
+        total.done + more.done,
+        total.failed + more.failed,
+        total.batches + more.batches,
+    )
+    total.measure_s += more.measure_s
+    return total
+
+
+def _say(agent: Agent, why: str, retry_in_s: float) -> None:
+    """Tell the service, for the device's page; the log has said it already if the service cannot hear it."""
+    try:
+        agent.client.report_status(why, retry_in_s)
+    except Exception as exc:
+        log.warning("could not report the worker's state to the service: %s", exc)
+    finally:
+        agent.client.close()

@@ -5,7 +5,9 @@ group (a profiling run, or a set of networks) and measure them together in inter
 (search/measurement/rounds.py). Others speak protocol 1: one job, one block of runs.
 
 Stopping: the first SIGINT/SIGTERM lets the current job or batch finish and report; a second one gives it
-back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire).
+back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire). A
+batch sees the second one at its next visit or round (an Android batch of separate visits can last hours):
+what was final by then (models that failed, any measured in every round) is reported, the rest given back.
 
 A device that goes away (DeviceUnavailable: a phone unplugged, off Wi-Fi, rebooting) fails no job: its work
 is given back, and the agent leases nothing until the backend reconnects, trying with backoff.
@@ -147,7 +149,7 @@ class Agent:
             return
         every = batch["lease_seconds"] / 3
         gone: DeviceUnavailable | None = None
-        with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token, within_s=0.8 * every), every) as beat:
             try:
                 models = {}
                 for key, job in jobs.items():
@@ -158,11 +160,11 @@ class Agent:
                     except (ValueError, ProtocolError) as exc:
                         failures[key] = f"model download: {exc}"
                 plan = BatchPlan.from_config(batch["config"], batch["seed"])
+                log.info("measuring %d models in %d rounds", len(models), plan.rounds)
                 start = time.perf_counter()
-                timings = self.backend.measure_batch(models, plan) if models else {}
+                # Told to stop now, the backend ends at its next visit; what it finished is still reported.
+                timings = self.backend.measure_batch(models, plan, stop=self.abort) if models else {}
                 self.stats.measure_s += time.perf_counter() - start
-                if self.abort.is_set():
-                    raise GiveBack()
                 batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]},
                              "precision": precision}  # fmt: skip
                 for key, timing in timings.items():
@@ -199,6 +201,11 @@ class Agent:
             self.stats.failed += 1
         if results:
             self._report(token, jobs, results)
+        settled = set(failures) | {str(item["job_id"]) for item in results}
+        if rest := [job for key, job in jobs.items() if key not in settled]:  # the backend stopped early
+            log.warning("batch stopped: %d jobs not measured in every round, given back", len(rest))
+            if reachable:
+                self._give_back(rest, "agent stopped before finishing; batch given back")
 
     def _report(self, token: str, jobs: dict[str, dict[str, Any]], results: list[dict[str, Any]]) -> None:
         """One POST for the batch. If the service refuses it whole (one item it finds invalid), each result is
@@ -243,7 +250,7 @@ class Agent:
             return
         every = job["lease_seconds"] / 3
         gone: DeviceUnavailable | None = None
-        with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
+        with _Heartbeat(lambda: self.client.heartbeat(job, within_s=0.8 * every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
                 if self.abort.is_set():
@@ -344,3 +351,5 @@ class _Heartbeat:
                 return
             except ConnectionError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a thread that died here would let the lease run out with nobody told
+                log.exception("heartbeat failed unexpectedly; beating on")

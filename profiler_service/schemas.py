@@ -78,6 +78,11 @@ class DevicePublic(BaseModel):
     last_seen_at: datetime | None
     retired_at: datetime | None
     agent_protocol: int | None = Field(default=None, description="Protocol version its agent last spoke (1 or 2).")
+    agent_problem: dict[str, Any] | None = Field(
+        default=None,
+        description="Why its agent cannot work now, as it last said (`problem`, `reported_at`, `retry_at`); "
+        "cleared by its next fingerprint.",
+    )
 
 
 class DeviceCreated(DevicePublic):
@@ -217,6 +222,15 @@ class LeaseRequest(Strict):
     @property
     def version(self) -> int:
         return self.protocol or (2 if self.max_jobs is not None else 1)
+
+
+class AgentStatusIn(Strict):
+    """What keeps the agent from working, while it retries: shown on the device's page until its next fingerprint."""
+
+    problem: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="One line; null clears a problem reported before."
+    )
+    retry_in_s: float | None = Field(default=None, ge=0, le=86_400, description="When the agent tries again.")
 
 
 class LeasedJob(BaseModel):

@@ -52,6 +52,7 @@ MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     # B's (409, as a lease that ended), and a batch of A's results is acknowledged `not_found` item by item
     # (checked below). Models are content-addressed operators shared by every device: any agent may fetch one.
     ("PUT",   "/v1/agent/fingerprint",                                  (401, 401, 403, 204, 204, 403, 403)),
+    ("PUT",   "/v1/agent/status",                                       (401, 401, 403, 204, 204, 403, 403)),
     ("POST",  "/v1/agent/lease",                                        (401, 401, 403, 200, 204, 403, 403)),
     ("GET",   "/v1/agent/models/{op_key}",                              (401, 401, 403, 200, 200, 403, 403)),
     ("POST",  "/v1/agent/jobs/{job_id}/heartbeat",                      (401, 401, 403, 200, 404, 403, 403)),
@@ -229,6 +230,8 @@ def _call(world: World, method: str, path: str, allowed: bool) -> Call:
                 params["run_id"] = admin.post("/v1/profiling-runs", json=run).raise_for_status().json()["id"]
         case "PUT", "/v1/agent/fingerprint":
             body = {"model": "Matrix", "cores": 2}
+        case "PUT", "/v1/agent/status":
+            body = {"problem": None}
         case "POST", "/v1/agent/lease":
             body = {"wait_seconds": 0}
             if allowed and world.queued_for_a() == 0:

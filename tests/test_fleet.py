@@ -171,3 +171,78 @@ def test_network_cut_under_a_fleet_worker_mid_batch_the_run_still_completes(tmp_
     engine.dispose()
     assert measured == run["total"] == len(attempts)
     assert min(attempts) == 2, attempts  # the cut-off lease was given up, then leased again
+
+
+def test_a_worker_whose_phone_is_away_at_start_retries_and_says_so_on_the_dashboard(tmp_path):
+    """A phone unplugged when the fleet starts used to end its worker for good. Now the worker starts again
+    with backoff, the log and the device's page say why, and once the phone is there the run is measured."""
+    from types import SimpleNamespace
+
+    from tests.test_dashboard_http import sign_in
+    from tests.waiting import wait_until
+
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
+        phone = register(admin, "late-phone", platform="android")
+        run = start_run(admin, phone["id"])
+        port = free_port()  # where the phone will be: nothing listens there yet
+        config = tmp_path / "fleet.json"
+        config.write_text(json.dumps([{"backend": "android", "server": svc.url, "token": phone["agent_token"],
+                                       "adb": f"127.0.0.1:{port}", "key": str(tmp_path / "adbkey")}]))  # fmt: skip
+        log = tmp_path / "fleet.log"
+        with open(log, "w") as out:
+            fleet = subprocess.Popen(
+                [sys.executable, "-m", "dnas", "agent", "fleet", str(config), "--exit-when-idle", "--wait", "2",
+                 "--cache-dir", str(tmp_path / "cache")],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                _wait_for_text(log, "starting it again in", fleet)
+                device_url = f"/v1/devices/{phone['id']}"
+                problem = wait_until(lambda: admin.get(device_url).json()["agent_problem"],
+                                     what="the problem on the device", timeout_s=60, alive=[fleet])  # fmt: skip
+                assert "refused its device" in problem["problem"] and f"127.0.0.1:{port}" in problem["problem"]
+                assert problem["retry_at"] > problem["reported_at"]
+                browser = sign_in(SimpleNamespace(url=svc.url), svc.admin_token)
+                try:
+                    page = browser.get(f"/ui/devices/{phone['id']}").text
+                    overview = browser.get("/ui/").text
+                finally:
+                    browser.close()
+                assert "retrying" in page and f"127.0.0.1:{port}" in page
+                assert "retrying" in overview
+                with running_emulator(tmp_path / "sandbox", "--port", str(port)):  # the phone is plugged in
+                    assert fleet.wait(timeout=600) == 0, log.read_text()[-3000:]
+            finally:
+                if fleet.poll() is None:
+                    fleet.kill()
+        assert wait_for_run(admin, run["id"])["status"] == "published"
+        assert admin.get(f"/v1/devices/{phone['id']}").json()["agent_problem"] is None  # its fingerprint cleared it
+    assert "android  done" in log.read_text()
+
+
+def test_a_worker_whose_lease_is_answered_with_a_web_page_starts_again(tmp_path, caplog):
+    """A proxy's page answered 200 to a lease (not JSON) used to end the worker for good: it starts again
+    after its backoff, says why, and measures the run; its next start clears the problem it reported."""
+    import logging
+    import signal
+
+    from device_agents.fleet import run_fleet
+    from device_agents.settings import LocalAgentSettings
+    from tests.faulty_service import admin_client, serving
+
+    caplog.set_level(logging.INFO)
+    with serving(tmp_path, "/v1/agent/lease", "html") as (base, app), admin_client(base) as admin:
+        device = register(admin, "behind-a-portal")
+        run = start_run(admin, device["id"])
+        worker = LocalAgentSettings(server=base, token=device["agent_token"], cpus=[1], wait=1, exit_when_idle=True)
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        try:
+            [stats] = run_fleet([worker], tmp_path / "cache")  # the fleet's signal handlers, in this process
+        finally:
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
+        assert app.second.is_set() and stats.done > 0, caplog.text[-3000:]
+        assert wait_for_run(admin, run["id"])["status"] == "published"
+        assert admin.get(f"/v1/devices/{device['id']}").json()["agent_problem"] is None
+    assert "worker 0 (local) failed: JSONDecodeError" in caplog.text
+    assert "starting it again in 5 s" in caplog.text

@@ -21,6 +21,7 @@ import json
 import logging
 import shlex
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,10 @@ for i in "$@"; do
   echo "__DNAS_RC $i $?"
 done
 """
+
+
+class _Stopped(Exception):
+    """Raised from a stream's line handler when the agent must give the batch back now."""
 
 
 class DeviceUnfit(Exception):
@@ -254,7 +259,13 @@ class AndroidBackend:
         return f"taskset {shlex.quote(self.taskset)} " if self.taskset else ""
 
     # ---- a batch ---------------------------------------------------------------------------------------------
-    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def measure_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event | None = None
+    ) -> dict[str, Timing | MeasurementError]:
+        """Once `stop` is set, the batch ends at the next round (python runner) or visit (perf-test): a batch
+        of separate visits can last hours, and what it measured so far cannot be reported (a result has every
+        round), so only the models that failed come back; the agent gives the others back."""
+        stop = stop or threading.Event()
         try:
             self._prepare()
             self._pin_for(plan.threads)
@@ -264,7 +275,7 @@ class AndroidBackend:
             if self.cooldown_s:
                 time.sleep(self.cooldown_s)
             run = self._python_batch if self.runner == "python" else self._perf_test_batch
-            out = run(remote, plan)
+            out = run(remote, plan, stop)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
             raise self._failure(exc) from exc
@@ -315,13 +326,21 @@ class AndroidBackend:
             "cpu_max_khz": self._facts.get("cpu_max_khz"),
         }
 
-    def _python_batch(self, remote: dict[str, str], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def _python_batch(
+        self, remote: dict[str, str], plan: BatchPlan, stop: threading.Event
+    ) -> dict[str, Timing | MeasurementError]:
         """One process for the whole batch. A process that dies while loading a model blames that model and
         the rest is measured again (as the local backend does); one that dies during the rounds fails all."""
         failed: dict[str, Timing | MeasurementError] = {}
         todo = dict(remote)
         while todo:
-            stream = BatchStream(list(todo), plan.rounds, on_progress=lambda text: log.info("batch %s", text))
+
+            def progress(text: str) -> None:
+                log.info("batch %s", text)
+                if stop.is_set():  # raised out of the stream, which closes it and so ends the runner
+                    raise _Stopped()
+
+            stream = BatchStream(list(todo), plan.rounds, on_progress=progress)
             request = {
                 "batch": [{"id": key, "model": path} for key, path in todo.items()],
                 "threads": plan.threads, "warmup": plan.warmup, "rounds": plan.rounds,
@@ -329,7 +348,11 @@ class AndroidBackend:
             }  # fmt: skip
             self._push_text(json.dumps(request), "request.json")
             cmd = f"cd {self.workdir} && {self._pin()}python3 ort_runner.py --batch request.json 2>&1"
-            rc = self.conn.stream(cmd, stream.feed, idle_timeout_s=self.run_timeout_s)
+            try:
+                rc = self.conn.stream(cmd, stream.feed, idle_timeout_s=self.run_timeout_s)
+            except _Stopped:
+                log.warning("batch stopped after a round: giving it back")
+                return failed | {k: v for k, v in stream.results.items() if isinstance(v, MeasurementError)}
             if stream.done:
                 return failed | stream.finish({})
             noise = " | ".join(stream.noise[-3:]) or "no output"
@@ -341,7 +364,9 @@ class AndroidBackend:
             del todo[loading]
         return failed
 
-    def _perf_test_batch(self, remote: dict[str, str], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def _perf_test_batch(
+        self, remote: dict[str, str], plan: BatchPlan, stop: threading.Event
+    ) -> dict[str, Timing | MeasurementError]:
         """The rounds as separate visits: rounds.visit_orders decides the order, each visit is one perf_test
         process (its own untimed run, then runs_per_round timed runs). config.warmup is honoured as one
         discarded visit of `warmup` runs per model before round 1."""
@@ -351,6 +376,8 @@ class AndroidBackend:
         visits: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
 
         def run(indices: list[int], runs: int, keep: bool) -> None:
+            if stop.is_set():
+                raise _Stopped()
             live = [i for i in indices if keys[i] not in failures]
             if not live:
                 return
@@ -359,6 +386,8 @@ class AndroidBackend:
             current: list[int | None] = [None]
 
             def on_line(line: str) -> None:
+                if line.startswith("__DNAS_VISIT ") and stop.is_set():
+                    raise _Stopped()  # closes the stream, which ends the visits on the device
                 if line.startswith("__DNAS_VISIT "):
                     current[0] = int(line.split()[1])
                     sections[current[0]] = []
@@ -386,11 +415,15 @@ class AndroidBackend:
                 if keep:
                     visits[key].append(stats)
 
-        if plan.warmup > 0:
-            run(list(range(len(keys))), plan.warmup, keep=False)
-        for r, order in enumerate(rounds.visit_orders(len(keys), plan.rounds, plan.seed)):
-            run(order, plan.runs_per_round, keep=True)
-            log.info("batch round %d/%d (separate visits)", r + 1, plan.rounds)
+        try:
+            if plan.warmup > 0:
+                run(list(range(len(keys))), plan.warmup, keep=False)
+            for r, order in enumerate(rounds.visit_orders(len(keys), plan.rounds, plan.seed)):
+                run(order, plan.runs_per_round, keep=True)
+                log.info("batch round %d/%d (separate visits)", r + 1, plan.rounds)
+        except _Stopped:
+            log.warning("batch stopped at a visit: giving it back")
+            return dict(failures)
         context = {
             "runtime": "onnxruntime_perf_test",
             "method": "separate visits",

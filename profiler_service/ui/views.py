@@ -122,7 +122,9 @@ def device_row(device: Device, held: list[dict[str, Any]], settings: ServiceSett
     last = max([t for t in [as_utc(device.last_seen_at), *beats] if t is not None], default=None)
     age = _age_s(last, now)
     connected = device.retired_at is None and age is not None and age <= connected_window_s(settings)
-    return {"device": device_public(device), "held": held, "connected": connected, "seen_ago_s": age}
+    problem = device.agent_problem if device.retired_at is None else None  # what its agent says keeps it idle
+    return {"device": device_public(device), "held": held, "connected": connected, "seen_ago_s": age,
+            "problem": problem}  # fmt: skip
 
 
 def recent_runs(

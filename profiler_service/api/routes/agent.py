@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
@@ -30,6 +31,7 @@ from profiler_service.queue import (
 )
 from profiler_service.schemas import (
     Ack,
+    AgentStatusIn,
     BatchAck,
     BatchHeartbeat,
     BatchResultsIn,
@@ -41,7 +43,7 @@ from profiler_service.schemas import (
     LeaseRequest,
     ResultIn,
 )
-from profiler_service.timeutil import as_utc
+from profiler_service.timeutil import as_utc, utcnow
 from profiler_service.wakeups import Wakeups
 from search.space.opspec import OpSpec, OpSpecError
 
@@ -54,7 +56,23 @@ log = logging.getLogger("dnas.service.agent")
 def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep) -> Response:
     """What the agent found the device to be (model, SoC, OS, runtime); stamped on every table it publishes."""
     device.fingerprint = body.model_dump()
+    device.agent_problem = None  # the agent (re)started with its device: a problem it reported is over
     session.merge(device)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.put("/status", status_code=204)
+def report_status(body: AgentStatusIn, device: AgentDep, session: SessionDep) -> Response:
+    """Why the agent cannot work now (its phone unplugged, a call refused), while it retries: a worker that
+    keeps failing is otherwise only "not connected" on the dashboard. Its next fingerprint (a start that got as
+    far as its device) clears it, as `problem: null` does."""
+    now = utcnow()
+    retry_at = None if body.retry_in_s is None else (now + timedelta(seconds=body.retry_in_s)).isoformat()
+    problem = {"problem": body.problem, "reported_at": now.isoformat(), "retry_at": retry_at}
+    session.execute(
+        update(Device).where(Device.id == device.id).values(agent_problem=problem if body.problem else None)
+    )
     session.commit()
     return Response(status_code=204)
 
