@@ -100,4 +100,4 @@ def test_db_upgrade(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     assert f"database at {head_revision()}" in run("db", "upgrade", "--db", url).stdout
-    assert current_revision(url) == head_revision() == "0007"
+    assert current_revision(url) == head_revision() == "0008"

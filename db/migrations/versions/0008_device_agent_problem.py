@@ -1,7 +1,7 @@
 """devices.agent_problem: why the device's agent cannot work now, as the agent last said, for the dashboard
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04 17:30:00.000000
 
 A fleet worker whose device or service call fails (a phone unplugged or not authorised, a refused lease, an
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
