@@ -11,12 +11,10 @@ from typing import Any
 
 import anyio
 import httpx
-import uvicorn
 
 from profiler_service.app import create_app, prepare
 from profiler_service.settings import ServiceSettings
-from tests.service_harness import free_port
-from tests.waiting import wait_until
+from tests.service_harness import serve_app
 
 ADMIN = "admin-of-the-faulty-service-" + "f" * 24
 FAULTS = {
@@ -61,26 +59,12 @@ def serving(root: Path, path: str, fault: str, **settings: Any) -> Iterator[tupl
                              artifact_dir=root / "artifacts", **settings)  # fmt: skip
     prepare(config)
     app = FirstCallFault(create_app(config), path, fault)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _healthy(base), what="the service to answer /v1/health", timeout_s=60)
-        yield base, app
-    finally:
-        app.release.set()
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_app(app) as base:
+        try:
+            yield base, app
+        finally:
+            app.release.set()  # a stalled call ends before the server is asked to stop
 
 
 def admin_client(base: str) -> httpx.Client:
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=300)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False

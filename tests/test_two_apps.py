@@ -6,19 +6,14 @@ Both apps are served over real HTTP (uvicorn on loopback, in this process, each 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from profiler_service.app import create_app, prepare
 from profiler_service.settings import ServiceSettings
-from tests.service_harness import free_port
-from tests.waiting import wait_until
+from tests.service_harness import serve_app
 
 ADMIN_A = "admin-of-service-a-" + "a" * 24
 ADMIN_B = "admin-of-service-b-" + "b" * 24
@@ -31,28 +26,6 @@ def _app(root: Path, admin: str) -> FastAPI:
     return create_app(settings)
 
 
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@contextmanager
-def _serving(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _healthy(base), what="the service to answer /v1/health", timeout_s=60)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def _get_devices(base: str, token: str) -> httpx.Response:
     return httpx.get(f"{base}/v1/devices", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
@@ -60,7 +33,7 @@ def _get_devices(base: str, token: str) -> httpx.Response:
 def test_one_services_admin_token_is_refused_by_another_in_the_same_process(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with _serving(_app(tmp_path / "a", ADMIN_A)) as a, _serving(_app(tmp_path / "b", ADMIN_B)) as b:
+    with serve_app(_app(tmp_path / "a", ADMIN_A)) as a, serve_app(_app(tmp_path / "b", ADMIN_B)) as b:
         assert _get_devices(a, ADMIN_A).status_code == 200  # each app reads its own database's admin hash
         refused = _get_devices(b, ADMIN_A)
         assert refused.status_code == 401, refused.text
