@@ -28,8 +28,11 @@ def _socket_has_data(dbapi_conn: Any) -> bool:
     arrive there (pooled connections never LISTEN), each meaning the connection is over."""
     if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
         return True
-    readable, _, errored = select.select([dbapi_conn.fileno()], [], [dbapi_conn.fileno()], 0)
-    return bool(readable or errored)
+    # poll, not select: a worker holding a thousand long polls has descriptors above select's FD_SETSIZE (1024),
+    # where select.select raises ValueError
+    poller = select.poll()
+    poller.register(dbapi_conn.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def check_liveness(engine: Engine, idle_ping_after_s: float = IDLE_PING_AFTER_S) -> None:

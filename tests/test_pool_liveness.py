@@ -70,3 +70,24 @@ def test_a_connection_in_steady_use_is_not_pinged_but_an_idle_one_is(pg_url):
         assert pings[0] >= 1
     finally:
         idle.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_on_a_descriptor_above_1024_is_checked_too(pg_url):
+    """A worker holding a thousand agents' long polls has sockets numbered above select()'s FD_SETSIZE: the
+    checkout check must still work there (select.select raised ValueError, so every checkout failed)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the next socket lands above 1024
+    engine = make_engine(pg_url)
+    try:
+        first = _backend_pid(engine)
+        assert _backend_pid(engine) == first  # checked out again, through the check, on a high descriptor
+    finally:
+        engine.dispose()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
