@@ -226,6 +226,9 @@ class Agent:
                 except ProtocolError as one:
                     self._fail(job, f"result refused by the service: {one.detail[:500]}")
                     self.stats.failed += 1
+                except ConnectionError as exc:  # the service went away mid-fallback: the rest expire and re-run
+                    log.warning("results not delivered after %d of %d: %s", len(acks), len(results), exc)
+                    break
         except ConnectionError as exc:
             log.warning("batch results not delivered: %s", exc)
             return
