@@ -176,9 +176,18 @@ class AgentClient:
         body = {"lease_token": job["lease_token"], **stats}
         return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/result", json=body).json()
 
-    def failure(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
+    def failure(self, job: dict[str, Any], reason: str, *, give_back: bool = False) -> dict[str, Any]:
+        """Report a job failed (requeued while attempts remain), or with `give_back` not tried at all. A service
+        from before give-backs refuses the field (422): the report is then sent plain, costing an attempt."""
+        path = f"/v1/agent/jobs/{job['job_id']}/failure"
         body = {"lease_token": job["lease_token"], "reason": reason[:4000]}
-        return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/failure", json=body).json()
+        if give_back:
+            try:
+                return self._call("POST", path, json=body | {"give_back": True}).json()
+            except ProtocolError as exc:
+                if exc.status != 422 or "give_back" not in exc.detail:
+                    raise
+        return self._call("POST", path, json=body).json()
 
 
 def _sha256(path: Path) -> str:

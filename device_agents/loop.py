@@ -238,7 +238,7 @@ class Agent:
 
     def _give_back(self, jobs: Any, reason: str) -> None:
         for job in jobs:
-            if not self._fail(job, reason):
+            if not self._fail(job, reason, give_back=True):
                 break
 
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
@@ -266,11 +266,11 @@ class Agent:
                     raise GiveBack()
                 stats = _statistics(timing) | {"context": timing.context | {"config": cfg, "precision": precision}}
             except GiveBack:
-                self._fail(job, "agent stopped before finishing; job given back")
+                self._fail(job, "agent stopped before finishing; job given back", give_back=True)
                 return
             except DeviceUnavailable as exc:
                 log.warning("device unavailable, job %s given back: %s", job["job_id"], exc)
-                self._fail(job, f"device unavailable, job given back: {exc}")
+                self._fail(job, f"device unavailable, job given back: {exc}", give_back=True)
                 gone = exc
             except JOB_ERRORS as exc:
                 log.error("job %s failed: %s", job["job_id"], exc)
@@ -307,10 +307,11 @@ class Agent:
             log.info("device back and prepared again; leasing")
             return
 
-    def _fail(self, job: dict[str, Any], reason: str) -> bool:
-        """Report a failure (the job is requeued or failed with the reason); False if the service is unreachable."""
+    def _fail(self, job: dict[str, Any], reason: str, *, give_back: bool = False) -> bool:
+        """Report a failure (the job is requeued or failed with the reason), or with `give_back` a job not tried
+        (requeued, its attempt returned); False if the service is unreachable."""
         try:
-            self.client.failure(job, reason)
+            self.client.failure(job, reason, give_back=give_back)
         except ProtocolError as exc:
             log.warning("job %s: failure report refused: %s", job["job_id"], exc)
         except ConnectionError as exc:

@@ -312,18 +312,22 @@ def record_results(session: Session, *, device_id: int, body: BatchResultsIn) ->
 
 
 def record_failure(session: Session, *, device_id: int, job_id: int, body: FailureIn) -> Ack:
-    """Requeue while attempts remain; after that the job is failed with the agent's reason."""
+    """Requeue while attempts remain; after that the job is failed with the agent's reason. A give-back (the
+    job was not tried) always requeues and returns the attempt."""
     job = _job_of(session, device_id, job_id)
     if job.status != JobStatus.LEASED or not job.lease_token or not same(job.lease_token, body.lease_token):
         session.rollback()
         raise Conflict(f"job {job_id}: the lease token is stale (job is {job.status}); nothing recorded")
-    exhausted = job.attempts >= job.max_attempts
+    exhausted = job.attempts >= job.max_attempts and not body.give_back
     status = JobStatus.FAILED if exhausted else JobStatus.QUEUED
+    # a give-back hands the attempt its lease took back: the job was never tried on the device
+    attempts = max(job.attempts - 1, 0) if body.give_back else job.attempts
     changed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.LEASED, Job.lease_token == body.lease_token)
         .values(
             status=status,
+            attempts=attempts,
             last_error=body.reason,
             lease_token=None,
             lease_expires_at=None,

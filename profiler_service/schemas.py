@@ -318,6 +318,12 @@ class BatchResultsIn(LeaseProof):
 
 class FailureIn(LeaseProof):
     reason: str = Field(min_length=1, max_length=4000)
+    give_back: bool = Field(
+        False,
+        description="The job was not tried: its device went away or its agent is stopping. It is requeued without "
+        "spending an attempt, so a phone that drops off for a while fails no job (protocol 2.1; older agents "
+        "leave it out and each give-back costs an attempt).",
+    )
 
 
 class Ack(BaseModel):

@@ -147,6 +147,34 @@ def test_failure_requeues_until_attempts_run_out(sqlite_service):
         assert any("device offline (3)" in e for e in status["errors"])
 
 
+def test_a_give_back_requeues_without_spending_an_attempt(sqlite_service):
+    """A phone that drops off gives its batch back each time: that must never use up a job's attempts (with
+    three outages a plain failure report would have failed the job), and a real failure still counts."""
+    svc = sqlite_service
+    with svc.client() as admin:
+        device = register(admin, "drops-off")
+        run = start_run(
+            admin, device["id"], space={"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["skip"]}
+        )
+    with svc.client(device["agent_token"]) as agent:
+        job = _lease(agent)
+        for outage in range(5):
+            assert job["attempt"] == 1, (outage, job["attempt"])
+            ack = agent.post(f"/v1/agent/jobs/{job['job_id']}/failure",
+                             json={"lease_token": job["lease_token"], "reason": "device unavailable, given back",
+                                   "give_back": True})  # fmt: skip
+            assert ack.status_code == 200 and ack.json()["status"] == "queued", ack.text
+            again = _lease(agent)
+            assert again["job_id"] == job["job_id"]
+            job = again
+        ack = agent.post(f"/v1/agent/jobs/{job['job_id']}/failure",
+                         json={"lease_token": job["lease_token"], "reason": "model crashed"})  # fmt: skip
+        assert ack.json()["status"] == "queued"
+        assert _lease(agent)["attempt"] == 2  # the real failure spent its attempt
+    with svc.client() as admin:
+        assert admin.get(f"/v1/profiling-runs/{run['id']}").json()["failed"] == 0
+
+
 def test_bad_results_are_refused_before_any_write(sqlite_service):
     svc = sqlite_service
     with svc.client() as admin:
