@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import IO
 
 from sqlalchemy import func, select
 
@@ -147,11 +149,7 @@ def test_network_cut_under_a_fleet_worker_mid_batch_the_run_still_completes(tmp_
                                        "cpus": [1], "retry_for": 3}]))  # fmt: skip
         log = tmp_path / "fleet.log"
         with open(log, "w") as out:
-            fleet = subprocess.Popen(
-                [sys.executable, "-m", "dnas", "agent", "fleet", str(config), "--exit-when-idle", "--wait", "2",
-                 "--cache-dir", str(tmp_path / "cache")],
-                stdout=out, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+            fleet = _start_fleet(config, tmp_path / "cache", out)
             try:
                 _wait_for_text(log, "batch of", fleet)
                 proxy.cut()  # mid-batch: the models are downloaded, the rounds are running
@@ -190,11 +188,7 @@ def test_a_worker_whose_phone_is_away_at_start_retries_and_says_so_on_the_dashbo
                                        "adb": f"127.0.0.1:{port}", "key": str(tmp_path / "adbkey")}]))  # fmt: skip
         log = tmp_path / "fleet.log"
         with open(log, "w") as out:
-            fleet = subprocess.Popen(
-                [sys.executable, "-m", "dnas", "agent", "fleet", str(config), "--exit-when-idle", "--wait", "2",
-                 "--cache-dir", str(tmp_path / "cache")],
-                stdout=out, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+            fleet = _start_fleet(config, tmp_path / "cache", out)
             try:
                 _wait_for_text(log, "starting it again in", fleet)
                 device_url = f"/v1/devices/{phone['id']}"
@@ -246,3 +240,12 @@ def test_a_worker_whose_lease_is_answered_with_a_web_page_starts_again(tmp_path,
         assert admin.get(f"/v1/devices/{device['id']}").json()["agent_problem"] is None
     assert "worker 0 (local) failed: JSONDecodeError" in caplog.text
     assert "starting it again in 5 s" in caplog.text
+
+
+def _start_fleet(config: Path, cache: Path, out: IO[str]) -> subprocess.Popen:
+    """`dnas agent fleet` on this file, exiting when idle, its log into `out`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnas", "agent", "fleet", str(config), "--exit-when-idle", "--wait", "2",
+         "--cache-dir", str(cache)],
+        stdout=out, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
