@@ -97,32 +97,14 @@ def rss_bytes(pid: int) -> int:
 
 
 # ---- the database's own counts --------------------------------------------------------------------------------
-def load_pg_stat_statements(cluster: PostgresCluster) -> None:
-    """pg_stat_statements needs to be preloaded: append it to the throwaway cluster's config and restart."""
-    with open(cluster.data / "postgresql.conf", "a") as conf:
-        conf.write("\nshared_preload_libraries = 'pg_stat_statements'\n")
-    cluster.stop()
-    cluster.start()
-    with psycopg.connect(_admin_dsn(cluster), autocommit=True) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-
-
-def _admin_dsn(cluster: PostgresCluster) -> str:
-    return f"host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres"
-
-
 def db_counts(cluster: PostgresCluster) -> dict[str, Any]:
     """Statements and transactions so far in the service's database, read from another database (`postgres`),
     so the reading itself is not counted; and the statements by text, to say what the idle rate is made of."""
-    with psycopg.connect(_admin_dsn(cluster), autocommit=True) as c:
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as c:
         xacts = c.execute(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (DB,)
         ).fetchone()[0]  # fmt: skip
-        rows = c.execute(
-            "SELECT query, sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-            "WHERE d.datname = %s GROUP BY query", (DB,)
-        ).fetchall()  # fmt: skip
-    return {"xacts": int(xacts), "statements": {q: int(n) for q, n in rows}}
+    return {"xacts": int(xacts), "statements": cluster.statements(DB)}
 
 
 # ---- agents -----------------------------------------------------------------------------------------------
@@ -318,14 +300,14 @@ def main() -> None:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as cluster:
-        load_pg_stat_statements(cluster)
+        cluster.load_pg_stat_statements()
         url = cluster.create_database(DB)
         with running_service(url, Path(tmp), workers=args.workers, lease_seconds=600,
                              DNAS_SERVICE_LONG_POLL_SECONDS=str(WAIT_S)) as svc:  # fmt: skip
             result = asyncio.run(drive(svc, cluster, url, args))
             warnings = [line for line in svc.log_text().splitlines() if " WARNING " in line or " ERROR " in line]
             result["service_log_warnings"] = {"count": len(warnings), "first": warnings[:5]}
-        with psycopg.connect(_admin_dsn(cluster)) as c:
+        with psycopg.connect(cluster.admin_dsn) as c:
             server = c.execute("SHOW server_version").fetchone()[0]
     conditions = {
         "postgresql": server,

@@ -75,9 +75,38 @@ class PostgresCluster:
     def create_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    @property
+    def admin_dsn(self) -> str:
+        """The superuser on the `postgres` database: reading the statistics from there is not counted in the
+        database a test or bench measures."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def load_pg_stat_statements(self) -> None:
+        """pg_stat_statements must be preloaded: append it to this throwaway cluster's config and restart. It
+        counts every statement a database is sent (BEGIN, COMMIT and ROLLBACK included) as it runs."""
+        import psycopg
+
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write("\nshared_preload_libraries = 'pg_stat_statements'\n")
+        self.stop()
+        self.start()
+        with psycopg.connect(self.admin_dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def statements(self, database: str) -> dict[str, int]:
+        """Calls so far of each statement (normalised text) sent to `database` (needs `load_pg_stat_statements`)."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as c:
+            rows = c.execute(
+                "SELECT query, sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE d.datname = %s GROUP BY query", (database,)
+            ).fetchall()  # fmt: skip
+        return {query: int(calls) for query, calls in rows}
 
 
 @contextmanager
