@@ -138,7 +138,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
-    app.state.wakeups = Wakeups(app.state.sessionmaker, settings)  # listens only once the lifespan starts it
+    app.state.wakeups = Wakeups(app.state.read_sessions, settings)  # listens only once the lifespan starts it
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
     api_docs.install(app)  # /docs: Swagger UI from this origin, under the dashboard's CSP

@@ -45,6 +45,10 @@ LEASE_WAITING = Gauge("dnas_lease_waiting", "Lease calls (long polls) waiting fo
 LEASE_LISTENERS = Gauge(
     "dnas_lease_listeners", "Workers listening for queued jobs (PostgreSQL LISTEN).", multiprocess_mode="livesum"
 )
+# Agent tokens the workers answer without a query (summed): on PostgreSQL, each worker knows every active device's.
+LEASE_KNOWN_AGENTS = Gauge(
+    "dnas_lease_known_agents", "Agent tokens a worker knows without a query (PostgreSQL).", multiprocess_mode="livesum"
+)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The method label's only values (and "other"): a method is any token the caller sends, and each new label
 # value is a new series in every worker, for good, so an unauthenticated caller could grow the scrape at will.

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Job, Measurement
@@ -104,14 +104,11 @@ def _claimable(device_id: int, now: datetime) -> ColumnElement[bool]:
     return and_(Job.device_id == device_id, _runnable(now))
 
 
-def runnable_devices(session: Session, device_ids: Iterable[int]) -> set[int]:
-    """Which of these devices have a job a claim would take now: one query for every idle long poll of a
-    worker, however many (profiler_service/wakeups.py), finding what no notification announced (a lease that
-    expired, a job written by hand)."""
-    ids = sorted(set(device_ids))
-    if not ids:
-        return set()
-    return set(session.scalars(select(Job.device_id).where(Job.device_id.in_(ids), _runnable(utcnow())).distinct()))
+def has_runnable_job(device_id: ColumnElement[int], now: datetime) -> ColumnElement[bool]:
+    """Whether the device has a job a claim would take now, as a column of a query over devices: how each
+    worker's recheck (profiler_service/wakeups.py) finds, for every device at once, what no notification
+    announced (a lease that expired, a job written by hand)."""
+    return exists().where(Job.device_id == device_id, _runnable(now))
 
 
 def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:

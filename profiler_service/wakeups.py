@@ -13,15 +13,25 @@ its own token lookup. So on PostgreSQL:
 - Notifications are only lost while the listening connection is down. Then nothing is recorded, and every
   waiting call polls as on SQLite (`lease_poll_seconds`). When the listener is back, every record is forgotten
   and every waiting call claims once.
-- Some work is never notified: a lease that expires, or a job written by hand. One query per worker every
-  `wake_recheck_seconds` finds it, for all of the worker's idle devices at once.
-- The device behind an agent token is remembered only while the listener is live, and only so that a call can
-  wait: a call that claims checks the token again in the claim's own session, so a rotated or retired token
-  never gets a job. Rotation and retirement notify too, and the recheck reads the remembered devices again.
-  Remembered devices' `last_seen_at` is written in one statement per worker every `LAST_SEEN_EVERY_S`.
+- Some work is never notified: a lease that expires, or a job written by hand. Every `wake_recheck_seconds`,
+  and at once when the listener connects, each worker reads every active device in one statement (its token,
+  protocol, `last_seen_at`, and whether it has work a claim would take): it wakes the devices with work, and
+  records the others as idle at the tick it read before the read.
+- The same read is how a worker knows every agent token, not only those it met. A worker met a token only when
+  one of its agent's calls came to it, and calls move between workers (each new connection goes to whichever
+  accepts it; a proxy's pool hands any connection to any call), so a fleet kept meeting tokens for minutes, and
+  each meeting cost a token check, a `last_seen_at` write and a claim (bench.fleet at 1,000 agents: 85
+  statements/s, all of them such meetings). Registration, rotation and retirement notify, and the worker
+  reads again `LEARN_AFTER_CHANGE_S` later, so even a new device's first call finds its token known.
+- A token is known only while the listener is live, and only so that a call can wait: a call that claims
+  checks the token again in the claim's own session, so a rotated or retired token never gets a job. Rotation
+  and retirement notify, so their waiting calls are woken and refused at once; the read drops tokens that are
+  no longer active (a change written by hand). Calls of known agents write no `last_seen_at`: the read says
+  which of their devices' is older than `LAST_SEEN_EVERY_S`, and those are written in one statement.
 
-An idle fleet then costs each worker a few queries per recheck, whatever its size. On SQLite there is nothing
-to listen to: every waiting call claims every `lease_poll_seconds`, as before.
+An idle fleet then costs each worker one read per recheck (and the sweep's), whatever its size and however its
+calls move between workers; a renewal of an idle call costs no statement. On SQLite there is nothing to listen
+to: every waiting call claims every `lease_poll_seconds`, as before.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import URL
@@ -38,16 +50,17 @@ from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from db.models import Device
-from profiler_service.metrics import LEASE_LISTENERS, LEASE_WAITING
+from profiler_service.metrics import LEASE_KNOWN_AGENTS, LEASE_LISTENERS, LEASE_WAITING
 from profiler_service.notify import DEVICES_CHANNEL, JOBS_CHANNEL
-from profiler_service.queue import runnable_devices
+from profiler_service.queue import has_runnable_job
 from profiler_service.settings import ServiceSettings
-from profiler_service.timeutil import utcnow
+from profiler_service.timeutil import as_utc, utcnow
 
 log = logging.getLogger("dnas.service.wakeups")
 
 LAST_SEEN_EVERY_S = 30.0  # as api/deps.py: an agent's calls move its device's last_seen_at at most this often
 MAX_REMEMBERED = 100_000  # agent tokens remembered per worker; past it, the others are looked up per call
+LEARN_AFTER_CHANGE_S = 0.2  # a device registered, rotated or retired is read this long after its notification
 Mark = tuple[int, int]  # (listener epoch, device tick) as a call read it before claiming
 
 
@@ -83,7 +96,6 @@ class Wakeups:
         self._idle: dict[int, Mark] = {}
         self._agents: dict[str, PollingAgent] = {}
         self._seen: set[int] = set()
-        self._flushed = time.monotonic()
 
     # ---- a lease call's side ----------------------------------------------------------------------------
     def mark(self, device_id: int) -> Mark:
@@ -128,6 +140,7 @@ class Wakeups:
     def remember(self, agent: PollingAgent, stamp: tuple[int, int]) -> None:
         if self.live and stamp == self.stamp() and len(self._agents) < MAX_REMEMBERED:
             self._agents[agent.digest] = dataclasses.replace(agent, remembered=True)
+            LEASE_KNOWN_AGENTS.set(len(self._agents))
 
     def protocol_recorded(self, digest: str, version: int) -> None:
         """The agent's new protocol version is stored: remembered with it, so its next call is not a lookup."""
@@ -136,9 +149,11 @@ class Wakeups:
 
     def forget(self, digest: str) -> None:
         self._agents.pop(digest, None)
+        LEASE_KNOWN_AGENTS.set(len(self._agents))
 
     def seen(self, device_id: int) -> None:
-        """A remembered device's agent called: its `last_seen_at` is written at the next flush."""
+        """A known device's agent called: the next read that finds its `last_seen_at` older than
+        `LAST_SEEN_EVERY_S` writes it, with every other such device's, in one statement."""
         self._seen.add(device_id)
 
     # ---- waking -------------------------------------------------------------------------------------------
@@ -153,6 +168,7 @@ class Wakeups:
         self._epoch += 1
         self._idle.clear()
         self._agents.clear()
+        LEASE_KNOWN_AGENTS.set(0)
         for waiters in self._waiters.values():
             for future in waiters:
                 if not future.done():
@@ -162,6 +178,7 @@ class Wakeups:
         self._device_changes += 1
         for digest in [d for d, a in self._agents.items() if a.id == device_id]:
             del self._agents[digest]
+        LEASE_KNOWN_AGENTS.set(len(self._agents))
         self.wake(device_id)  # its waiting calls claim, and so check the token again
 
     def _set_live(self, live: bool) -> None:
@@ -207,51 +224,74 @@ class Wakeups:
             backoff = min(backoff * 2, 30.0)
 
     async def _listen(self, conn) -> None:  # type: ignore[no-untyped-def]
-        next_check = time.monotonic() + self.recheck_seconds
+        next_check = time.monotonic()  # at once: every device and token, learnt before the first call needs them
         while True:
             async for note in conn.notifies(timeout=max(0.0, next_check - time.monotonic())):
                 self.heard(note.channel, note.payload)
+                if note.channel == DEVICES_CHANNEL:  # registered, rotated or retired: learn it soon, not in 5 s
+                    next_check = min(next_check, time.monotonic() + LEARN_AFTER_CHANGE_S)
+                    break  # a burst of registrations is learnt by one read, once it pauses
             if time.monotonic() >= next_check:
                 await conn.execute("SELECT 1")  # a listener whose connection died silently would hear nothing
                 await self.recheck()
                 next_check = time.monotonic() + self.recheck_seconds
 
     async def recheck(self) -> None:
-        """One transaction for every idle device and remembered token of this worker: wake devices with work
-        no notification announced, drop tokens that no longer name an active device, flush `last_seen_at`."""
-        watched = set(self._idle) | set(self._waiters)
-        agents = dict(self._agents)
-        flush = time.monotonic() - self._flushed >= LAST_SEEN_EVERY_S
-        seen = self._seen if flush else set()
-        if flush:
-            self._seen, self._flushed = set(), time.monotonic()
-        stamp = self.stamp()
-        found, current = await run_in_threadpool(self._read, watched, set(agents), seen)
-        for device_id in found:
-            self.wake(device_id)
-        if stamp == self.stamp():
-            for digest, agent in agents.items():
-                if current.get(digest) != agent.id:
-                    self._agents.pop(digest, None)
-                    self.wake(agent.id)
-
-    def _read(self, watched: set[int], digests: set[str], seen: set[int]) -> tuple[set[int], dict[str, int]]:
-        if not (watched or digests or seen):
-            return set(), {}
-        with self.sessions() as session:
-            found = runnable_devices(session, watched)
-            current: dict[str, int] = {}
-            if digests:
-                current = dict(
-                    session.execute(
-                        select(Device.token_hash, Device.id).where(
-                            Device.token_hash.in_(sorted(digests)), Device.retired_at.is_(None)
-                        )
-                    ).all()
-                )
-            if seen:
-                session.execute(update(Device).where(Device.id.in_(sorted(seen))).values(last_seen_at=utcnow()))
-                session.commit()
+        """One read of every active device, whatever the fleet's size: wake the watched devices that have work no
+        notification announced, record the others as idle, remember every agent token (and forget those no longer
+        active), then write the due `last_seen_at` in one statement. Runs in the listener's task, so no
+        notification is handled meanwhile: one that arrives during the read moves a tick after it."""
+        marks = {device_id: self.mark(device_id) for device_id in self._ticks}
+        epoch, before = self._epoch, dict(self._agents)
+        devices = await run_in_threadpool(self._read)
+        now = utcnow()
+        if epoch != self._epoch:  # the listener went and came back: what was read may predate a lost notification
+            return
+        read = {row.token_hash: row for row in devices}
+        last_id = devices[-1].id if len(devices) >= MAX_REMEMBERED else None  # truncated: later ids were not read
+        for digest, agent in before.items():
+            row = read.get(digest)
+            if (row is None or row.id != agent.id) and (last_id is None or agent.id <= last_id):
+                self._agents.pop(digest, None)  # rotated or retired (a notification said so too, unless by hand)
+                self.wake(agent.id)  # its waiting calls claim, and so check the token again
+        for row in devices:
+            if row.runnable:
+                if row.id in self._idle or row.id in self._waiters:
+                    self.wake(row.id)
             else:
-                session.rollback()
-        return found, current
+                self.note_idle(row.id, marks.get(row.id, (epoch, 0)))
+            self._know(row)
+        LEASE_KNOWN_AGENTS.set(len(self._agents))
+        due = {row.id for row in devices if row.id in self._seen and _stale(row.last_seen_at, now)}
+        self._seen -= due
+        if last_id is None:
+            self._seen &= {row.id for row in devices}  # retired meanwhile: nothing to write
+        if due:
+            await run_in_threadpool(self._write_seen, due)
+
+    def _know(self, row: Any) -> None:
+        """Remember the device of this row's token, with its protocol as stored."""
+        known = self._agents.get(row.token_hash)
+        if known is not None and (known.id, known.agent_protocol) == (row.id, row.agent_protocol):
+            return
+        if known is not None or len(self._agents) < MAX_REMEMBERED:
+            self._agents[row.token_hash] = PollingAgent(row.id, row.token_hash, row.agent_protocol, remembered=True)
+
+    def _read(self) -> list[Any]:
+        with self.sessions() as session:  # autocommit: one statement, no BEGIN and ROLLBACK around it
+            return list(
+                session.execute(
+                    select(Device.id, Device.token_hash, Device.agent_protocol, Device.last_seen_at,
+                           has_runnable_job(Device.id, utcnow()).label("runnable"))
+                    .where(Device.retired_at.is_(None)).order_by(Device.id).limit(MAX_REMEMBERED)
+                ).all()
+            )  # fmt: skip
+
+    def _write_seen(self, device_ids: set[int]) -> None:
+        with self.sessions() as session:
+            session.execute(update(Device).where(Device.id.in_(sorted(device_ids))).values(last_seen_at=utcnow()))
+            session.commit()
+
+
+def _stale(last_seen_at: datetime | None, now: datetime) -> bool:
+    return last_seen_at is None or (now - as_utc(last_seen_at)).total_seconds() >= LAST_SEEN_EVERY_S

@@ -37,6 +37,8 @@ def register(body: DeviceCreate, session: SessionDep) -> DeviceCreated:
     device = Device(name=body.name, platform=body.platform, properties=body.properties, token_hash=hash_token(token))
     session.add(device)
     try:
+        session.flush()
+        notify.device_changed(session, device.id)  # workers learn its token before its agent's first call
         session.commit()
     except IntegrityError:
         session.rollback()
