@@ -75,8 +75,9 @@ class ServiceSettings(BaseSettings):
     )  # fmt: skip
     wake_recheck_seconds: float = Field(
         default=5.0, gt=0, le=3600,
-        description="PostgreSQL: how often each worker looks, in one query for all its waiting lease calls, "
-        "for work no notification announced (a lease that expired, a job written by hand).",
+        description="PostgreSQL: how often each worker reads every active device in one query: the agent tokens "
+        "it answers without a lookup, work no notification announced (a lease that expired, a job written by "
+        "hand), and the last_seen_at to write.",
     )  # fmt: skip
     max_body_bytes: int = Field(
         default=8 << 20, ge=1024,
