@@ -33,6 +33,7 @@ from sqlalchemy import text
 from bench.wrk import nginx_serving, run_wrk
 from db.engine import make_engine
 from profiler_service.local_server import Service, free_port, register, running_service, start_run, wait_for_run
+from profiler_service.notify import JOBS_CHANNEL
 
 SPACE = {"resolution": 224, "width": 1.0}  # its table: 36 KB of JSON, 2.3 KB gzipped
 STATS = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 4.0, "n": 10}
@@ -74,7 +75,9 @@ def publish_table(svc: Service, name: str) -> tuple[dict, int]:
 def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
     """Copies of the run's jobs as new generations, each generation its own batch group: work for the agent
     load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
-    run's ops are unique per generation."""
+    run's ops are unique per generation. Announced in the same transaction, as the API's queueing does
+    (profiler_service/notify.py): the worker that answered publish_table's last lease 204 has the device recorded
+    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run."""
     engine = make_engine(db_url)
     with engine.begin() as conn:
         per_gen = conn.scalar(text("SELECT count(*) FROM jobs WHERE run_id = :r"), {"r": run_id})
@@ -88,6 +91,8 @@ def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
             ),
             {"n": generations, "r": run_id},
         )
+        device_id = conn.scalar(text("SELECT device_id FROM profiling_runs WHERE id = :r"), {"r": run_id})
+        conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": JOBS_CHANNEL, "device": str(device_id)})
     engine.dispose()
     return generations * per_gen
 
