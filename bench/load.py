@@ -1,7 +1,8 @@
 """The cost of one request: table fetches and agent protocol calls on 2 uvicorn workers (`dnas serve`) with
 PostgreSQL on loopback, driven by `wrk` (C), beside nginx serving the same table bytes in the same run. Prints
-JSON: requests/s, p50/p99, the service/nginx ratio, and the machine's conditions (load average at start and
-end), so a figure from a shared machine is read as one.
+JSON: requests/s, p50/p99, the CPU the service's workers and PostgreSQL spent per request (which a shared
+machine's load changes far less than requests/s), the service/nginx ratio, and the machine's conditions (load
+average at start and end), so a figure from a shared machine is read as one.
 
     python -m bench.load [--seconds 5] [--connections 16,64,200] [--compare /path/to/other/tree]
                          [--py-spy DIR]
@@ -23,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -148,12 +151,55 @@ def start_profile(svc: Service, seconds: float, out_dir: Path, label: str) -> su
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[int] | None:
+    """utime, stime, cutime, cstime of a process in clock ticks (fields 14-17 of /proc/PID/stat), None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return [int(f) for f in fields[11:15]]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU these processes have used so far, 0 for one that is gone."""
+    return sum(sum(st[:2]) for pid in pids if (st := _stat(pid)) is not None) / CLOCK_TICKS
+
+
+def postgres_cpu_seconds(data_dir: Path) -> float:
+    """CPU the whole cluster has used so far: the postmaster, its live children (read now: a backend opened by a
+    pool meanwhile counts too), and the children it has reaped (cutime, cstime: a backend that exited)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    own = _stat(postmaster) or [0, 0, 0, 0]
+    return (sum(own) / CLOCK_TICKS) + cpu_seconds([int(c) for c in children])
+
+
+def with_cpu(run: Callable[[], dict], service: list[int], pg_data: Path) -> dict:
+    """`run`'s wrk result with the CPU the service's workers and PostgreSQL spent per request in it: a cost that
+    a shared machine's load does not change the way it changes requests/s (time waiting for a CPU is not CPU)."""
+    before = cpu_seconds(service), postgres_cpu_seconds(pg_data)
+    result = run()
+    after = cpu_seconds(service), postgres_cpu_seconds(pg_data)
+    n = max(result["requests"], 1)
+    result["service_cpu_ms_per_request"] = round((after[0] - before[0]) * 1e3 / n, 3)
+    result["postgres_cpu_ms_per_request"] = round((after[1] - before[1]) * 1e3 / n, 3)
+    return result
+
+
 def ratio(a: float, b: float, digits: int = 3) -> float | None:
     """a / b, or None when nothing was measured for b (a run where no request finished)."""
     return round(a / b, digits) if b else None
 
 
-def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> dict:  # type: ignore[valid-type]
+def run_bench(
+    args: argparse.Namespace,
+    cluster_url: callable,
+    work: Path,  # type: ignore[valid-type]
+    pg_data: Path,
+) -> dict:
     trees = [("this", None)] + ([("compare", args.compare)] if args.compare else [])
     start = conditions()
     with ExitStack() as stack:
@@ -178,9 +224,15 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
                 if args.py_spy and connections == 64 and t is targets[0]:
                     profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "fetch")
                 log(f"{t.name}: fetches at {connections} connections")
-                fetches[t.name].append(run_wrk(t.svc.url + t.table_path, connections=connections, seconds=args.seconds,
-                                               headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
-                                               workdir=work))  # fmt: skip
+                fetch = partial(
+                    run_wrk,
+                    t.svc.url + t.table_path,
+                    connections=connections,
+                    seconds=args.seconds,
+                    headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
+                    workdir=work,
+                )
+                fetches[t.name].append(with_cpu(fetch, worker_pids(t.svc), pg_data))
                 log(json.dumps(fetches[t.name][-1]))
             fetches["nginx"].append(run_wrk(nginx_url, connections=connections, seconds=args.seconds,
                                             headers=gzip_header, workdir=work))  # fmt: skip
@@ -194,9 +246,10 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
             log(f"{t.name}: {queued} jobs queued; agent calls")
             if args.py_spy and t is targets[0]:
                 profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "agent")
-            agents[t.name] = run_wrk(t.svc.url + "/v1/agent/lease", connections=args.agent_connections,
-                                     seconds=args.seconds, script="agent", workdir=work,
-                                     env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
+            calls = partial(run_wrk, t.svc.url + "/v1/agent/lease", connections=args.agent_connections,
+                            seconds=args.seconds, script="agent", workdir=work,
+                            env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
+            agents[t.name] = with_cpu(calls, worker_pids(t.svc), pg_data)
             agents[t.name]["jobs_queued"] = queued
             log(json.dumps(agents[t.name]))
             if profile and t is targets[0]:
@@ -248,7 +301,7 @@ def main() -> None:
     from tests.postgres import postgres_cluster
 
     with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as cluster:
-        result = run_bench(args, cluster.create_database, Path(tmp))
+        result = run_bench(args, cluster.create_database, Path(tmp), cluster.data)
     print(json.dumps({"bench": "load", **result}, indent=2))
 
 
