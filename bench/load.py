@@ -38,6 +38,7 @@ from db.engine import make_engine
 from profiler_service.local_server import Service, free_port, register, running_service, start_run, wait_for_run
 from profiler_service.notify import JOBS_CHANNEL
 
+ROOT = Path(__file__).resolve().parents[1]  # the source tree this bench is part of
 SPACE = {"resolution": 224, "width": 1.0}  # its table: 36 KB of JSON, 2.3 KB gzipped
 STATS = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 4.0, "n": 10}
 
@@ -206,7 +207,12 @@ def run_bench(
         targets = []
         for name, tree in trees:
             db_url = cluster_url(f"load_{name}")
-            env = {"DNAS_SERVICE_LONG_POLL_SECONDS": "0"} | ({"PYTHONPATH": str(Path(tree).resolve())} if tree else {})
+            # Each service imports its own tree: PYTHONPATH names it, and PYTHONSAFEPATH keeps `python -m dnas` from
+            # putting the working directory first (it did: both sides of every A/B pair ran the tree the bench was
+            # started in). Extra entries of the caller's PYTHONPATH stay behind it.
+            source = str(Path(tree).resolve() if tree else ROOT)
+            path = os.pathsep.join([source, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+            env = {"DNAS_SERVICE_LONG_POLL_SECONDS": "0", "PYTHONSAFEPATH": "1", "PYTHONPATH": path}
             service = running_service(db_url, work / name, workers=args.workers, lease_seconds=300, **env)
             svc = stack.enter_context(service)
             log(f"{name}: service up")
