@@ -78,7 +78,7 @@ def test_validate_measures_networks_and_stores_no_calibration_from_six(lab: Lab)
     for line in ("table rule", "noise ceiling", "drift since profiling", "calibration not stored: needs at least 20"):
         assert line in stdout, stdout
     assert report["networks"] == 6 and len(report["rows"]) == 6
-    assert report["prediction_rule"] == "overhead-v1"
+    assert report["prediction_rule"] == "overhead-v2"
     assert all(r["measured_us"] > 0 and r["predicted_us"] > 0 for r in report["rows"])
     # The noise ceiling compares two halves of the same interleaved measurement of the same six networks.
     assert report["noise_ceiling"]["n"] == 6 and report["noise_ceiling"]["mape_pct"] > 0
