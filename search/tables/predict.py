@@ -85,12 +85,16 @@ def anchor_archs(space: SearchSpace, n: int = N_ANCHORS) -> list[list[str]]:
     rng = random.Random(f"anchors:{space.hash}")
     randoms = [[rng.choice(space.candidates) for _ in space.slots] for _ in range(rest - heavy)]
     rng_skips = random.Random(f"anchors-skips:{space.hash}")
-    skip_heavy = [
-        ["skip" if rng_skips.random() < SKIP_FRACTIONS[i % len(SKIP_FRACTIONS)] else rng_skips.choice(others)
-         for _ in space.slots]
-        for i in range(heavy)
-    ]  # fmt: skip
+    skip_heavy = [skip_heavy_arch(space, SKIP_FRACTIONS[i % len(SKIP_FRACTIONS)], rng_skips) for i in range(heavy)]
     return [*ends, *randoms, *skip_heavy]
+
+
+def skip_heavy_arch(space: SearchSpace, share: float, rng: random.Random) -> list[str]:
+    """A network whose layers are each an identity skip with probability `share`, else uniformly one of the
+    other candidates: what a search under a tight budget looks like (the skip-heavy anchors, and the networks
+    `bench.fidelity --skip-heavy` checks the rule on)."""
+    others = [c for c in space.candidates if c != "skip"] or list(space.candidates)
+    return ["skip" if rng.random() < share else rng.choice(others) for _ in space.slots]
 
 
 def computing_ops(space: SearchSpace, arch: Sequence[str]) -> int:
