@@ -114,7 +114,13 @@ def device_register(
         "POST", "/v1/devices", json={"name": name, "platform": platform, "properties": props}
     )
     if agent_token_file is not None:
-        write_secret(agent_token_file, out.pop("agent_token"))
+        try:
+            write_secret(agent_token_file, out.pop("agent_token"), replace=False)
+        except FileExistsError:  # created by someone else since the check above: theirs is kept
+            raise UserError(
+                f"{agent_token_file} appeared while device {out['id']} was registered; its token was not "
+                f"written: issue a new one with POST /v1/devices/{out['id']}/rotate-token"
+            ) from None
         out["agent_token_file"] = str(agent_token_file)
     typer.echo(json.dumps(out, indent=2))
 

@@ -24,18 +24,25 @@ from profiler_service.security import hash_token, new_token, same
 log = logging.getLogger("dnas.service")
 
 
-def write_secret(path: Path, value: str) -> None:
-    """Write a secret atomically (no reader ever sees half a token), readable only by this user."""
+def write_secret(path: Path, value: str, *, replace: bool = True) -> None:
+    """Write a secret atomically (no reader ever sees half a token), readable only by this user.
+
+    With `replace=False` an existing file is never overwritten, even one created a moment ago by someone
+    else: the finished file is hard-linked into place, which fails with FileExistsError where a rename
+    would silently replace.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(value + "\n")
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_secret(path: Path) -> str | None:

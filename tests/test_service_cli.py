@@ -2,18 +2,31 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
 
 from search.space.enumerate import enumerate_ops
 from search.space.macro import get_space
-from tests.service_harness import running_service, start_agent
+from tests.service_harness import Service, running_service, start_agent
 
 
-def dnas(svc, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory) -> Iterator[Service]:
+    """One service for the module: each test registers devices of its own names."""
+    work = tmp_path_factory.mktemp("service-cli")
+    with running_service(f"sqlite:///{work / 's.db'}", work) as service:
+        yield service
+
+
+def dnas(svc, *args: str, check: bool = True, umask: int = -1) -> subprocess.CompletedProcess:
     env = os.environ | {"DNAS_SERVER": svc.url, "DNAS_TOKEN": svc.admin_token}
     return subprocess.run([sys.executable, "-m", "dnas", *args], env=env, capture_output=True, text=True,
-                          check=check, timeout=300)  # fmt: skip
+                          check=check, timeout=300, umask=umask)  # fmt: skip
 
 
 def test_register_profile_wait_get_compare(tmp_path):
@@ -53,3 +66,41 @@ def test_register_profile_wait_get_compare(tmp_path):
             "error: GET /v1/devices/999/latency-tables/latest -> HTTP 404: device 999 does not exist"
         )
         assert agent.returncode == 0  # SIGTERM: finished cleanly
+
+
+def test_register_writes_the_agent_token_to_a_private_file_and_never_over_an_existing_one(svc, tmp_path):
+    target = tmp_path / "config" / "file-phone.token"  # its folder is created too
+    # umask 0: the 0600 must come from the CLI itself, not from a cautious shell.
+    out = dnas(svc, "device", "register", "file-phone", "--agent-token-file", str(target), umask=0)
+    device = json.loads(out.stdout)
+    token = target.read_text().strip()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert device["agent_token_file"] == str(target) and "agent_token" not in device
+    assert token.startswith("dnas_agent_") and token not in out.stdout + out.stderr  # written, not shown
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left behind
+    # The file holds the token the device answers to: an agent call with it is served (204: no work).
+    lease = httpx.post(f"{svc.url}/v1/agent/lease", json={"wait_seconds": 0},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+    assert lease.status_code == 204, lease.text
+
+    # An existing file is refused before anything is registered, and keeps what it held.
+    again = dnas(svc, "device", "register", "file-phone-2", "--agent-token-file", str(target), check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: {target} exists; remove it or pick another --agent-token-file"
+    assert target.read_text().strip() == token
+    names = {d["name"] for d in svc.client().get("/v1/devices").raise_for_status().json()}
+    assert "file-phone" in names and "file-phone-2" not in names
+
+
+def test_a_secret_written_without_replace_never_overwrites_a_file_that_appeared(tmp_path):
+    """The race the CLI's existence check cannot close: the file appears between the check and the write."""
+    from profiler_service.provision import write_secret
+
+    target = tmp_path / "agent.token"
+    target.write_text("someone else's\n")
+    with pytest.raises(FileExistsError):
+        write_secret(target, "dnas_agent_new", replace=False)
+    assert target.read_text() == "someone else's\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.token"]
+    write_secret(target, "dnas_agent_new")  # provisioning's default: replace a stale token file
+    assert target.read_text() == "dnas_agent_new\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
