@@ -1,4 +1,8 @@
-"""`dnas models ...`: the zoo of published architectures."""
+"""`dnas models ...`: the zoo of published architectures.
+
+torch is imported by the one command that builds a network, not here: `dnas` starts in a fraction of a second
+for everything else (an agent, the service's workers, `dnas device ...`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from typing import Annotated
 
 import typer
 
-from search.space.export import atomic_write, export_network
-from search.space.model import build_model
 from search.space.zoo import get_model, list_models
 
 app = typer.Typer(no_args_is_help=True, help="Published models: list, describe, export to ONNX.")
@@ -50,6 +52,11 @@ def export(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .onnx file.")],
 ) -> None:
     """Export one model to ONNX (fresh weights: for latency measurement, not accuracy)."""
+    # torch only here: every `dnas` process imports this module, and a uvicorn worker re-imports it before it
+    # can answer its supervisor's first health check.
+    from search.space.export import atomic_write, export_network
+    from search.space.model import build_model
+
     zoo = get_model(name)
     space = zoo.skeleton
     model = build_model(space, zoo.arch)

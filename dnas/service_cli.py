@@ -16,6 +16,7 @@ from dnas.errors import UserError
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
 DEFAULT_SERVER = "http://127.0.0.1:8321"
+WORKER_HEALTHCHECK_S = 60
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
 table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two.")
@@ -77,6 +78,10 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # A worker answers its supervisor's health pings only once it has re-imported the program that
+            # started it (the `dnas` console script: unlike `python -m`, spawn re-runs it) and uvicorn. With
+            # uvicorn's 5 s default, a loaded 2-core host killed and restarted every worker forever.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
             log_config=log_config(),
         )
     finally:

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from search.space.enumerate import enumerate_ops
-from search.space.export import ExportCache
 from search.space.macro import get_space
 
 app = typer.Typer(no_args_is_help=True, help="Search spaces: show one, list its unique operators, export them.")
@@ -49,6 +48,8 @@ def export(
 ) -> None:
     """Export every unique operator to ONNX (cached: existing files are reused)."""
     from tqdm import tqdm
+
+    from search.space.export import ExportCache  # torch: only for the one command that exports
 
     space = get_space(name, resolution=resolution, width=width, num_classes=classes)
     cache = ExportCache(output)

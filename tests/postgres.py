@@ -58,6 +58,20 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
 
+    def create_login(self, user: str, password: str, database: str) -> None:
+        """What the postgres image does on first start with POSTGRES_USER, POSTGRES_PASSWORD_FILE and
+        POSTGRES_DB: a role with that password owning that database. Over TCP this role must then give the
+        password (scram), so a client that connects has proven it read the right one; others still trust."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+            c.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user)))
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())  # first match wins
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
     def create_database(self, name: str) -> str:
         import psycopg
 

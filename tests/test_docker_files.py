@@ -2,22 +2,37 @@
 files and real settings, start in the right order once each dependency is healthy, run as non-root users,
 keep every secret out of command lines, and start on a fresh machine with no `.env` and no hand-made token.
 
-The runtime half of the first start (the service registering `compose-host` and writing the token file the
-agent reads) runs for real in `test_provisioning.py`.
+Then what an engine would run, run without one: the images' files installed as their Dockerfiles install
+them (`COPY` then `pip install .`), and every `CMD` and compose `command` started from that install alone,
+with compose's environment and each volume a folder, against a real PostgreSQL that wants the generated
+password. `test_provisioning.py` covers provisioning's restarts and lost token files.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 import typer
 import yaml
 from sqlalchemy.engine import make_url
 
+from profiler_service.local_server import free_port, start_run, stop_process, wait_for_run, wait_until_healthy
 from profiler_service.settings import ServiceSettings
+from tests.postgres import PostgresCluster
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -277,3 +292,242 @@ def test_a_database_password_with_url_characters_reaches_the_driver_intact(tmp_p
     assert url.drivername == "postgresql+psycopg"
     with pytest.raises(ValueError, match="cannot read the database password file"):
         ServiceSettings(database_host="db", database_password_file=tmp_path / "missing")
+
+
+# --- What an engine would run, run without one ------------------------------------------------------------
+
+
+def instructions(name: str, keyword: str) -> list[str]:
+    """The arguments of each `keyword` instruction in the image's Dockerfile, continuation lines joined."""
+    text = "\n".join(dockerfile(name)).replace("\\\n", " ")
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.split(None, 1)[:1] == [keyword]]
+
+
+def exec_form(argument: str) -> list[str]:
+    """`CMD ["a", "b"]` as the argv an engine runs (JSON array form)."""
+    import json
+
+    argv = json.loads(argument)
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), argument
+    return argv
+
+
+@dataclass
+class Image:
+    """One image's Python install: what `pip install .` put in site-packages, and nothing of this checkout."""
+
+    site: Path
+
+    def argv(self, command: list[str]) -> list[str]:
+        """An image command as a process here. `python -S` skips the .pth files that would let this
+        checkout's editable install fill in for a module the image lacks; the dependencies come from the venv."""
+        program, *args = command
+        if program == "dnas":
+            return [sys.executable, "-S", str(self.site / "bin" / "dnas"), *args]
+        assert program == "python", command
+        return [sys.executable, "-S", *args]
+
+    def env(self, **env: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DNAS_")}
+        return base | {"PYTHONPATH": os.pathsep.join([str(self.site), sysconfig.get_paths()["purelib"]])} | env
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Image]:
+    """Each of our Dockerfiles' COPY sources copied into a build context and installed from there (no
+    dependencies, no network: the venv has them), as `pip install .` does in the image."""
+    built: dict[tuple[str, ...], Image] = {}
+    out = {}
+    for name in ("service", "agent"):
+        copies = tuple(instructions(name, "COPY"))
+        if copies not in built:
+            context = tmp_path_factory.mktemp(f"context-{name}")
+            for copy in copies:
+                *sources, dest = copy.split()
+                for src in sources:
+                    target = context / dest / Path(src).name if dest.endswith("/") else context / dest
+                    if (ROOT / src).is_dir():
+                        shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+                    else:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(ROOT / src, target)
+            assert any("pip install" in run and run.rstrip().endswith(" .") for run in instructions(name, "RUN"))
+            site = tmp_path_factory.mktemp(f"site-{name}")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                 "--no-cache-dir", "--target", str(site), str(context)],
+                check=True, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            built[copies] = Image(site)
+        out[name] = built[copies]
+    out["android-agent"] = out["agent"]
+    out["db-secret"] = out["service"]
+    return out
+
+
+def image_commands() -> dict[str, list[str]]:
+    """What each container of ours runs: compose's `command` where it sets one, else the image's CMD."""
+    out = {}
+    for name, service in compose({"DNAS_PHONE_NAME": "pixel-7"})["services"].items():
+        if name in OUR_IMAGES:
+            (cmd,) = instructions(name, "CMD")
+            out[name] = service.get("command") or exec_form(cmd)
+    return out
+
+
+def test_every_image_command_starts_from_what_the_image_installs(images):
+    commands = image_commands()
+    assert commands["service"] == ["dnas", "serve"] and commands["agent"] == ["dnas", "agent", "local"]
+    assert commands["android-agent"] == ["dnas", "agent", "android"]
+    for name, command in commands.items():
+        if command[0] != "dnas":
+            continue  # db-secret's script runs for real in the test below
+        image = images[name]
+        # --help: the command is found and its module imports, from the image's install alone.
+        proc = subprocess.run(image.argv([*command, "--help"]), env=image.env(), cwd=image.site, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        assert f"Usage: dnas {' '.join(command[1:])}" in proc.stdout, (name, proc.stdout)
+    # And nothing of this checkout took part: the same console script with the package gone fails.
+    broken = images["service"].env(PYTHONPATH=sysconfig.get_paths()["purelib"])
+    proc = subprocess.run(images["service"].argv(["dnas", "--help"]), env=broken, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "ModuleNotFoundError: No module named 'dnas'" in proc.stderr
+
+
+@dataclass
+class Volumes:
+    """Compose's named volumes as folders; a container path resolves through that container's mounts."""
+
+    root: Path
+
+    def host(self, service: dict[str, Any], container_path: str) -> Path:
+        for target, (source, _) in sorted(mounts(service).items(), key=lambda m: -len(m[0])):
+            if container_path == target or container_path.startswith(target + "/"):
+                assert source in compose()["volumes"], f"{source} is not a named volume"
+                return self.root / source / container_path[len(target) :].lstrip("/")
+        raise AssertionError(f"{container_path} is on no volume of this container: lost when it is recreated")
+
+
+@pytest.fixture
+def stack(tmp_path) -> Iterator[list[subprocess.Popen]]:
+    """The processes a test starts, stopped however it ends."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        stop_process(proc, timeout_s=20)
+
+
+def _private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.postgres
+def test_the_stack_starts_from_its_image_commands_on_postgresql(images, pg_cluster: PostgresCluster, tmp_path, stack):
+    """A first `docker compose --profile android up`, container by container, in compose's start order."""
+    phone_port = free_port()  # nothing listens there: the phone is away
+    services = compose({"DNAS_PHONE_NAME": "pixel-7", "DNAS_PHONE_ADB": f"127.0.0.1:{phone_port}"})["services"]
+    commands, volumes = image_commands(), Volumes(tmp_path / "volumes")
+
+    # db-secret: its script, run twice (a restart), generates the password once, into its volume.
+    script = commands["db-secret"]
+    assert script[:2] == ["python", "-c"]
+    secret = volumes.host(services["db-secret"], "/run/dnas/db/password")
+    secret.parent.mkdir(parents=True)
+    code = script[2].replace('"/run/dnas/db/password"', repr(str(secret)))
+    assert code != script[2]
+    passwords = []
+    for _ in range(2):
+        subprocess.run(images["db-secret"].argv(["python", "-c", code]), check=True, timeout=120)
+        passwords.append(secret.read_text())
+    password = passwords[0]
+    assert passwords == [password, password] and len(password) >= 40
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o444
+
+    # db: the postgres image's first start, from its environment and the secret it mounts.
+    db = env_of(services["db"])
+    assert volumes.host(services["db"], db["POSTGRES_PASSWORD_FILE"]) == secret
+    pg_cluster.create_login(db["POSTGRES_USER"], secret.read_text(), db["POSTGRES_DB"])
+
+    def refused(password: str) -> bool:
+        try:
+            psycopg.connect(host="127.0.0.1", port=pg_cluster.port, user=db["POSTGRES_USER"],
+                            dbname=db["POSTGRES_DB"], password=password).close()  # fmt: skip
+        except psycopg.OperationalError as exc:
+            return "password authentication failed" in str(exc)
+        return False
+
+    wait_until(lambda: refused("not-the-password"), what="PostgreSQL to want the password", timeout_s=30)
+    probe = " ".join(services["db"]["healthcheck"]["test"][1:])
+    ready = subprocess.run([str(pg_cluster.bindir / probe.split()[0]), *probe.split()[1:], "-h", "127.0.0.1",
+                            "-p", str(pg_cluster.port)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ready.returncode == 0, ready.stdout
+
+    # service: the image's CMD with compose's environment; "db" is this host and each volume a folder.
+    svc_env = env_of(services["service"])
+    port = free_port()
+    remapped = {k: str(volumes.host(services["service"], v)) if v.startswith("/") else v for k, v in svc_env.items()}
+    remapped |= {"DNAS_SERVICE_DATABASE_HOST": "127.0.0.1", "DNAS_SERVICE_DATABASE_PORT": str(pg_cluster.port),
+                 "DNAS_SERVICE_HOST": "127.0.0.1", "DNAS_SERVICE_PORT": str(port)}  # fmt: skip
+    assert remapped["DNAS_SERVICE_WORKERS"] == "2" and "DNAS_SERVICE_DATABASE_URL" not in remapped
+    log = tmp_path / "service.log"
+    with open(log, "w") as fh:
+        service = subprocess.Popen(images["service"].argv(commands["service"]), env=images["service"].env(**remapped),
+                                   cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+    stack.append(service)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(url, service, log, timeout_s=240)
+    # Both healthchecks (the image's and compose's) pass against it.
+    (image_check,) = instructions("service", "HEALTHCHECK")
+    for check in (exec_form(image_check.split(" CMD ", 1)[1]), services["service"]["healthcheck"]["test"][1:]):
+        code = check[2].replace("8321", str(port))  # the container port, published here on a free one
+        proc = subprocess.run(images["service"].argv(["python", "-c", code]), timeout=60,
+                              env=images["service"].env(DNAS_SERVICE_PORT=str(port)))  # fmt: skip
+        assert proc.returncode == 0, check
+
+    # First-start provisioning: the admin token and one agent token per device, 0600, on the volumes the
+    # agents mount, at the paths their environment names.
+    admin_file = Path(remapped["DNAS_SERVICE_ADMIN_TOKEN_FILE"])
+    admin = admin_file.read_text().strip()
+    assert admin.startswith("dnas_admin_") and _private(admin_file)
+    agent_env, phone_env = env_of(services["agent"]), env_of(services["android-agent"])
+    host_token = volumes.host(services["agent"], agent_env["DNAS_AGENT_TOKEN_FILE"])
+    phone_token = volumes.host(services["android-agent"], phone_env["DNAS_AGENT_TOKEN_FILE"])
+    assert host_token.parent == phone_token.parent == Path(remapped["DNAS_SERVICE_PROVISION_TOKEN_DIR"])
+    assert sorted(p.name for p in host_token.parent.iterdir()) == ["compose-host.token", "pixel-7.token"]
+    assert _private(host_token) and _private(phone_token)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=60) as client:
+        devices = {d["name"]: d for d in client.get("/v1/devices").raise_for_status().json()}
+        assert {n: d["platform"] for n, d in devices.items()} == {"compose-host": "linux", "pixel-7": "android"}
+        run = start_run(client, devices["compose-host"]["id"],
+                        {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["skip"]},
+                        {"warmup": 1, "runs": 5})  # fmt: skip
+
+        # agent: the image's CMD with compose's environment, told to stop once idle, measures the run.
+        agent_remapped = agent_env | {"DNAS_AGENT_SERVER": url, "DNAS_AGENT_TOKEN_FILE": str(host_token)}
+        assert agent_env["DNAS_AGENT_SERVER"] == f"http://service:{svc_env['DNAS_SERVICE_PORT']}"
+        agent = subprocess.run(
+            images["agent"].argv([*commands["agent"], "--exit-when-idle", "--wait", "2",
+                                  "--cache-dir", str(tmp_path / "agent-cache")]),
+            env=images["agent"].env(**agent_remapped), cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert agent.returncode == 0, agent.stdout[-3000:] + agent.stderr[-3000:]
+        assert wait_for_run(client, run["id"], timeout_s=120)["status"] == "published"
+
+        # android-agent: reads its token file, keeps its adb key on its volume, and says why it stops.
+        phone_remapped = phone_env | {
+            "DNAS_AGENT_SERVER": url,
+            "DNAS_AGENT_TOKEN_FILE": str(phone_token),
+            "DNAS_AGENT_ADB_KEY": str(volumes.host(services["android-agent"], phone_env["DNAS_AGENT_ADB_KEY"])),
+        }
+        phone = subprocess.run(images["android-agent"].argv(commands["android-agent"]),
+                               env=images["android-agent"].env(**phone_remapped), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert phone.returncode == 1
+        assert phone.stderr.strip().splitlines()[-1].startswith(f"error: cannot connect to 127.0.0.1:{phone_port}")
+        assert Path(phone_remapped["DNAS_AGENT_ADB_KEY"]).is_file()
+
+    # No secret in any log.
+    logs = log.read_text() + agent.stdout + agent.stderr + phone.stdout + phone.stderr
+    for value in (admin, host_token.read_text().strip(), phone_token.read_text().strip(), password):
+        assert value not in logs
