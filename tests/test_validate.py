@@ -18,6 +18,10 @@ from search.tables.latency import LatencyLUT, LatencyTable, TableError, apply_ca
 from search.tables.predict import N_ANCHORS
 from tests.service_harness import register, running_service, start_agent, start_run, wait_for_run
 
+# Measures networks against the table (drift, noise ceiling, held-out error): run alone, after the parallel
+# part of `make test`.
+pytestmark = pytest.mark.serial
+
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10}
 
 
