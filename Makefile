@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install system-deps demo test lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,7 @@ TEST_WORKERS ?= auto
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
+	$(MAKE) docs
 	status=0; \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" || status=$$?; \
 	$(BIN)/python -m pytest -p no:xdist -m serial || status=$$?; \
@@ -50,5 +51,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The documentation site, built strictly: a broken link or anchor, a missing page or include, or a docstring
+# mkdocstrings cannot read fails the build (and so `make test` and CI). Offline: nothing is fetched. Into site/
+# (ignored by git); `$(BIN)/mkdocs serve` previews it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

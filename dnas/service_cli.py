@@ -19,7 +19,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8321"
 WORKER_HEALTHCHECK_S = 60
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
-table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two.")
+table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two, import a published one.")
 
 
 def serve(
@@ -231,14 +231,49 @@ def table_compare(
     """Per-op latency ratio of two tables; the ops that differ most first."""
     client = ServiceClient(server, token)
     result = client.json("GET", "/v1/latency-tables/compare", params={"a": a, "b": b})
-    typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = {result['median_ratio']:.3f}")
+    median = result["median_ratio"]
+    typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = " + (f"{median:.3f}" if median else "-"))
     for row in result["ops"][:15]:
-        typer.echo(f"  {row['ratio']:6.2f}x  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
+        ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else "     -"  # an op priced 0 on either side
+        typer.echo(f"  {ratio}  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
     if png:
         png.write_bytes(
             client.request("GET", "/v1/latency-tables/compare", params={"a": a, "b": b, "format": "png"}).content
         )
         typer.echo(f"wrote {png}", err=True)
+
+
+@table_app.command("import")
+def table_import(
+    file: Annotated[Path, typer.Argument(help="HW-NAS-Bench-v1_0.pickle, or its 'fbnet' part as JSON.")],
+    hw: Annotated[str, typer.Option("--hw", help="edgegpu, raspi4, pixel3, eyeriss or fpga.")],
+    dataset: Annotated[str, typer.Option(help="cifar100 (32 px, head 1504), imagenet (224 px) or cifar10.")] = (
+        "cifar100"
+    ),
+    metric: Annotated[str, typer.Option(help="latency; energy, where published, comes with it.")] = "latency",
+    name: Annotated[str | None, typer.Option("--name", help="Device name (default hwnasbench-<hw>).")] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Publish a device's table from HW-NAS-Bench v1.0 on the service (admin token). The service reads the
+    file with a restricted unpickler and refuses a space that does not map exactly, naming the op."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
+    params = {"hw_device": hw, "dataset": dataset, "metric": metric}
+    if name:
+        params["device_name"] = name
+    client = ServiceClient(server, token)
+    answer = client.json("POST", "/v1/latency-tables/import", params=params, content=data,
+                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    device, table = answer["device"], answer["table"]
+    verb = "imported" if answer["created"] else "already imported"
+    typer.echo(f"{verb}: device {device['id']} ({device['name']}, platform {device['platform']}) table "
+               f"v{table['version']}, space {table['space_hash'][:12]}")  # fmt: skip
+    energy = "energy (mJ) in each entry's context" if answer["energy"] else "no energy published for this device"
+    typer.echo(f"  {answer['ops']} ops, {answer['zero_priced']} priced 0, {energy}")
+    typer.echo(f"  source: {answer['provenance']['source']} ({answer['provenance']['obtained']})")
 
 
 def validate(

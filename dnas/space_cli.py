@@ -57,3 +57,21 @@ def export(
     for spec in tqdm(specs, desc="export", unit="op"):
         cache.get(spec)
     typer.echo(json.dumps({"ops": len(specs), "directory": str(output)}))
+
+
+@app.command("macs-table")
+def macs_table_cmd(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the table (JSON).")],
+    name: str = "fbnet",
+    resolution: Resolution = 224,
+    width: Width = 1.0,
+    classes: Classes = 1000,
+) -> None:
+    """A table that prices every op by its multiply-adds (kMAC), for `dnas search --table`: the FLOP-counter
+    search to hold a device table's search against. Budgets given in "ms" then read as millions of MACs."""
+    from search.tables.macs import macs_table
+
+    space = get_space(name, resolution=resolution, width=width, num_classes=classes)
+    payload = macs_table(space)
+    output.write_text(json.dumps(payload, indent=1))
+    typer.echo(json.dumps({"ops": len(payload["entries"]), "unit": payload["config"]["unit"], "path": str(output)}))

@@ -95,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build what each uvicorn worker serves: the API under /v1 and the dashboard under /ui. The engine, the
+    export cache and the table cache live on `app.state`, one per app, not per process."""
     settings = settings or ServiceSettings()
     app = FastAPI(
         title="dnas profiler service",

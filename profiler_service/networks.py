@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Job, Measurement, Operator
 from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.imports import refuse_if_imported
 from profiler_service.operators import insert_ignore
 from profiler_service.schemas import MeasureConfig
 from search.space.export import atomic_write, export_network, sha256_file
@@ -84,6 +85,7 @@ def request_measurement(session: Session, *, device: Device, op: Operator, confi
     """Queue the network on the device unless it was measured (or is queued) under this config already."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
+    refuse_if_imported(device, "measure networks")
     existing = session.scalar(
         select(Job).where(Job.device_id == device.id, Job.op_key == op.key, Job.config_hash == config.hash)
         .order_by(Job.generation.desc()).limit(1)
@@ -104,6 +106,7 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     fresh job: a check wants numbers from now, taken next to each other."""
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
+    refuse_if_imported(device, "measure networks")
     set_id = secrets.token_hex(8)
     group = f"net:{set_id}"
     keys = list(dict.fromkeys(op.key for op in ops))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -23,7 +23,8 @@ def insert_ignore(session: Session, model: type, rows: list[dict]) -> None:
 
 
 def ensure_operators(session: Session, cache: ExportCache, specs: list[OpSpec]) -> None:
-    """Export what is missing and record every op with its checksum (the agent verifies the download)."""
+    """Export what is missing and record every op with its checksum (the agent verifies the download). An op
+    first recorded without a file (by a table import) gets its checksum now."""
     known = {
         key: sha
         for key, sha in session.execute(
@@ -35,14 +36,16 @@ def ensure_operators(session: Session, cache: ExportCache, specs: list[OpSpec]) 
         path = cache.get(spec)
         if known.get(spec.key):
             continue
-        rows.append(
-            {
-                "key": spec.key,
-                "spec": spec.to_dict(),
-                "onnx_sha256": sha256_file(path),
-                "onnx_bytes": path.stat().st_size,
-            }
-        )
+        row = {"key": spec.key, "spec": spec.to_dict(), "onnx_sha256": sha256_file(path),
+               "onnx_bytes": path.stat().st_size}  # fmt: skip
+        if spec.key in known:
+            session.execute(
+                update(Operator)
+                .where(Operator.key == spec.key, Operator.onnx_sha256.is_(None))
+                .values(onnx_sha256=row["onnx_sha256"], onnx_bytes=row["onnx_bytes"])
+            )
+        else:
+            rows.append(row)
     insert_ignore(session, Operator, rows)
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, Measurement, ProfilingRun, RunOperator
 from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.imports import refuse_if_imported
 from profiler_service.networks import prepare_network, register_network
 from profiler_service.operators import ensure_operators, insert_ignore
 from profiler_service.schemas import RunCreate, RunPublic, SpaceRequest
@@ -78,6 +79,7 @@ def create_run(
         raise NotFound(f"device {body.device_id} does not exist")
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired; register it again to profile it")
+    refuse_if_imported(device, "be profiled")
     session.commit()  # end the read: no connection held while exporting
     space = resolve_space(body.space)
     ops = enumerate_ops(space).ops

@@ -37,7 +37,7 @@ def JsonObject(limit: int) -> Any:
     return Annotated[dict[str, Any], AfterValidator(at_most(limit))]
 
 
-# Limits on what callers store (PROTOCOL.md and the README list them).
+# Limits on what callers store (device_agents/PROTOCOL.md lists them).
 PROPERTIES_LIMIT = 16 * KiB
 EXTRA_LIMIT = 16 * KiB
 CONTEXT_LIMIT = 64 * KiB

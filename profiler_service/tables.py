@@ -246,7 +246,7 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
         for key, spec, m in rows
         if _role(spec) == "op"
     ]
-    return {
+    payload = {
         "device": {
             "id": device.id,
             "name": device.name,
@@ -266,6 +266,9 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
         "prediction": table.prediction or {"rule": "sum", "description": "plain sum of the ops' medians"},
         "entries": entries,
     }
+    if (table.config or {}).get("provenance"):  # an imported table: where its numbers come from, in plain sight
+        payload["provenance"] = table.config["provenance"]
+    return payload
 
 
 def table_csv(payload: dict[str, Any]) -> str:
@@ -304,9 +307,11 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     am = {e["key"]: e["median_us"] for e in a["entries"]}
     bm = {e["key"]: e["median_us"] for e in b["entries"]}
     shared = sorted(set(am) & set(bm))
-    rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k]} for k in shared]
-    rows.sort(key=lambda r: -abs(math.log(r["ratio"])))
-    ratios = sorted(r["ratio"] for r in rows)
+    # An op priced 0 (imported tables keep HW-NAS-Bench's zero-priced identities) has no ratio: listed last.
+    rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k] if am[k] > 0 and bm[k] > 0 else None}
+            for k in shared]  # fmt: skip
+    rows.sort(key=lambda r: -abs(math.log(r["ratio"])) if r["ratio"] else math.inf)
+    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
     return {
         "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"]},
         "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"]},
@@ -324,7 +329,7 @@ def compare_png(result: dict[str, Any], top: int = 20) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["ops"][:top][::-1]
+    rows = [r for r in result["ops"] if r["ratio"]][:top][::-1]
     fig, ax = plt.subplots(figsize=(10, max(3, 0.35 * len(rows) + 1.5)))
     labels = [r["key"].split("-b")[0] for r in rows]
     ax.barh(labels, [math.log2(r["ratio"]) for r in rows], color=["#c44" if r["ratio"] > 1 else "#48c" for r in rows])

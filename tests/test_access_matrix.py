@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, make_sessionmaker
 from db.models import Job, Measurement
+from tests.hwnasbench_data import fbnet_part
 from tests.service_harness import Service, register, running_service
 
 ROLES = ("anonymous", "unknown", "reader", "agent_a", "agent_b", "retired", "admin")
@@ -60,6 +61,7 @@ MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     ("GET",   "/v1/devices/{device_id}/latency-tables",                 (401, 401, 200, 403, 403, 403, 200)),
     ("GET",   "/v1/devices/{device_id}/latency-tables/{version}",       (401, 401, 200, 403, 403, 403, 200)),
     ("GET",   "/v1/latency-tables/compare",                             (401, 401, 200, 403, 403, 403, 200)),
+    ("POST",  "/v1/latency-tables/import",                              (401, 401, 403, 403, 403, 403, 201)),
     ("POST",  "/v1/devices/{device_id}/network-measurements",           (401, 401, 403, 403, 403, 403, 201)),
     ("GET",   "/v1/devices/{device_id}/network-measurements/{key}",     (401, 401, 200, 403, 403, 403, 200)),
     ("POST",  "/v1/devices/{device_id}/network-sets",                   (401, 401, 403, 403, 403, 403, 201)),
@@ -244,6 +246,9 @@ def _call(world: World, method: str, path: str, allowed: bool) -> Call:
                 body = {**proof, **RESULT}
         case "GET", "/v1/latency-tables/compare":
             path = f"{path}?a={a}:1&b={a}:latest"
+        case "POST", "/v1/latency-tables/import":  # the file's fbnet part as JSON; a device of its own
+            path = f"{path}?hw_device=pixel3&device_name={world.name('imported')}"
+            body = fbnet_part() if allowed else None
         case "GET", "/v1/devices/{device_id}/network-measurements/{key}":
             path = f"{path}?config_hash={world.ids['network']['config_hash']}"
         case "POST", "/v1/devices/{device_id}/network-measurements":

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from search.space.opspec import OpSpec, OpSpecError, from_hwnasbench_key
+from tests.hwnasbench_data import fbnet_part
 
 
 def test_key_and_canonical_json_are_stable():
@@ -85,7 +86,19 @@ def test_hwnasbench_names_round_trip():
         "ConvBlock_H56_W56_Cin24_Cout32_exp6_kernel5_stride2_group1",
         "Skip_H28_W28_Cin32_Cout32_stride1",
         "FC_Cin1984_Cout1000",
+        "ConvNorm_H224_W224_Cin3_Cout16_kernel3_stride2_group1",
+        "AvgP_H7_W7_Cin1984_Cout1984_kernel7_stride1",
     ):
         assert from_hwnasbench_key(name).hwnasbench_key() == name
     with pytest.raises(OpSpecError):
         from_hwnasbench_key("Pool_H7")
+    with pytest.raises(OpSpecError, match="not a global pool"):
+        from_hwnasbench_key("AvgP_H7_W7_Cin8_Cout8_kernel3_stride1")
+
+
+def test_every_published_hwnasbench_name_reads_back_to_itself():
+    """All 225 names of HW-NAS-Bench v1.0's FBNet tables (the shared Pixel 3 part) are ops we can key."""
+    names = fbnet_part()["pixel3_latency"]
+    assert len(names) == 225
+    for name in names:
+        assert from_hwnasbench_key(name).hwnasbench_key() == name

@@ -172,7 +172,7 @@ class AndroidBackend:
             raise DeviceUnfit(
                 f"{who} has no python3 in its adb shell, so the 'python' runner cannot run there. A stock phone "
                 "has neither Python nor onnxruntime (Termux's Python is private to the Termux app). Use "
-                "--runner perf-test with onnxruntime_perf_test built for Android (README, 'Android phones'), or "
+                "--runner perf-test with onnxruntime_perf_test built for Android (docs/agents/android.md), or "
                 "a device whose shell has python3 with onnxruntime and numpy (a Linux board)."
             )
         res = self.conn.shell("python3 -c 'import numpy, onnxruntime; print(onnxruntime.__version__)' 2>&1")
@@ -181,7 +181,7 @@ class AndroidBackend:
             raise DeviceUnfit(
                 f"python3 on {who} cannot import onnxruntime and numpy ({last[0]}). Install them there "
                 "(`python3 -m pip install onnxruntime numpy`), or use --runner perf-test with "
-                "onnxruntime_perf_test built for Android (README, 'Android phones')."
+                "onnxruntime_perf_test built for Android (docs/agents/android.md)."
             )
         return res.output.strip().splitlines()[-1]
 

@@ -105,8 +105,10 @@ def build_files(perf_test_dir: Path, device_abi: str | None) -> list[Path]:
     what to do, a build for another ABI or one that needs a library the folder does not hold."""
     binary = perf_test_dir / PERF_TEST
     if not binary.is_file():
-        raise PerfTestBuildError(f"{binary} not found: build onnxruntime_perf_test for Android (README, 'Android "
-                                 "phones') and point --perf-test-dir at the folder holding it")  # fmt: skip
+        raise PerfTestBuildError(
+            f"{binary} not found: build onnxruntime_perf_test for Android (docs/agents/android.md) and point "
+            "--perf-test-dir at the folder holding it"
+        )
     abi, needed = elf_needed(binary)
     if abi is not None and device_abi and not device_abi.startswith(abi.split("-")[0]):
         raise PerfTestBuildError(f"{binary} is built for {abi}, the device is {device_abi}: build with "

@@ -8,12 +8,12 @@ from starlette.concurrency import run_in_threadpool
 
 from profiler_service import metrics
 from profiler_service.api.deps import ReaderDep
-from profiler_service.api.routes import agent, devices, fidelity, networks, runs, tables, tokens
+from profiler_service.api.routes import agent, devices, fidelity, imports, networks, runs, tables, tokens
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Unavailable
 
 api_router = APIRouter(prefix="/v1")
-for module in (devices, tokens, runs, agent, tables, networks, fidelity):  # fidelity after networks: its
+for module in (devices, tokens, runs, agent, tables, imports, networks, fidelity):  # fidelity after networks: its
     # /calibrations/{version} must not shadow networks' /calibrations/latest
     api_router.include_router(module.router)
 

@@ -6,7 +6,7 @@ So a batch is measured in rounds: every round visits every model once, in a fres
 untimed run and then `runs_per_round` timed runs per visit. Each model's estimate is the median over rounds
 of each round's median: every model sees the same mixture of conditions, and a disturbed round moves no
 estimate. Measured on this project's CI machine (2 cores, onnxruntime 1.32), the rounds, not the runs per
-visit, are what buys reproducibility (README, "Measurement").
+visit, are what buys reproducibility (docs/concepts/measurement.md).
 
 Standalone on purpose (standard library only): it is pushed to devices next to `ort_runner.py`, and the
 iOS app implements the same rule (same order of operations, same estimator).

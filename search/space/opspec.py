@@ -218,7 +218,22 @@ class OpSpec:
 
     # ---- HW-NAS-Bench interchange -------------------------------------------------------------------------
     def hwnasbench_key(self) -> str:
-        """HW-NAS-Bench's name for this op in its FBNet-space table (batch 1, fp32 implied)."""
+        """HW-NAS-Bench's name for this op in its FBNet-space table (batch 1, fp32 implied). Its `ConvNorm` is our
+        `conv` (conv + BN + ReLU: the stem and the head) and its `AvgP` our global `pool`, whose kernel is the
+        whole feature map."""
+        if self.batch != 1:
+            raise OpSpecError(f"HW-NAS-Bench prices batch 1 only, not batch {self.batch}")
+        if self.dtype != "float32":
+            raise OpSpecError(f"HW-NAS-Bench's FBNet tables name float ops only, not {self.dtype}")
+        if self.kind == "conv":
+            return (
+                f"ConvNorm_H{self.h}_W{self.w}_Cin{self.cin}_Cout{self.cout}_kernel{self.kernel}"
+                f"_stride{self.stride}_group1"
+            )
+        if self.kind == "pool":
+            if self.h != self.w:
+                raise OpSpecError(f"HW-NAS-Bench's AvgP has one kernel size; a {self.h}x{self.w} pool has none")
+            return f"AvgP_H{self.h}_W{self.w}_Cin{self.cin}_Cout{self.cout}_kernel{self.h}_stride1"
         if self.kind == "ir":
             return (
                 f"ConvBlock_H{self.h}_W{self.w}_Cin{self.cin}_Cout{self.cout}_exp{self.expansion}"
@@ -238,6 +253,8 @@ _KEY_RE = re.compile(
 _HWNB_BLOCK = re.compile(r"ConvBlock_H(\d+)_W(\d+)_Cin(\d+)_Cout(\d+)_exp(\d+)_kernel(\d+)_stride(\d+)_group(\d+)")
 _HWNB_SKIP = re.compile(r"Skip_H(\d+)_W(\d+)_Cin(\d+)_Cout(\d+)_stride(\d+)")
 _HWNB_FC = re.compile(r"FC_Cin(\d+)_Cout(\d+)")
+_HWNB_CONV = re.compile(r"ConvNorm_H(\d+)_W(\d+)_Cin(\d+)_Cout(\d+)_kernel(\d+)_stride(\d+)_group1")
+_HWNB_POOL = re.compile(r"AvgP_H(\d+)_W(\d+)_Cin(\d+)_Cout(\d+)_kernel(\d+)_stride1")
 
 
 def from_hwnasbench_key(name: str) -> OpSpec:
@@ -251,4 +268,12 @@ def from_hwnasbench_key(name: str) -> OpSpec:
     if m := _HWNB_FC.fullmatch(name):
         cin, cout = map(int, m.groups())
         return OpSpec("fc", cin, cout, 1, 1)
+    if m := _HWNB_CONV.fullmatch(name):
+        h, w, cin, cout, k, s = map(int, m.groups())
+        return OpSpec("conv", cin, cout, h, w, stride=s, kernel=k)
+    if m := _HWNB_POOL.fullmatch(name):
+        h, w, cin, cout, k = map(int, m.groups())
+        if not h == w == k:
+            raise OpSpecError(f"{name!r} is not a global pool (kernel {k} over {h}x{w}); only global pools map")
+        return OpSpec("pool", cin, cout, h, w)
     raise OpSpecError(f"{name!r} is not an HW-NAS-Bench FBNet-space op name")

@@ -9,6 +9,7 @@ from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Conflict, NotFound
+from profiler_service.imports import refuse_if_imported
 from profiler_service.runs import cancel_device_work
 from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
 from profiler_service.security import hash_token, new_token
@@ -75,11 +76,13 @@ def update(device_id: Id, body: DeviceUpdate, session: SessionDep) -> DevicePubl
     return public(device)
 
 
-@router.post("/{device_id}/rotate-token", response_model=DeviceCreated, dependencies=[AdminDep])
+@router.post("/{device_id}/rotate-token", response_model=DeviceCreated, dependencies=[AdminDep],
+             responses={409: {"description": "The device is an imported table: it has no agent."}})  # fmt: skip
 def rotate_token(device_id: Id, session: SessionDep) -> DeviceCreated:
     """A new agent token, shown once; the old one stops working at once (401). Leases the device holds stay
     valid under their lease tokens, so an agent restarted with the new token loses no work."""
     device = get_device(session, device_id)
+    refuse_if_imported(device, "be given an agent token")
     token = new_token("dnas_agent")
     device.token_hash = hash_token(token)
     session.commit()

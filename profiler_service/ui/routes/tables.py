@@ -74,6 +74,5 @@ def compare_page(
         result = json.loads(answer.body)
     elif len(choices) >= 2 and not a and not b:
         a, b = choices[1]["ref"], choices[0]["ref"]
-    return page(
-        request, "compare.html", choices=choices, a=a, b=b, result=result, chart_data=result["ops"] if result else []
-    )
+    chart = [r for r in result["ops"] if r["ratio"]] if result else []  # an op priced 0 has no ratio to draw
+    return page(request, "compare.html", choices=choices, a=a, b=b, result=result, chart_data=chart)
