@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian's adb client (a test drives the ADB emulator with it), the PostgreSQL server binaries (the tests
-# start their own throwaway server, found through pg_config --bindir) and Chromium (the dashboard's browser
-# tests drive it through Playwright). Installed when missing and we may
-# (root + apt); without them their tests skip outside CI and fail in CI.
+# start their own throwaway server, found through pg_config --bindir), Chromium (the dashboard's browser
+# tests drive it through Playwright) and a C compiler (the perf-test stand-in is built as a real ELF linking
+# libc++_shared.so, so the C++ runtime and ABI checks have something to check). Installed when missing and
+# we may (root + apt); without them their tests skip outside CI and fail in CI.
 apt_install = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null
 
@@ -29,6 +30,8 @@ system-deps:
 		echo "note: PostgreSQL server not installed; its tests are skipped outside CI (apt-get install postgresql)"
 	@command -v chromium >/dev/null || { $(call apt_install,chromium); } || \
 		echo "note: Chromium not installed; the dashboard's browser tests are skipped outside CI (apt-get install chromium)"
+	@command -v cc >/dev/null || { $(call apt_install,gcc libc6-dev); } || \
+		echo "note: no C compiler; the perf-test build's libc++/ABI tests are skipped outside CI (apt-get install gcc)"
 
 demo: $(STAMP)
 	$(BIN)/dnas quickstart

@@ -75,11 +75,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the agents
 
-    from dnas.api_client import ServiceClient
-    from dnas.service_cli import wait_for_run
     from profiler_service.local_server import running_service
     from search.dnas.config import SearchConfig
     from search.dnas.run import load_tables, run_search
+    from search.tables.client import ServiceClient
     from search.tables.cross_device import measure_on_devices, searched_architectures
 
     started = time.perf_counter()
@@ -92,7 +91,7 @@ def main() -> None:
         try:
             for threads in args.threads:
                 name = f"host-{threads}-thread{'s' if threads > 1 else ''}"
-                device = admin.json("POST", "/v1/devices", json={"name": name, "platform": "linux"})
+                device = admin.register_device(name, "linux")
                 devices.append(device)
                 log = args.out / f"agent-{name}.log"
                 cpus = args.agent_cpus or None
@@ -101,12 +100,12 @@ def main() -> None:
             profile_s = {}
             for device, threads in zip(devices, args.threads, strict=True):  # one device at a time: no contention
                 t0 = time.perf_counter()
-                body = {"device_id": device["id"], "space": SPACE, "config": {"threads": threads}}
-                run = wait_for_run(admin, admin.json("POST", "/v1/profiling-runs", json=body)["id"], timeout_s=1800)
+                run = admin.wait_for_run(admin.start_run(device["id"], SPACE, {"threads": threads})["id"],
+                                         timeout_s=1800, progress=True)  # fmt: skip
                 if run["status"] != "published":
                     raise RuntimeError(f"profiling {device['name']} failed: {run['errors'][:3]}")
                 profile_s[device["name"]] = round(time.perf_counter() - t0, 1)
-            reader = admin.json("POST", "/v1/tokens", json={"name": "bench"})["token"]
+            reader = admin.reader_token("bench")
             tables = load_tables([], svc.url, [d["id"] for d in devices], ["latest"], reader, args.out / "tables")
             space = tables[0].space
             baseline = [BASELINE] * len(space.slots)
@@ -135,11 +134,11 @@ def main() -> None:
                 agent.terminate()
             for agent in agents:
                 agent.wait(timeout=60)
-    labels = [t.payload["device"]["name"] for t in tables]
+    labels = [t.device_info["name"] for t in tables]
     print(json.dumps({
         "bench": "cross_device",
         "space": {k: SPACE[k] for k in ("resolution", "width", "num_classes")} | {"hash": space.hash[:12]},
-        "devices": [{"name": lab, "threads": t.payload["config"]["threads"], "table_version": t.payload["version"],
+        "devices": [{"name": lab, "threads": t.config["threads"], "table_version": t.version,
                      "table_sha256": t.content_hash[:16], "prediction_rule": t.rule.kind,
                      "baseline_predicted_ms": round(b, 4)}
                     for lab, t, b in zip(labels, tables, base_ms, strict=True)],

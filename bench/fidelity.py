@@ -6,6 +6,10 @@ Every figure comes with its noise from the same run: the networks' even rounds a
 (noise ceiling), and the anchors' drift between profiling and validation.
 
     python -m bench.fidelity [--resolution 224] [--width 1.0] [--classes 1000] [--samples 30] [--cpus 0]
+                             [--precision int8]
+
+With `--precision int8` every op, probe, anchor and sampled network is quantized by the one recipe
+(search/space/quantize.py) and measured as int8; the table's rule is checked against int8 networks.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from pathlib import Path
 from device_agents.client import AgentClient
 from device_agents.local.backend import LocalBackend
 from device_agents.loop import Agent
-from dnas.api_client import ServiceClient
-from profiler_service.local_server import running_service, wait_for_run
+from profiler_service.local_server import running_service
 from search.space.macro import get_space
+from search.tables.client import ServiceClient
 from search.tables.fidelity import validate
 
 KEYS = ("within_5_pct", "within_10_pct", "mape_pct", "worst_error_pct", "mean_signed_error_pct", "kendall_tau")
@@ -43,16 +47,18 @@ def main() -> None:
     parser.add_argument("--runs-per-round", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", default=None, help="pin the measuring agent, e.g. '0'")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--png", type=Path, default=None, help="copy the scatter plot here")
     args = parser.parse_args()
     space = get_space(resolution=args.resolution, width=args.width, num_classes=args.classes)
-    config = {"threads": 1, "warmup": 10, "rounds": args.rounds, "runs_per_round": args.runs_per_round}
+    config = {"threads": 1, "warmup": 10, "rounds": args.rounds, "runs_per_round": args.runs_per_round,
+              "precision": args.precision}  # fmt: skip
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with running_service(f"sqlite:///{work / 'f.db'}", work) as svc:
-            admin = ServiceClient(svc.url, svc.admin_token)
-            device = admin.json("POST", "/v1/devices", json={"name": "this-host", "platform": "linux"})
+            admin = ServiceClient(svc.url, svc.admin_token, timeout=3600)  # int8 at 224 px: minutes of quantizing
+            device = admin.register_device("this-host", "linux")
             agent = Agent(AgentClient(svc.url, device["agent_token"]), LocalBackend(cpus=cpus), cache_dir=work / "m",
                           wait_seconds=1)  # fmt: skip
             thread = threading.Thread(target=agent.run, daemon=True)
@@ -60,13 +66,14 @@ def main() -> None:
             try:
                 t0 = time.perf_counter()
                 space_req = {"resolution": args.resolution, "width": args.width, "num_classes": args.classes}
-                body = {"device_id": device["id"], "config": config, "space": space_req}
-                run = admin.json("POST", "/v1/profiling-runs", json=body)
-                assert wait_for_run(admin.http, run["id"], timeout_s=1800)["status"] == "published"
+                run = admin.start_run(device["id"], space_req, config)
+                assert admin.wait_for_run(run["id"], timeout_s=1800, poll_s=0.2)["status"] == "published"
                 profile_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 report = validate(admin, device["id"], space, args.samples, work / "out", calibrate=True,
-                                  seed=args.seed)  # fmt: skip
+                                  seed=args.seed, precision=args.precision)  # fmt: skip
+                table = admin.json("GET", f"/v1/devices/{device['id']}/latency-tables/latest",
+                                   params={"precision": args.precision})  # fmt: skip
                 validate_s = time.perf_counter() - t1
                 if args.png:
                     shutil.copy(work / "out" / "fidelity.png", args.png)
@@ -79,7 +86,10 @@ def main() -> None:
         "space": {"resolution": args.resolution, "width": args.width, "classes": args.classes,
                   "hash": space.hash[:12]},
         "networks": args.samples,
+        "precision": report["precision"],
         "config": config,
+        "rule": {k: table["prediction"].get(k) for k in ("rule", "constant_us", "constant_spread_us",
+                                                          "call_overhead_us", "same_rounds", "measured_as")},
         "cpus": cpus,
         "measured_ms_range": [round(min(r["measured_us"] for r in rows) / 1e3, 3),
                               round(max(r["measured_us"] for r in rows) / 1e3, 3)],

@@ -69,11 +69,12 @@ def imported_cost_matrix(
     the cost matrix (architectures x devices, predicted ms) with what each device chose and its budget."""
     from search.dnas.config import SearchConfig
     from search.dnas.run import run_search
+    from search.tables.client import ServiceClient
     from search.tables.device_matrix import device_labels
-    from search.tables.latency import TableClient, build_lut
+    from search.tables.latency import build_lut
 
-    client = TableClient(server, token, cache_dir=Path(out) / "table-cache")
-    fetched = [client.fetch(device, str(version)) for device, version in tables]
+    with ServiceClient(server, token, cache_dir=Path(out) / "table-cache") as client:
+        fetched = [client.table(device, str(version)) for device, version in tables]
     space = fetched[0].space
     baseline = [space.candidates.index(BASELINE)] * len(space.slots)
     baselines_ms = [build_lut(space, t).of_arch(baseline) / 1e3 for t in fetched]
@@ -104,10 +105,10 @@ def imported_cost_matrix(
         "tables": [
             {
                 "label": lab,
-                "device": t.payload["device"],
-                "version": t.payload["version"],
-                "source": (t.payload.get("provenance") or {}).get("source"),
-                "rule": t.payload["prediction"]["rule"],
+                "device": t.device_info,
+                "version": t.version,
+                "source": (t.imported_from or {}).get("source"),
+                "rule": t.prediction.rule,
             }
             for lab, t in zip(labels, fetched, strict=True)
         ],

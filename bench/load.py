@@ -1,171 +1,249 @@
-"""Load on one service with several workers on PostgreSQL: N agents leasing and reporting at once (no job
-leased twice, no result lost or doubled), then M concurrent clients fetching a table (p50 / p99). Prints JSON.
-Traffic goes to loopback only, bounded in count.
+"""The cost of one request: table fetches and agent protocol calls on 2 uvicorn workers (`dnas serve`) with
+PostgreSQL on loopback, driven by `wrk` (C), beside nginx serving the same table bytes in the same run. Prints
+JSON: requests/s, p50/p99, the service/nginx ratio, and the machine's conditions (load average at start and
+end), so a figure from a shared machine is read as one.
 
-    python -m bench.load [--agents 50] [--fetchers 200] [--fetches 5] [--workers 2]
+    python -m bench.load [--seconds 5] [--connections 16,64,200] [--compare /path/to/other/tree]
+                         [--py-spy DIR]
+
+`--compare TREE` serves a second service from another source tree (its own database in the same cluster)
+and alternates the two in every step: an A/B pair under the same machine state. `--py-spy DIR` records one
+worker of the (first) service during its 64-connection fetch run (py-spy, `--format raw`, for flamegraph.pl
+or speedscope). Correctness under concurrency (nothing leased twice, nothing lost) is bench/load_check.py.
+Needs `wrk` and `nginx` (apt-get install -y wrk nginx). Traffic goes to loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
+import os
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import text
 
-from db.engine import make_engine, make_sessionmaker
-from db.models import Job, Measurement
-from profiler_service.local_server import register, running_service, start_run, wait_for_run
+from bench.wrk import nginx_serving, run_wrk
+from db.engine import make_engine
+from profiler_service.local_server import Service, free_port, register, running_service, start_run, wait_for_run
 
-RESULT = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 4.0, "n": 10}
+SPACE = {"resolution": 224, "width": 1.0}  # its table: 36 KB of JSON, 2.3 KB gzipped
+STATS = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 4.0, "n": 10}
 
 
-def run_load(db_url: str, work: Path, agents: int, fetchers: int, fetches: int, workers: int) -> dict:
-    statuses: Counter[int] = Counter()
-    lock = threading.Lock()
-    leased: list[int] = []
+@dataclass
+class Target:
+    """One running service, ready for load: a published table and a reader token to fetch it, an agent token
+    with queued jobs to lease."""
 
-    def note(resp: httpx.Response) -> httpx.Response:
-        with lock:
-            statuses[resp.status_code] += 1
-        return resp
+    name: str
+    svc: Service
+    db_url: str
+    table_path: str
+    reader_token: str
+    agent_token: str
+    device_id: int
+    run_id: int
 
-    with running_service(db_url, work, workers=workers, lease_seconds=120,
-                         DNAS_SERVICE_LONG_POLL_SECONDS="0") as svc, svc.client() as admin:  # fmt: skip
-        device = register(admin, "load")
-        run = start_run(admin, device["id"], {"resolution": 224, "width": 1.0})  # 112 jobs
-        headers = {"Authorization": f"Bearer {device['agent_token']}"}
 
-        def agent(_: int) -> int:
-            done = 0
-            with httpx.Client(base_url=svc.url, headers=headers, timeout=60) as c:
-                while True:
-                    resp = note(c.post("/v1/agent/lease", json={"wait_seconds": 0}))
-                    if resp.status_code != 200:
-                        return done
-                    job = resp.json()
-                    with lock:
-                        leased.append(job["job_id"])
-                    body = {"lease_token": job["lease_token"], **RESULT}
-                    note(c.post(f"/v1/agent/jobs/{job['job_id']}/result", json=body))
-                    note(c.post(f"/v1/agent/jobs/{job['job_id']}/result", json=body))  # a replay, on purpose
-                    done += 1
+def publish_table(svc: Service, name: str) -> tuple[dict, int]:
+    """A device whose 224 / 1.0 table is published, its results reported in batches (as agents do)."""
+    with svc.client() as admin:
+        device = register(admin, name)
+        run = start_run(admin, device["id"], SPACE)
+        agent = {"Authorization": f"Bearer {device['agent_token']}"}
+        with httpx.Client(base_url=svc.url, headers=agent, timeout=60) as c:
+            lease = {"wait_seconds": 0, "max_jobs": 500, "protocol": 2}
+            while (resp := c.post("/v1/agent/lease", json=lease)).status_code == 200:
+                batch = resp.json()
+                results = [{"job_id": j["job_id"], **STATS} for j in batch["jobs"]]
+                body = {"lease_token": batch["lease_token"], "results": results}
+                c.post("/v1/agent/results", json=body).raise_for_status()
+        published = wait_for_run(admin, run["id"])
+        assert published["status"] == "published", published
+    return device, run["id"]
 
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=agents) as pool:
-            reported = sum(pool.map(agent, range(agents)))
-        agents_s = time.perf_counter() - t0
-        run = wait_for_run(admin, run["id"])
 
-        latencies: list[float] = []
-
-        def fetch(_: int) -> None:
-            with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {svc.admin_token}"},
-                              timeout=60) as c:  # fmt: skip
-                for _ in range(fetches):
-                    start = time.perf_counter()
-                    try:
-                        note(c.get(f"/v1/devices/{device['id']}/latency-tables/latest"))
-                    except httpx.TransportError:
-                        with lock:
-                            statuses[-1] += 1  # a transport error counts as a failed request, not a crash
-                    with lock:
-                        latencies.append(time.perf_counter() - start)
-
-        # What one fetch carries: the version's bytes, and what goes over the wire when gzip is accepted
-        # (httpx asks for it by default, as the search client and the CLI do).
-        auth = {"Authorization": f"Bearer {svc.admin_token}"}
-        url = f"{svc.url}/v1/devices/{device['id']}/latency-tables/latest"
-        identity = httpx.get(url, headers=auth | {"Accept-Encoding": "identity"}, timeout=60)
-        with httpx.stream("GET", url, headers=auth | {"Accept-Encoding": "gzip"}, timeout=60) as zipped:
-            wire = b"".join(zipped.iter_raw())
-            encoding = zipped.headers.get("content-encoding", "identity")
-        payload = {"bytes": len(identity.content), "wire_bytes_gzip": len(wire), "content_encoding": encoding,
-                   "entries": len(identity.json()["entries"]), "etag": identity.headers["etag"]}  # fmt: skip
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=fetchers) as pool:
-            list(pool.map(fetch, range(fetchers)))
-        fetch_s = time.perf_counter() - t0
-        server_side = _server_side(admin.get("/v1/metrics").text)
-
+def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
+    """Copies of the run's jobs as new generations, each generation its own batch group: work for the agent
+    load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
+    run's ops are unique per generation."""
     engine = make_engine(db_url)
-    with make_sessionmaker(engine)() as s:
-        measurements = s.scalar(select(func.count(Measurement.id)))
-        distinct_jobs = s.scalar(select(func.count(func.distinct(Measurement.job_id))))
-        jobs = s.scalar(select(func.count(Job.id)))
+    with engine.begin() as conn:
+        per_gen = conn.scalar(text("SELECT count(*) FROM jobs WHERE run_id = :r"), {"r": run_id})
+        generations = math.ceil(jobs / per_gen)
+        conn.execute(
+            text(
+                "INSERT INTO jobs (device_id, op_key, config_hash, config, generation, status, attempts, "
+                "max_attempts, batch_group, created_at) "
+                "SELECT device_id, op_key, config_hash, config, g, 'queued', 0, max_attempts, 'load:' || g, now() "
+                "FROM jobs, generate_series(1, :n) AS g WHERE run_id = :r ORDER BY g, id"
+            ),
+            {"n": generations, "r": run_id},
+        )
     engine.dispose()
-    latencies.sort()
+    return generations * per_gen
+
+
+def prepare(name: str, svc: Service, db_url: str) -> Target:
+    device, run_id = publish_table(svc, name)
+    with svc.client() as admin:
+        reader = admin.post("/v1/tokens", json={"name": "load"}).raise_for_status().json()["token"]
+    path = f"/v1/devices/{device['id']}/latency-tables/latest"
+    return Target(name, svc, db_url, path, reader, device["agent_token"], device["id"], run_id)
+
+
+def table_bytes(t: Target) -> tuple[bytes, bytes]:
+    """The table as the service sends it: identity bytes, and the gzip bytes on the wire."""
+    auth = {"Authorization": f"Bearer {t.reader_token}"}
+    identity = httpx.get(t.svc.url + t.table_path, headers=auth | {"Accept-Encoding": "identity"}, timeout=60)
+    with httpx.stream("GET", t.svc.url + t.table_path, headers=auth | {"Accept-Encoding": "gzip"}, timeout=60) as z:
+        wire = b"".join(z.iter_raw())
+        assert z.headers.get("content-encoding") == "gzip", z.headers
+    return identity.content, wire
+
+
+def worker_pids(svc: Service) -> list[int]:
+    """uvicorn's worker processes: the children of `dnas serve` but multiprocessing's resource tracker."""
+    out = subprocess.run(["pgrep", "-P", str(svc.proc.pid)], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+T0 = time.monotonic()
+
+
+def log(what: str) -> None:
+    """Progress on stderr (stdout is the JSON): where a slow run spends its setup."""
+    print(f"[bench.load {time.monotonic() - T0:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def conditions() -> dict:
     return {
-        "agents": agents,
-        "workers": workers,
-        "jobs": jobs,
-        "run_status": run["status"],
-        "requests": sum(statuses.values()),
-        "status_counts": dict(statuses),
-        "server_errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
-        "transport_errors": statuses.get(-1, 0),
-        "leased_twice": len(leased) - len(set(leased)),
-        "results_reported": reported,
-        "results_stored": measurements,
-        "results_doubled": measurements - distinct_jobs,
-        "results_lost": jobs - measurements,
-        "agents_wall_s": round(agents_s, 2),
-        "table_fetch": {
-            "clients": fetchers,
-            "fetches": len(latencies),
-            "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 1),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1e3, 1),
-            "mean_ms": round(statistics.mean(latencies) * 1e3, 1),
-            "wall_s": round(fetch_s, 2),
-            "payload": payload,
-            "server_side": server_side,
-        },
+        "loadavg": list(os.getloadavg()),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-TABLE_ROUTE = 'route="/v1/devices/{device_id}/latency-tables/{version}"'
+def start_profile(svc: Service, seconds: float, out_dir: Path, label: str) -> subprocess.Popen:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pid = worker_pids(svc)[0]
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "--nonblocking",
+                             "--format", "raw", "-o", str(out_dir / f"{label}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
-def _server_side(metrics: str) -> dict:
-    """The service's own latency histogram for table fetches (all workers): time inside the service, without
-    the queueing of 200 client threads in this one Python process on the same cores."""
-    buckets = {}
-    for line in metrics.splitlines():
-        if line.startswith("dnas_http_request_duration_seconds_bucket") and TABLE_ROUTE in line:
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = float(line.rsplit(" ", 1)[1])
-    total = buckets.get("+Inf", 0.0)
-    if not total:
-        return {}
-    return {"requests": int(total), **{f"within_{le}_s_pct": round(100 * n / total, 1)
-                                      for le, n in buckets.items() if le in ("0.05", "0.1", "0.2", "0.5")}}  # fmt: skip
+def ratio(a: float, b: float, digits: int = 3) -> float | None:
+    """a / b, or None when nothing was measured for b (a run where no request finished)."""
+    return round(a / b, digits) if b else None
+
+
+def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> dict:  # type: ignore[valid-type]
+    trees = [("this", None)] + ([("compare", args.compare)] if args.compare else [])
+    start = conditions()
+    with ExitStack() as stack:
+        targets = []
+        for name, tree in trees:
+            db_url = cluster_url(f"load_{name}")
+            env = {"DNAS_SERVICE_LONG_POLL_SECONDS": "0"} | ({"PYTHONPATH": str(Path(tree).resolve())} if tree else {})
+            service = running_service(db_url, work / name, workers=args.workers, lease_seconds=300, **env)
+            svc = stack.enter_context(service)
+            log(f"{name}: service up")
+            targets.append(prepare(name, svc, db_url))
+            log(f"{name}: table published")
+        body, gzipped = table_bytes(targets[0])
+        nginx = nginx_serving(body, gzipped, port=free_port(), workers=args.workers, workdir=work)
+        nginx_url = stack.enter_context(nginx)
+        gzip_header = {"Accept-Encoding": "gzip"}
+
+        fetches: dict[str, list[dict]] = {t.name: [] for t in targets} | {"nginx": []}
+        profile = None
+        for step, connections in enumerate(args.connections):
+            for t in targets if step % 2 == 0 else targets[::-1]:  # alternate who goes first: no order bias
+                if args.py_spy and connections == 64 and t is targets[0]:
+                    profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "fetch")
+                log(f"{t.name}: fetches at {connections} connections")
+                fetches[t.name].append(run_wrk(t.svc.url + t.table_path, connections=connections, seconds=args.seconds,
+                                               headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
+                                               workdir=work))  # fmt: skip
+                log(json.dumps(fetches[t.name][-1]))
+            fetches["nginx"].append(run_wrk(nginx_url, connections=connections, seconds=args.seconds,
+                                            headers=gzip_header, workdir=work))  # fmt: skip
+        if profile:
+            profile.wait()
+
+        agents: dict[str, dict] = {}
+        jobs = int(args.seconds * 2000 / 2 * args.max_jobs)  # enough for 2,000 calls/s
+        for t in targets:
+            queued = queue_load_jobs(t.db_url, t.run_id, jobs)
+            log(f"{t.name}: {queued} jobs queued; agent calls")
+            if args.py_spy and t is targets[0]:
+                profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "agent")
+            agents[t.name] = run_wrk(t.svc.url + "/v1/agent/lease", connections=args.agent_connections,
+                                     seconds=args.seconds, script="agent", workdir=work,
+                                     env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
+            agents[t.name]["jobs_queued"] = queued
+            log(json.dumps(agents[t.name]))
+            if profile and t is targets[0]:
+                profile.wait()
+
+    def ratios(name: str) -> list[dict]:
+        return [{"connections": s["connections"], "fetches_per_s": ratio(s["per_s"], n["per_s"], 4)}
+                for s, n in zip(fetches[name], fetches["nginx"], strict=True)]  # fmt: skip
+
+    return {
+        "conditions": {
+            "start": start,
+            "end": conditions(),
+            "workers": args.workers,
+            "seconds_per_run": args.seconds,
+            "trees": {name: tree or "this" for name, tree in trees},
+        },
+        "table": {"bytes": len(body), "gzip_bytes": len(gzipped)},
+        "fetches": fetches,
+        "service_over_nginx": {t.name: ratios(t.name) for t in targets},
+        **(
+            {
+                "compare_over_this": [
+                    {
+                        "connections": a["connections"],
+                        "fetches_per_s": ratio(b["per_s"], a["per_s"]),
+                        "p99": ratio(b["p99_ms"], a["p99_ms"]),
+                    }
+                    for a, b in zip(fetches["this"], fetches["compare"], strict=True)
+                ]
+            }
+            if args.compare
+            else {}
+        ),
+        "agent_protocol": {"connections": args.agent_connections, "max_jobs": args.max_jobs, **agents},
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--fetchers", type=int, default=200)
-    parser.add_argument("--fetches", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5, help="length of each wrk run")
+    parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64, 200])
+    parser.add_argument("--agent-connections", type=int, default=64)
+    parser.add_argument("--max-jobs", type=int, default=10, help="jobs per leased batch")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--db", help="PostgreSQL URL; default: a throwaway cluster started here")
+    parser.add_argument("--compare", help="another source tree (e.g. a worktree of main) to serve beside this one")
+    parser.add_argument("--py-spy", help="directory for py-spy profiles of one worker under load")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.db:
-            result = run_load(args.db, Path(tmp), args.agents, args.fetchers, args.fetches, args.workers)
-        else:
-            from tests.postgres import postgres_cluster
+    from tests.postgres import postgres_cluster
 
-            with postgres_cluster() as cluster:
-                url = cluster.create_database("load")
-                result = run_load(url, Path(tmp), args.agents, args.fetchers, args.fetches, args.workers)
+    with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as cluster:
+        result = run_bench(args, cluster.create_database, Path(tmp))
     print(json.dumps({"bench": "load", **result}, indent=2))
 
 

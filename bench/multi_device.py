@@ -31,14 +31,14 @@ def measure_table(space: Any, threads: int, work: Path, runs: int) -> Any:
     from device_agents.stats import summarise
     from search.space.enumerate import enumerate_ops
     from search.space.export import ExportCache
-    from search.tables.latency import LatencyTable
+    from search.tables.schema import PublishedTable
 
     cache = ExportCache(work / "onnx")
     entries = []
     for key, spec in enumerate_ops(space).ops.items():
         stats = summarise(measure(str(cache.get(spec)), threads=threads, warmup=3, runs=runs)["samples_us"])
         entries.append({"key": key, "spec": spec.to_dict(), **stats, "context": {}})
-    return LatencyTable({
+    return PublishedTable.parse({
         "device": {"id": threads, "name": f"host-{threads}-thread"},
         "version": 1,
         "space": space.to_dict(),
@@ -145,7 +145,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "multi_device",
         "space": {"resolution": 32, "width": 0.25, "classes": 10, "hash": space.hash[:12]},
-        "tables": [t.payload["device"]["name"] for t in tables],
+        "tables": [t.device_info["name"] for t in tables],
         "search": {"epochs": args.epochs, "warmup_epochs": 1, "steps_per_phase": args.steps, "batch": args.batch,
                    "mode": args.mode, "torch_threads": args.threads, "data": "digits", "repeats": args.repeats},
         "measure_tables_s": round(measure_s, 1),

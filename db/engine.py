@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
+from db.liveness import check_liveness
+
 
 def default_url() -> str:
     """A SQLite file in the user's data directory: works with nothing installed."""
@@ -43,7 +45,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_engine(url, pool_size=10, max_overflow=10)
+    check_liveness(engine)  # the pre-ping's safety, without its round trip on a busy connection (db/liveness.py)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

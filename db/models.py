@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.states import JobStatus, RunStatus
+
 # Deterministic constraint names, so migrations can drop and alter them on every backend.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -57,6 +59,18 @@ class ServiceSetting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class UiSession(Base):
+    """A dashboard session: the cookie holds a random secret, this row only its SHA-256 and the token digest it
+    signed in with. A database reader can therefore not make a cookie (no key to sign with, no secret to copy),
+    and signing out deletes the row, which ends the session on every worker at once."""
+
+    __tablename__ = "ui_sessions"
+    id_hash: Mapped[str] = mapped_column(String(HASH_LEN), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(HASH_LEN), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class ApiToken(Base):
     """Read-only tokens for search clients, minted by an admin; only the hash is kept."""
 
@@ -81,6 +95,8 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
     agent_protocol: Mapped[int | None]  # the protocol version its agent last spoke (1: single jobs, 2: batches)
+    # Why its agent cannot work now ({"problem", "reported_at", "retry_at"}), as it said; its fingerprint clears it.
+    agent_problem: Mapped[dict[str, Any] | None]
 
 
 class Operator(Base):
@@ -102,9 +118,9 @@ class ProfilingRun(Base):
     space: Mapped[dict[str, Any]]
     config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     config: Mapped[dict[str, Any]]
-    # running -> published | failed | cancelled, each stored when it happens (by the request, or by the sweep
-    # when the worker that should have done it died); never changed after.
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    # running -> published | failed | cancelled, each stored when it happens (profiler_service/lifecycle.py, by
+    # the request, or by the sweep when the worker that should have done it died); never changed after.
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING, index=True)  # db/states.py
     total: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
@@ -138,7 +154,7 @@ class Job(Base):
     config_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     config: Mapped[dict[str, Any]]
     generation: Mapped[int] = mapped_column(default=0)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | leased | done | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # db/states.py: JobStatus
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     lease_token: Mapped[str | None] = mapped_column(String(HASH_LEN))
@@ -146,8 +162,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     # Jobs measured together: one profiling run, or one set of networks. A batch lease hands out jobs of one
-    # group, so everything a prediction compares was measured in the same interleaved rounds.
+    # group, so everything a prediction compares was measured in the same interleaved rounds. The group is
+    # the claim's business only (profiler_service/queue.py names it): which run a job serves is `run_id`.
     batch_group: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("profiling_runs.id"), index=True)  # None: a network's
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 

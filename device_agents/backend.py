@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -9,6 +10,12 @@ from typing import Any, Protocol, runtime_checkable
 
 class MeasurementError(Exception):
     """The op could not be measured on this device; the message becomes the job's failure reason."""
+
+
+class DeviceUnavailable(Exception):
+    """The device went away (cable pulled, Wi-Fi dropped, rebooting): nothing is wrong with the jobs. The agent
+    gives the batch back, leases nothing until `reconnect()` succeeds, and never reports the jobs failed for it.
+    A backend that raises it has `reconnect()`, which raises it again while the device is still away."""
 
 
 @dataclass
@@ -42,6 +49,21 @@ class BatchPlan:
         return cls(int(config.get("threads", 1)), int(config.get("warmup", 10)), rounds, per_round, seed)
 
 
+PRECISIONS = ("fp32", "int8")  # what a config may ask for (search/space/quantize.py)
+
+
+def precision_refusal(backend: object, precision: str) -> str | None:
+    """Why this backend cannot measure a job of this precision, or None if it can. A backend lists what it runs
+    in `precisions`; one that does not say is taken to run fp32 only: an int8 model measured by a runtime or
+    execution provider that cannot take QDQ would be stored as an int8 time that is not one."""
+    can = tuple(getattr(backend, "precisions", ("fp32",)))
+    if precision in can:
+        return None
+    name = getattr(backend, "name", type(backend).__name__)
+    why = getattr(backend, "precision_note", "") or f"it measures {', '.join(can)} only"
+    return f"the {name} backend cannot measure precision {precision}: {why}"
+
+
 class Backend(Protocol):
     name: str
 
@@ -58,4 +80,10 @@ class Backend(Protocol):
 class BatchBackend(Backend, Protocol):
     """A backend that can hold every model of a batch open and measure them in interleaved rounds."""
 
-    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]: ...
+    def measure_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event | None = None
+    ) -> dict[str, Timing | MeasurementError]:
+        """Every model's timing or error. Once `stop` is set (the agent was told to give its work back now) a
+        backend that can ends at its next visit and returns only what is final: the models that failed, and
+        any measured in every round. The agent gives back the models it returns nothing for."""
+        ...

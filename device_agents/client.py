@@ -1,5 +1,11 @@
 """The agent's side of the REST protocol (PROTOCOL.md), with retries: a flaky network or a restarting
-service delays an agent, it does not kill it."""
+service delays an agent, it does not kill it.
+
+Kept apart from the user's client (search/tables/client.py) on purpose: this is the reference
+implementation of device_agents/PROTOCOL.md, beside which other agents (the iOS app in device_agents/ios)
+are written and which the conformance suite checks. It speaks only `/v1/agent/...` with a device token,
+retries what a user's command should report at once, and must not grow the user API's methods. The two
+share how an error body is read (`error_detail`)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from search.tables.client import error_detail
+
+__all__ = ["AgentClient", "ProtocolError", "error_detail", "token_fingerprint"]
 
 log = logging.getLogger("dnas.agent")
 
@@ -61,11 +71,20 @@ class AgentClient:
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, *, retry_for_s: float | None = None, **kwargs: Any) -> httpx.Response:
-        retry_for_s = self.retry_for_s if retry_for_s is None else retry_for_s
+    def _call(self, method: str, path: str, *, retry_for_s: float | None = None, within_s: float | None = None,
+              **kwargs: Any) -> httpx.Response:  # fmt: skip
+        """One protocol call, retried on 502/503/504 and network errors for `retry_for_s`. With `within_s` the
+        whole call ends by then, each request included: its timeout is what is left (without it, one request
+        may wait the 150 s read timeout however soon its caller needs an answer)."""
+        if within_s is not None:
+            retry_for_s = within_s
+        elif retry_for_s is None:
+            retry_for_s = self.retry_for_s
         deadline = time.monotonic() + retry_for_s
         delay = 0.5
         while True:
+            if within_s is not None:
+                kwargs["timeout"] = max(0.05, deadline - time.monotonic())
             try:
                 resp = self.http.request(method, path, **kwargs)
                 if resp.status_code not in RETRY_STATUS:
@@ -85,6 +104,12 @@ class AgentClient:
     # ---- the protocol --------------------------------------------------------------------------------------
     def report_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         self._call("PUT", "/v1/agent/fingerprint", json=fingerprint)
+
+    def report_status(self, problem: str | None, retry_in_s: float | None = None) -> None:
+        """Why this agent cannot work now, shown on its device's page. Tried for 10 s only: it is said while
+        something is failing already, and the log says it too."""
+        body = {"problem": problem[:2000] if problem else None, "retry_in_s": retry_in_s}
+        self._call("PUT", "/v1/agent/status", json=body, within_s=10.0)
 
     def lease(self, wait_seconds: float = 20.0) -> dict[str, Any] | None:
         """Protocol 1: one job at a time."""
@@ -121,7 +146,9 @@ class AgentClient:
         token anywhere else, e.g. to an http:// URL a proxy's Host header produced."""
         url = httpx.URL(model_url)
         if not url.is_absolute_url:
-            if not model_url.startswith("/"):
+            # "//host/path" names another host without a scheme: not a path of this server, whatever httpx would
+            # make of it (it kept the path and dropped the host); refused, as the iOS app does (spec/url_resolution).
+            if not model_url.startswith("/") or model_url.startswith("//"):
                 raise ValueError(f"model_url {model_url[:100]!r} is neither a path nor a URL")
             return model_url
         server = httpx.URL(self.server)
@@ -131,13 +158,14 @@ class AgentClient:
         path = url.raw_path.decode()
         return path[len(base) :] if base and path.startswith(base + "/") else path
 
-    # A heartbeat retries only until the next one is due: one stuck in backoff would outlive its job.
-    def heartbeat(self, job: dict[str, Any], retry_for_s: float | None = None) -> None:
+    # A heartbeat, its retries and each request's wait included, ends before the next one is due: one stuck in
+    # backoff or in a read that a stalled service never answers would let the lease run out meanwhile.
+    def heartbeat(self, job: dict[str, Any], within_s: float) -> None:
         self._call("POST", f"/v1/agent/jobs/{job['job_id']}/heartbeat", json={"lease_token": job["lease_token"]},
-                   retry_for_s=retry_for_s)  # fmt: skip
+                   within_s=within_s)  # fmt: skip
 
-    def heartbeat_batch(self, lease_token: str, retry_for_s: float | None = None) -> None:
-        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token}, retry_for_s=retry_for_s)
+    def heartbeat_batch(self, lease_token: str, within_s: float) -> None:
+        self._call("POST", "/v1/agent/heartbeat", json={"lease_token": lease_token}, within_s=within_s)
 
     def results(self, lease_token: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A batch's results in one call; each item is acknowledged on its own."""
@@ -148,28 +176,18 @@ class AgentClient:
         body = {"lease_token": job["lease_token"], **stats}
         return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/result", json=body).json()
 
-    def failure(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
+    def failure(self, job: dict[str, Any], reason: str, *, give_back: bool = False) -> dict[str, Any]:
+        """Report a job failed (requeued while attempts remain), or with `give_back` not tried at all. A service
+        from before give-backs refuses the field (422): the report is then sent plain, costing an attempt."""
+        path = f"/v1/agent/jobs/{job['job_id']}/failure"
         body = {"lease_token": job["lease_token"], "reason": reason[:4000]}
-        return self._call("POST", f"/v1/agent/jobs/{job['job_id']}/failure", json=body).json()
-
-
-def error_detail(resp: httpx.Response) -> str:
-    """An error body's `detail` as one line: a message, or FastAPI's list of refused fields."""
-    try:
-        detail = resp.json().get("detail", resp.text)
-    except (ValueError, AttributeError):
-        return resp.text[:500]
-    if not isinstance(detail, list):
-        return str(detail)
-    parts = []
-    for err in detail[:5]:
-        if not isinstance(err, dict):
-            parts.append(str(err))
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
-        parts.append(f"{where}: {err.get('msg')}" + (f" ({ctx['error']})" if ctx.get("error") else ""))
-    return "; ".join(parts)
+        if give_back:
+            try:
+                return self._call("POST", path, json=body | {"give_back": True}).json()
+            except ProtocolError as exc:
+                if exc.status != 422 or "give_back" not in exc.detail:
+                    raise
+        return self._call("POST", path, json=body).json()
 
 
 def _sha256(path: Path) -> str:

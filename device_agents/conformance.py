@@ -180,7 +180,7 @@ def check_batches_and_rounds(db_url: str, device_id: int, run_id: int, total: in
 
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as s:
-        mine = (Job.device_id == device_id) & (Job.batch_group == f"run:{run_id}")
+        mine = (Job.device_id == device_id) & (Job.run_id == run_id)
         tokens = set(s.scalars(select(Job.lease_token).where(mine)))
         rows = s.execute(
             select(Measurement.op_key, Measurement.rounds, Measurement.round_medians_us, Measurement.context)
@@ -225,7 +225,7 @@ def check_heartbeats(svc: Service, agent: AgentUnderTest | PhoneAgent, report: R
     with make_sessionmaker(engine)() as s:
         jobs = s.execute(
             select(Job.op_key, Job.attempts, Job.heartbeat_at, Job.finished_at).where(
-                (Job.device_id == device["id"]) & (Job.batch_group == f"run:{run['id']}")
+                (Job.device_id == device["id"]) & (Job.run_id == run["id"])
             )
         ).all()
     engine.dispose()

@@ -1,15 +1,15 @@
 """One agent host, several devices: a worker thread per device, each with its own token and backend.
 
-[{"backend": "local", "server": "http://...", "token": "..."},
- {"backend": "android", "server": "http://...", "token": "...", "adb": "10.0.0.7:5555", "taskset": "f0"}]
+A fleet file is a JSON list of workers, each with the options `dnas agent local` or `dnas agent android` take
+(device_agents.settings, the one definition of them), as keys:
 
-Optional per worker: "retry_for" (seconds a call is retried before the job is given up; default 600),
-android: "serial" (USB), "runner", "perf_test_dir", "runtime_version", "cooldown", "key".
+[{"backend": "local", "server": "http://...", "token_file": "/run/dnas/host.token", "cpus": [1]},
+ {"backend": "android", "server": "http://...", "token": "...", "adb": "10.0.0.7:5555", "taskset": "f0",
+  "thermal_wait": 300, "batch_size": 100}]
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -17,55 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.android.backend import DeviceUnfit
-from device_agents.client import AgentClient
+from device_agents.client import ProtocolError
 from device_agents.loop import Agent, AgentStats
+from device_agents.settings import AgentSettings
 
 log = logging.getLogger("dnas.fleet")
 
-
-def _backend(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
-    kind = spec.get("backend")
-    if kind == "local":
-        from device_agents.local.backend import LocalBackend
-
-        return LocalBackend(cpus=spec.get("cpus"))
-    if kind == "android":
-        from device_agents.android.backend import AndroidBackend
-        from device_agents.android.connection import AdbConnection
-
-        conn = AdbConnection(tcp=spec.get("adb"), serial=spec.get("serial"),
-                             key_path=Path(spec["key"]) if spec.get("key") else None)  # fmt: skip
-        perf_test_dir = Path(spec["perf_test_dir"]) if spec.get("perf_test_dir") else None
-        return AndroidBackend(
-            conn,
-            runner=spec.get("runner", "python"),
-            taskset=spec.get("taskset", "auto"),
-            cooldown_s=spec.get("cooldown", 0.0),
-            perf_test_dir=perf_test_dir,
-            runtime_version=spec.get("runtime_version"),
-        )
-    raise ValueError(f"worker backend must be 'local' or 'android', not {kind!r}")
+RETRY_FIRST_S = 5.0  # a failed worker starts again after this, doubling up to RETRY_MAX_S while it keeps failing
+RETRY_MAX_S = 300.0
+# What a worker meets in the field (a device away or unfit, a call refused, an answer that is not JSON): one line.
+EXPECTED = (DeviceUnfit, ProtocolError, ConnectionError, OSError, ValueError)
 
 
-def load_fleet(path: Path) -> list[dict[str, Any]]:
-    workers = json.loads(path.read_text())
-    if not isinstance(workers, list) or not workers:
-        raise ValueError(f"{path}: expected a non-empty JSON list of workers")
-    for i, w in enumerate(workers):
-        missing = [k for k in ("backend", "server", "token") if not w.get(k)]
-        if missing:
-            raise ValueError(f"{path}: worker {i} is missing {', '.join(missing)}")
-    return workers
+def make_agents(workers: list[AgentSettings], default_cache_dir: Path) -> list[Agent]:
+    """One agent per worker, built from its settings exactly as `dnas agent local|android` builds its own."""
+    return [w.make_agent(w.make_backend(), default_cache_dir) for w in workers]
 
 
-def run_fleet(
-    workers: list[dict[str, Any]], cache_dir: Path, *, wait: float = 20.0, exit_when_idle: bool = False
-) -> list[AgentStats]:
-    agents = [
-        Agent(AgentClient(w["server"], w["token"], retry_for_s=float(w.get("retry_for", 600))), _backend(w),
-              cache_dir=cache_dir, wait_seconds=wait, exit_when_idle=exit_when_idle)
-        for w in workers
-    ]  # fmt: skip
+def run_fleet(workers: list[AgentSettings], default_cache_dir: Path) -> list[AgentStats]:
+    """Run every worker in its own thread until each stops (idle, or SIGINT/SIGTERM: a second one aborts).
+    A worker that fails (its phone unplugged or not authorised, a call the service refuses, an answer that is
+    not JSON) starts again with backoff, saying why in the log and on its device's dashboard page."""
+    agents = make_agents(workers, default_cache_dir)
+    names = [getattr(w, "backend", "?") for w in workers]
 
     def stop_all(signum: int, _frame: Any) -> None:
         for agent in agents:
@@ -74,19 +48,61 @@ def run_fleet(
 
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
-    results: list[AgentStats | None] = [None] * len(agents)
+    results = [AgentStats() for _ in agents]
 
     def work(i: int) -> None:
-        try:
-            results[i] = agents[i].run()
-        except DeviceUnfit as exc:
-            log.error("worker %d (%s) refused its device: %s", i, workers[i]["backend"], exc)
-        except Exception:
-            log.exception("worker %d (%s) stopped with an error", i, workers[i]["backend"])
+        delay = RETRY_FIRST_S
+        while True:
+            agent = agents[i]
+            try:
+                _add(results[i], agent.run())
+                return
+            except Exception as exc:  # a worker outlives its device and its service, as the loop outlives outages
+                why = (
+                    f"refused its device: {exc}"
+                    if isinstance(exc, DeviceUnfit)
+                    else f"failed: {type(exc).__name__}: {exc}"
+                )
+                if not isinstance(exc, EXPECTED):  # a bug: its traceback, once
+                    log.exception("worker %d (%s) failed", i, names[i])
+                _add(results[i], agent.stats)
+            if agent.stopping.is_set():
+                log.error("worker %d (%s) stopped: %s", i, names[i], why)
+                return
+            if agent.stats.done or agent.stats.failed:  # it worked a while: a new failure starts the backoff anew
+                delay = RETRY_FIRST_S
+            log.error("worker %d (%s) %s; starting it again in %.0f s", i, names[i], why, delay)
+            _say(agent, why, delay)
+            if agent.stopping.wait(delay):
+                return
+            agents[i] = workers[i].make_agent(workers[i].make_backend(), default_cache_dir)
+            if agent.stopping.is_set():  # a signal between the wait and the swap reached the old agent only
+                agents[i].stopping.set()
+            delay = min(2 * delay, RETRY_MAX_S)
 
     threads = [threading.Thread(target=work, args=(i,), name=f"worker-{i}") for i in range(len(agents))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return [r or AgentStats() for r in results]
+    return results
+
+
+def _add(total: AgentStats, more: AgentStats) -> AgentStats:
+    total.done, total.failed, total.batches = (
+        total.done + more.done,
+        total.failed + more.failed,
+        total.batches + more.batches,
+    )
+    total.measure_s += more.measure_s
+    return total
+
+
+def _say(agent: Agent, why: str, retry_in_s: float) -> None:
+    """Tell the service, for the device's page; the log has said it already if the service cannot hear it."""
+    try:
+        agent.client.report_status(why, retry_in_s)
+    except Exception as exc:
+        log.warning("could not report the worker's state to the service: %s", exc)
+    finally:
+        agent.client.close()

@@ -5,7 +5,12 @@ group (a profiling run, or a set of networks) and measure them together in inter
 (search/measurement/rounds.py). Others speak protocol 1: one job, one block of runs.
 
 Stopping: the first SIGINT/SIGTERM lets the current job or batch finish and report; a second one gives it
-back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire).
+back (reported as failures, so the jobs are requeued at once instead of waiting for the lease to expire). A
+batch sees the second one at its next visit or round (an Android batch of separate visits can last hours):
+what was final by then (models that failed, any measured in every round) is reported, the rest given back.
+
+A device that goes away (DeviceUnavailable: a phone unplugged, off Wi-Fi, rebooting) fails no job: its work
+is given back, and the agent leases nothing until the backend reconnects, trying with backoff.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agents.backend import BatchBackend, BatchPlan, MeasurementError, Timing
+from device_agents.backend import (
+    BatchBackend,
+    BatchPlan,
+    DeviceUnavailable,
+    MeasurementError,
+    Timing,
+    precision_refusal,
+)
 from device_agents.client import AgentClient, ProtocolError
 from device_agents.stats import summarise
 from search.measurement.rounds import summarise_rounds
@@ -126,8 +138,18 @@ class Agent:
                         "(raise --batch-size)", batch["group_jobs"], len(jobs))  # fmt: skip
         failures: dict[str, str] = {}
         results: list[dict[str, Any]] = []
+        precision = batch["config"].get("precision", "fp32")
+        refused = precision_refusal(self.backend, precision)
+        if refused:  # nothing is measured, so nothing can be stored under the wrong precision
+            log.error("batch refused: %s", refused)
+            for job in jobs.values():
+                if not self._fail(job, refused):
+                    break
+                self.stats.failed += 1
+            return
         every = batch["lease_seconds"] / 3
-        with _Heartbeat(lambda: self.client.heartbeat_batch(token, retry_for_s=every), every) as beat:
+        gone: DeviceUnavailable | None = None
+        with _Heartbeat(lambda: self.client.heartbeat_batch(token, within_s=0.8 * every), every) as beat:
             try:
                 models = {}
                 for key, job in jobs.items():
@@ -138,12 +160,13 @@ class Agent:
                     except (ValueError, ProtocolError) as exc:
                         failures[key] = f"model download: {exc}"
                 plan = BatchPlan.from_config(batch["config"], batch["seed"])
+                log.info("measuring %d models in %d rounds", len(models), plan.rounds)
                 start = time.perf_counter()
-                timings = self.backend.measure_batch(models, plan) if models else {}
+                # Told to stop now, the backend ends at its next visit; what it finished is still reported.
+                timings = self.backend.measure_batch(models, plan, stop=self.abort) if models else {}
                 self.stats.measure_s += time.perf_counter() - start
-                if self.abort.is_set():
-                    raise GiveBack()
-                batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]}}
+                batch_ctx = {"config": batch["config"], "batch": {"jobs": len(jobs), "seed": batch["seed"]},
+                             "precision": precision}  # fmt: skip
                 for key, timing in timings.items():
                     try:
                         if isinstance(timing, MeasurementError):
@@ -155,10 +178,17 @@ class Agent:
             except GiveBack:
                 self._give_back(jobs.values(), "agent stopped before finishing; batch given back")
                 return
+            except DeviceUnavailable as exc:  # not the jobs' fault: none is failed for it
+                log.warning("device unavailable, batch given back: %s", exc)
+                self._give_back(jobs.values(), f"device unavailable, batch given back: {exc}")
+                gone = exc
             except JOB_ERRORS as exc:
                 log.error("batch failed: %s", exc)
                 failures |= {key: str(exc) for key in jobs if key not in failures}
                 results = []
+        if gone is not None:
+            self._reconnect()
+            return
         if beat.lost:
             log.warning("batch lease lost while measuring; %d results discarded", len(results))
             return
@@ -171,6 +201,11 @@ class Agent:
             self.stats.failed += 1
         if results:
             self._report(token, jobs, results)
+        settled = set(failures) | {str(item["job_id"]) for item in results}
+        if rest := [job for key, job in jobs.items() if key not in settled]:  # the backend stopped early
+            log.warning("batch stopped: %d jobs not measured in every round, given back", len(rest))
+            if reachable:
+                self._give_back(rest, "agent stopped before finishing; batch given back")
 
     def _report(self, token: str, jobs: dict[str, dict[str, Any]], results: list[dict[str, Any]]) -> None:
         """One POST for the batch. If the service refuses it whole (one item it finds invalid), each result is
@@ -191,6 +226,9 @@ class Agent:
                 except ProtocolError as one:
                     self._fail(job, f"result refused by the service: {one.detail[:500]}")
                     self.stats.failed += 1
+                except ConnectionError as exc:  # the service went away mid-fallback: the rest expire and re-run
+                    log.warning("results not delivered after %d of %d: %s", len(acks), len(results), exc)
+                    break
         except ConnectionError as exc:
             log.warning("batch results not delivered: %s", exc)
             return
@@ -200,14 +238,22 @@ class Agent:
 
     def _give_back(self, jobs: Any, reason: str) -> None:
         for job in jobs:
-            if not self._fail(job, reason):
+            if not self._fail(job, reason, give_back=True):
                 break
 
     # ---- protocol 1: one job, one block of runs -----------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         log.info("job %s (attempt %s): %s", job["job_id"], job["attempt"], job["op_key"])
+        precision = job["config"].get("precision", "fp32")
+        refused = precision_refusal(self.backend, precision)
+        if refused:
+            log.error("job %s refused: %s", job["job_id"], refused)
+            self._fail(job, refused)
+            self.stats.failed += 1
+            return
         every = job["lease_seconds"] / 3
-        with _Heartbeat(lambda: self.client.heartbeat(job, retry_for_s=every), every) as beat:
+        gone: DeviceUnavailable | None = None
+        with _Heartbeat(lambda: self.client.heartbeat(job, within_s=0.8 * every), every) as beat:
             try:
                 model = self.client.download(job, self.cache_dir)
                 if self.abort.is_set():
@@ -218,15 +264,22 @@ class Agent:
                 self.stats.measure_s += time.perf_counter() - start
                 if self.abort.is_set():
                     raise GiveBack()
-                stats = _statistics(timing) | {"context": timing.context | {"config": cfg}}
+                stats = _statistics(timing) | {"context": timing.context | {"config": cfg, "precision": precision}}
             except GiveBack:
-                self._fail(job, "agent stopped before finishing; job given back")
+                self._fail(job, "agent stopped before finishing; job given back", give_back=True)
                 return
+            except DeviceUnavailable as exc:
+                log.warning("device unavailable, job %s given back: %s", job["job_id"], exc)
+                self._fail(job, f"device unavailable, job given back: {exc}", give_back=True)
+                gone = exc
             except JOB_ERRORS as exc:
                 log.error("job %s failed: %s", job["job_id"], exc)
                 self._fail(job, str(exc))
                 self.stats.failed += 1
                 return
+        if gone is not None:
+            self._reconnect()
+            return
         if beat.lost:
             log.warning("job %s: lease lost while measuring; result discarded", job["job_id"])
             return
@@ -239,10 +292,26 @@ class Agent:
         log.info("job %s done: median %.1f us%s", job["job_id"], stats["median_us"],
                  " (replayed)" if ack.get("replayed") else "")  # fmt: skip
 
-    def _fail(self, job: dict[str, Any], reason: str) -> bool:
-        """Report a failure (the job is requeued or failed with the reason); False if the service is unreachable."""
+    def _reconnect(self) -> None:
+        """Lease nothing until the device answers again: the backend reconnects and prepares it afresh (after a
+        reboot its clocks and modes are not what they were), tried 1 s after the loss, then doubling up to
+        30 s. A stop request ends the wait."""
+        delay = 1.0
+        while not self.stopping.wait(delay):
+            try:
+                self.backend.reconnect()
+            except DeviceUnavailable as exc:
+                delay = min(2 * delay, 30.0)
+                log.warning("device still unavailable (%s); next try in %.0f s", exc, delay)
+                continue
+            log.info("device back and prepared again; leasing")
+            return
+
+    def _fail(self, job: dict[str, Any], reason: str, *, give_back: bool = False) -> bool:
+        """Report a failure (the job is requeued or failed with the reason), or with `give_back` a job not tried
+        (requeued, its attempt returned); False if the service is unreachable."""
         try:
-            self.client.failure(job, reason)
+            self.client.failure(job, reason, give_back=give_back)
         except ProtocolError as exc:
             log.warning("job %s: failure report refused: %s", job["job_id"], exc)
         except ConnectionError as exc:
@@ -286,3 +355,5 @@ class _Heartbeat:
                 return
             except ConnectionError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a thread that died here would let the lease run out with nobody told
+                log.exception("heartbeat failed unexpectedly; beating on")

@@ -37,6 +37,9 @@ def _run_options() -> list[inspect.Parameter]:
          None),
         ("version", Annotated[list[str] | None, typer.Option(
             help="Table version or 'latest' (default): one for every device, or one per device.")], None),
+        ("precision", Annotated[list[str] | None, typer.Option(
+            help="fp32 or int8: the table's precision, one for every device or one per device (default: the "
+                 "newest table whatever its precision). A table of another precision is refused.")], None),
         ("token", Token, None),
         ("data", Data, "digits"),
         ("raw", Annotated[bool, typer.Option(
@@ -70,7 +73,12 @@ def search(**kwargs: Any) -> None:
     for flag, value in (("--out", run["out"]), ("--server", run["server"])):
         if value is not None:
             args += [flag, str(value)]
-    for flag, values in (("--table", run["table"]), ("--device", run["device"]), ("--version", run["version"])):
+    for flag, values in (
+        ("--table", run["table"]),
+        ("--device", run["device"]),
+        ("--version", run["version"]),
+        ("--precision", run["precision"]),
+    ):
         for value in values or []:
             args += [flag, str(value)]
     for flag in ("raw", "allow_table_change", "print_config"):
@@ -79,18 +87,20 @@ def search(**kwargs: Any) -> None:
     args += config_to_argv(cfg)
     if run["out"] is None and not run["print_config"]:
         raise UserError("--out is required")
-    if run["token"]:
-        os.environ["DNAS_TOKEN"] = run["token"]  # never on a command line: `ps` shows those
     if run["nproc"] > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run['nproc']}",
                "-m", "search.run", *args]  # fmt: skip
-        code = subprocess.call(cmd, env=os.environ.copy())
+        # The token goes to the workers in their environment, never on their command line (`ps` shows those),
+        # and this process's environment is left as it was.
+        env = os.environ | ({"DNAS_TOKEN": run["token"]} if run["token"] else {})
+        code = subprocess.call(cmd, env=env)
         if code != 0:
             raise typer.Exit(code)
         return
     from search.dnas.run import main as run_main
 
-    run_main(args)
+    # In this process the token is an argument list handed to the parser, not a command line `ps` shows.
+    run_main([*args, "--token", run["token"]] if run["token"] else args)
 
 
 search.__signature__ = inspect.Signature([*_run_options(), *typer_parameters()])  # type: ignore[attr-defined]
@@ -106,6 +116,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed of the training (not of the split: that is recorded).")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader workers (streamed data sets).")] = 4,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the result JSON here.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also report int8 accuracy: the trained network exported "
+                    "fp32 and int8 (the tables' recipe, calibrated on training images), both run by onnxruntime "
+                    "on the held-out split.")] = False,
 ) -> None:  # fmt: skip
     """Train an architecture from scratch on the search's training images; report held-out accuracy."""
     from search.data.datasets import DataError, load_data, load_recorded
@@ -135,13 +148,17 @@ def train(
         )
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       workers=workers if splits.streamed else 0)  # fmt: skip
-    _, result = train_architecture(space, doc["arch"], splits, cfg)
+    model, result = train_architecture(space, doc["arch"], splits, cfg)
     summary = {"arch": doc["arch"], "val_accuracy": result["val_accuracy"], "epochs": epochs,
                "predicted_latency_ms": doc.get("predicted_latency_ms"), "flops": doc.get("flops"),
                **({"predicted_latency_ms_by_device": doc["predicted_latency_ms_by_device"]}
                   if "predicted_latency_ms_by_device" in doc else {}),
                "params": doc.get("params"),
                "data": {k: splits.record.get(k) for k in ("spec", "split_seed", "sizes")}}  # fmt: skip
+    if int8:
+        from search.dnas.retrain import int8_accuracy
+
+        summary |= int8_accuracy(space, doc["arch"], model, splits, workers=cfg.workers)
     if out:
         out.write_text(json.dumps(summary | {"history": result["history"]}, indent=2))
     typer.echo(json.dumps(summary, indent=2))

@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dnas.api_client import ServiceClient
 from dnas.errors import UserError
+from dnas.options import SPACE, Candidates, Classes, HeadC, Resolution, SpaceName, Width, space_options
+from search.tables.client import ServiceClient, ServiceError, not_published
 
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
 DEFAULT_SERVER = "http://127.0.0.1:8321"
 WORKER_HEALTHCHECK_S = 60
+Precision = Annotated[
+    str, typer.Option(help="fp32, or int8: every op, probe and anchor network quantized by one recipe (QDQ static).")
+]
+PrecisionFilter = Annotated[
+    str | None,
+    typer.Option(help="Only tables measured at this precision (fp32 or int8); a table of another is never taken."),
+]
+
+
+def _check_precision(value: str | None) -> str | None:
+    if value is not None and value not in ("fp32", "int8"):
+        raise UserError(f"--precision must be fp32 or int8, not {value!r}")
+    return value
+
 
 device_app = typer.Typer(no_args_is_help=True, help="Measurement targets: register, list, show.")
 table_app = typer.Typer(no_args_is_help=True, help="Latency tables: fetch one, compare two, import a published one.")
+
+
+def connect(server: str, token: str | None, timeout: float = 120.0) -> ServiceClient:
+    """The typed client (search/tables/client.py) for a command; every command here needs a token."""
+    if not token:
+        raise UserError("no token: pass --token or set DNAS_TOKEN (the admin token, or a reader token to read)")
+    return ServiceClient(server, token, timeout=timeout)
 
 
 def serve(
@@ -59,8 +80,12 @@ def serve(
 
     from profiler_service.app import prepare
     from profiler_service.request_id import log_config
+    from profiler_service.security import RevokedAdminToken
 
-    token = prepare(settings)
+    try:
+        token = prepare(settings)
+    except RevokedAdminToken as exc:  # the operator's to fix: one line, not a traceback
+        raise UserError(str(exc)) from None
     if token:
         typer.echo(f"admin token (shown once, store it): {token}", err=True)
     # Workers rebuild settings from the environment: pass the resolved values down that way. A URL built from
@@ -69,8 +94,8 @@ def serve(
     for name, value in settings.model_dump(exclude=built_url).items():
         if value is not None:
             os.environ[f"DNAS_SERVICE_{name.upper()}"] = str(value)
-    typer.echo(f"dashboard: http://{settings.host}:{settings.port}/ui (sign in with the admin or a reader token)",
-               err=True)  # fmt: skip
+    where = settings.public_url or f"http://{settings.host}:{settings.port}"
+    typer.echo(f"dashboard: {where}/ui (sign in with the admin or a reader token)", err=True)
     try:
         uvicorn.run(
             "profiler_service.app:create_app",
@@ -78,6 +103,9 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # X-Forwarded-For and -Proto only from the proxies named: from anyone else they are a caller's claim.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             # A worker answers its supervisor's health pings only once it has re-imported the program that
             # started it (the `dnas` console script: unlike `python -m`, spawn re-runs it) and uvicorn. With
             # uvicorn's 5 s default, a loaded 2-core host killed and restarted every worker forever.
@@ -115,9 +143,7 @@ def device_register(
         props[key] = value
     if agent_token_file is not None and agent_token_file.exists():
         raise UserError(f"{agent_token_file} exists; remove it or pick another --agent-token-file")
-    out = ServiceClient(server, token).json(
-        "POST", "/v1/devices", json={"name": name, "platform": platform, "properties": props}
-    )
+    out = connect(server, token).register_device(name, platform, props)
     if agent_token_file is not None:
         try:
             write_secret(agent_token_file, out.pop("agent_token"), replace=False)
@@ -132,22 +158,24 @@ def device_register(
 
 @device_app.command("list")
 def device_list(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    for d in ServiceClient(server, token).json("GET", "/v1/devices"):
+    for d in connect(server, token).devices():
         fp = d.get("fingerprint") or {}
         typer.echo(f"{d['id']:4d}  {d['name']:24s} {d['platform']:8s} {fp.get('model') or '-'}")
 
 
 @device_app.command("show")
 def device_show(device_id: int, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    typer.echo(json.dumps(ServiceClient(server, token).json("GET", f"/v1/devices/{device_id}"), indent=2))
+    typer.echo(json.dumps(connect(server, token).device(device_id), indent=2))
 
 
 def profile(
     device: Annotated[int, typer.Option("--device", help="Device id.")],
-    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
-    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
-    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
+    space: SpaceName = SPACE.name,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
+    classes: Classes = SPACE.num_classes,
+    head_c: HeadC = None,
+    candidates: Candidates = None,
     threads: Annotated[int, typer.Option(help="Runtime threads.")] = 1,
     warmup: Annotated[int, typer.Option(help="Untimed runs per op when it is loaded.")] = 10,
     rounds: Annotated[
@@ -158,43 +186,30 @@ def profile(
         int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
     ] = None,
     anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 8,
+    precision: Precision = "fp32",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
     """Profile a search space on a device; with --wait, until its latency table is published."""
-    client = ServiceClient(server, token)
-    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round}
-    body = {
-        "device_id": device,
-        "space": {"name": space, "resolution": resolution, "width": width, "num_classes": classes},
-        "config": {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
-        "anchors": anchors,
-    }
-    run = client.json("POST", "/v1/profiling-runs", json=body)
+    target = space_options(space, resolution, width, classes, head_c, candidates)  # refused here, not by a 422
+    client = connect(server, token, timeout=1800)  # the service exports (int8: quantizes) every op first
+    config = {"threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds, "runs_per_round": runs_per_round,
+              "precision": _check_precision(precision)}  # fmt: skip
+    run = client.start_run(
+        device,
+        target.model_dump(exclude_none=True),
+        {k: v for k, v in config.items() if v is not None},  # the service fills in its defaults
+        anchors=anchors,
+    )
     typer.echo(f"run {run['id']}: {run['total']} jobs (ops, call-overhead probes, anchor networks), "
                f"{run['done']} already measured", err=True)  # fmt: skip
     if wait:
-        run = wait_for_run(client, run["id"])
+        run = client.wait_for_run(run["id"], progress=True)
     typer.echo(json.dumps(run, indent=2))
-    if run["status"] == "failed":
-        raise UserError(f"run {run['id']} failed: " + "; ".join(run["errors"][:3]))
-
-
-def wait_for_run(client: ServiceClient, run_id: int, timeout_s: float = 24 * 3600) -> dict:
-    from tqdm import tqdm
-
-    deadline = time.monotonic() + timeout_s
-    run = client.json("GET", f"/v1/profiling-runs/{run_id}")
-    with tqdm(total=run["total"], desc=f"run {run_id}", unit="op") as bar:
-        while True:
-            bar.n = run["done"] + run["failed"]
-            bar.set_postfix(failed=run["failed"])
-            bar.refresh()
-            if run["status"] in ("published", "failed") or time.monotonic() > deadline:
-                return run
-            time.sleep(1.0)
-            run = client.json("GET", f"/v1/profiling-runs/{run_id}")
+    why = not_published(run)
+    if why and (wait or run["status"] != "running"):  # without --wait, a running run is what was asked for
+        raise UserError(why)
 
 
 @table_app.command("get")
@@ -203,16 +218,14 @@ def table_get(
     version: Annotated[str, typer.Option(help="Version number or 'latest'.")] = "latest",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON.")] = False,
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Fetch one table version."""
-    params = {"format": "csv"} if csv else {}
-    text = (
-        ServiceClient(server, token)
-        .request("GET", f"/v1/devices/{device}/latency-tables/{version}", params=params)
-        .text
-    )
+    """Fetch one table version ('latest': the newest, of a space and a precision if given)."""
+    text = connect(server, token).table_text(device, version, csv=csv, space_hash=space_hash,
+                                             precision=_check_precision(precision))  # fmt: skip
     if output:
         output.write_text(text)
         typer.echo(f"wrote {output}", err=True)
@@ -220,27 +233,67 @@ def table_get(
         typer.echo(text)
 
 
-@table_app.command("compare")
-def table_compare(
-    a: Annotated[str, typer.Argument(help="DEVICE:VERSION, e.g. 1:latest")],
-    b: Annotated[str, typer.Argument(help="DEVICE:VERSION")],
-    png: Annotated[Path | None, typer.Option(help="Also write the bar chart here.")] = None,
+@table_app.command("list")
+def table_list(
+    device: Annotated[int, typer.Option("--device", help="Device id.")],
+    space_hash: Annotated[str | None, typer.Option(help="Only tables of this space (its hash).")] = None,
+    precision: PrecisionFilter = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Per-op latency ratio of two tables; the ops that differ most first."""
-    client = ServiceClient(server, token)
-    result = client.json("GET", "/v1/latency-tables/compare", params={"a": a, "b": b})
+    """A device's table versions, oldest first: a device holds tables for several spaces and precisions."""
+    params: dict[str, Any] = {"limit": 1000}
+    if space_hash:
+        params["space_hash"] = space_hash
+    if _check_precision(precision):
+        params["precision"] = precision
+    for t in ServiceClient(server, token).json("GET", f"/v1/devices/{device}/latency-tables", params=params):
+        typer.echo(f"v{t['version']:<4d} {t.get('precision', 'fp32'):5s} space {t['space_hash'][:12]}  "
+                   f"{t['entries']:4d} ops  {t['created_at']}")  # fmt: skip
+
+
+@table_app.command("compare")
+def table_compare(
+    a: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION] (1:latest:int8), or a table file")],
+    b: Annotated[str, typer.Argument(help="DEVICE:VERSION[:PRECISION], or a table file (then both are files)")],
+    png: Annotated[Path | None, typer.Option(help="Also write the chart here (and the layer map).")] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Per-op latency ratio of two tables; the ops that differ most first. Two published table files (the JSON
+    the service serves, e.g. a dashboard download) are compared here, without a service."""
+    if Path(a).is_file() and Path(b).is_file():
+        result, picture = _compare_files(Path(a), Path(b), png is not None)
+    else:
+        client = connect(server, token)
+        result = client.compare(a, b)
+        picture = client.compare_png(a, b) if png else None
     median = result["median_ratio"]
     typer.echo(f"{result['shared_ops']} shared ops, median ratio b/a = " + (f"{median:.3f}" if median else "-"))
     for row in result["ops"][:15]:
         ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else "     -"  # an op priced 0 on either side
         typer.echo(f"  {ratio}  {row['a_us']:9.1f} -> {row['b_us']:9.1f} us  {row['key']}")
-    if png:
-        png.write_bytes(
-            client.request("GET", "/v1/latency-tables/compare", params={"a": a, "b": b, "format": "png"}).content
-        )
+    if png and picture is not None:
+        png.write_bytes(picture)
         typer.echo(f"wrote {png}", err=True)
+
+
+def _compare_files(a: Path, b: Path, draw: bool) -> tuple[dict[str, Any], bytes | None]:
+    """The service's own comparison (profiler_service/compare.py) on two table files."""
+    from profiler_service.compare import by_layer, compare, compare_png
+
+    tables = []
+    for path in (a, b):
+        try:
+            table = json.loads(path.read_text())
+            needed = ("device", "version", "content_sha256", "entries")
+            if not isinstance(table, dict) or any(k not in table for k in needed):
+                raise ValueError(f"it lacks one of {', '.join(needed)}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is not a published latency table (JSON): {exc}") from None
+        tables.append(table)
+    result = compare(*tables)
+    return result, compare_png(result, 20, by_layer(result, tables[0])) if draw else None
 
 
 @table_app.command("import")
@@ -264,9 +317,7 @@ def table_import(
     params = {"hw_device": hw, "dataset": dataset, "metric": metric}
     if name:
         params["device_name"] = name
-    client = ServiceClient(server, token)
-    answer = client.json("POST", "/v1/latency-tables/import", params=params, content=data,
-                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    answer = connect(server, token).import_table(data, **params)
     device, table = answer["device"], answer["table"]
     verb = "imported" if answer["created"] else "already imported"
     typer.echo(f"{verb}: device {device['id']} ({device['name']}, platform {device['platform']}) table "
@@ -292,15 +343,14 @@ def validate(
         ),
     ] = None,
     samples: Annotated[int, typer.Option(help="Random architectures to measure end to end.")] = 20,
-    space: Annotated[str, typer.Option(help="Space name.")] = "fbnet",
-    resolution: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
-    classes: Annotated[int, typer.Option(help="Output classes.")] = 1000,
-    candidates: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated candidate blocks, as the table was profiled with (default: all)."),
-    ] = None,
+    space: SpaceName = SPACE.name,
+    resolution: Resolution = SPACE.resolution,
+    width: Width = SPACE.width,
+    classes: Classes = SPACE.num_classes,
+    head_c: HeadC = None,
+    candidates: Candidates = None,
     version: Annotated[str, typer.Option(help="Table version to check ('latest' or a number).")] = "latest",
+    precision: PrecisionFilter = None,
     calibrate: Annotated[bool, typer.Option(help="Fit and store a calibration beside the raw table.")] = False,
     seed: Annotated[int, typer.Option(help="Which random architectures.")] = 0,
     out: Annotated[Path, typer.Option(help="Where fidelity.json and fidelity.png go.")] = Path("fidelity"),
@@ -309,29 +359,24 @@ def validate(
 ) -> None:
     """How far a table is from whole networks measured end to end, next to the noise of measuring them; with
     --arch, searched architectures measured on each device they target (the cross-device matrix)."""
-    from search.space.macro import get_space
-    from search.space.opspec import OpSpecError
+    from dnas.options import build_space
     from search.tables.fidelity import FidelityError
     from search.tables.fidelity import validate as run_validate
 
+    # Networks are exported (and at int8 quantized) inside the POST that queues them: minutes at 224 px.
+    client = connect(server, token, timeout=1800)
     if arch:
-        return _validate_searched(arch, device, out, ServiceClient(server, token))
+        return _validate_searched(arch, device, out, client)
     if not device or len(device) != 1:
         raise UserError("give one --device (random architectures are checked against one device's table)")
-    kwargs: dict[str, Any] = {"resolution": resolution, "width": width, "num_classes": classes}
-    if candidates:
-        kwargs["candidates"] = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    target = build_space(space_options(space, resolution, width, classes, head_c, candidates))
     try:
-        target = get_space(space, **kwargs)
-    except OpSpecError as exc:
-        raise UserError(f"space: {exc}") from None
-    try:
-        report = run_validate(ServiceClient(server, token), device[0], target, samples, out, calibrate=calibrate,
-                              seed=seed, version=version)  # fmt: skip
+        report = run_validate(client, device[0], target, samples, out, calibrate=calibrate,
+                              seed=seed, version=version, precision=_check_precision(precision))  # fmt: skip
     except FidelityError as exc:
         raise UserError(str(exc)) from None
     typer.echo(f"{samples} networks on device {device[0]}, table v{report['table_version']} "
-               f"(rule: {report['prediction_rule']}):")  # fmt: skip
+               f"({report['precision']}, rule: {report['prediction_rule']}):")  # fmt: skip
     rows = [("table rule", report["raw"])]
     if "calibrated_held_out" in report:
         rows.append(("calibrated*", report["calibrated_held_out"]))
@@ -355,7 +400,7 @@ def validate(
     elif cal:
         typer.echo(f"  calibration not stored: {cal['why']}")
     typer.echo(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.png'}")
-    _upload_report(ServiceClient(server, token), device[0], report)
+    _upload_report(connect(server, token), device[0], report)
 
 
 def _finite(value: Any) -> Any:
@@ -373,8 +418,8 @@ def _upload_report(client: ServiceClient, device: int, report: dict[str, Any]) -
     """The service keeps the report for the dashboard's fidelity page; the local files are written already, so
     a service that cannot keep it (older, or a reader token) costs a note, not the check."""
     try:
-        stored = client.json("POST", f"/v1/devices/{device}/validations", json=_finite(report))
-    except UserError as exc:
+        stored = client.store_validation(device, _finite(report))
+    except ServiceError as exc:
         typer.echo(f"note: the service did not keep this report ({exc})")
         return
     typer.echo(f"the service keeps it as validation report {stored['id']} (dashboard: /ui/devices/{device}/fidelity)")

@@ -1,5 +1,5 @@
 # The profiler service: migrations, then uvicorn with several workers (PostgreSQL behind it).
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
 WORKDIR /app
 # The CPU build of torch, pinned; any other torch requirement would pull a multi-GB CUDA build.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

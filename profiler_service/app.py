@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,15 +21,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
-from profiler_service import http_log, metrics, request_id
+from profiler_service import api_docs, http_log, metrics, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
+from profiler_service.query_scrub import QueryScrubMiddleware
 from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
 from profiler_service.ui import install as install_dashboard
+from profiler_service.wakeups import Wakeups, libpq_url
 from search.space.export import ExportCache
 from search.space.opspec import OpSpecError
 
@@ -60,10 +63,22 @@ def _unique_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
+def _renderable(value: Any) -> Any:
+    """`value` with every float that is not finite as its text: JSON has no infinity, and an error body that
+    cannot be rendered becomes a 500 and a dropped connection instead of the refusal the caller needed."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _renderable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_renderable(v) for v in value]
+    return value
+
+
 def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     """Every error body: what was wrong, and the request id to quote (also in the X-Request-ID header)."""
     rid = request_id.current()
-    return JSONResponse({"detail": detail, "request_id": rid}, status_code=status,
+    return JSONResponse({"detail": _renderable(jsonable_encoder(detail)), "request_id": rid}, status_code=status,
                         headers={**(headers or {}), "X-Request-ID": rid})  # fmt: skip
 
 
@@ -84,14 +99,19 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    sweeper = asyncio.create_task(run_sweeps(app.state.sessionmaker, app.state.settings))
+    tasks = [asyncio.create_task(run_sweeps(app.state.sessionmaker, app.state.settings))]
+    engine = app.state.engine
+    if engine.dialect.name == "postgresql":  # one listening connection per worker, for every lease call it holds
+        tasks.append(asyncio.create_task(app.state.wakeups.run(libpq_url(engine.url))))
     try:
         yield
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        app.state.engine.dispose()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine.dispose()
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -103,6 +123,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="Registers devices, queues per-operator measurements, publishes versioned latency tables.",
         generate_unique_id_function=_unique_id,
+        docs_url=None,  # FastAPI's pages load their script from a CDN: api_docs serves /docs from here instead
+        redoc_url=None,
         # Counted as the bytes arrive, chunked or not, before any handler or auth runs: 413 past the limit.
         max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
@@ -111,14 +133,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    # Token checks are one SELECT each: read outside a transaction, they cost one round trip, not three (psycopg
+    # sends BEGIN and ROLLBACK on their own), and still see every revocation committed before them.
+    app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
+    app.state.wakeups = Wakeups(app.state.sessionmaker, settings)  # listens only once the lifespan starts it
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
+    api_docs.install(app)  # /docs: Swagger UI from this origin, under the dashboard's CSP
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     if settings.log_headers:  # inside the request id middleware: each line carries the request's id
         app.add_middleware(http_log.HeaderLogMiddleware)
-    app.add_middleware(request_id.RequestIdMiddleware)  # added last: outermost, so every line has the id
+    app.add_middleware(request_id.RequestIdMiddleware)  # so every line has the id
+    app.add_middleware(QueryScrubMiddleware)  # added last: outermost, before anything logs the query
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -127,7 +155,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
-        if exc.status_code == 413:
+        if exc.status_code == 413:  # the whole app's ceiling; each route's own limit is api/strict_json.py's
             detail = f"request body larger than {settings.max_body_bytes} bytes"
         return error(exc.status_code, detail, exc.headers)
 

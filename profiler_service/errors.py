@@ -47,3 +47,12 @@ class Invalid(ApiError):
 
 class Unavailable(ApiError):
     status_code = 503
+
+
+class TooLarge(ApiError):
+    """413 before the body is read past the route's limit."""
+
+    status_code = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes, the limit of this call")

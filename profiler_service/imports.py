@@ -18,10 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator
+from db.states import JobStatus
 from profiler_service.errors import Conflict
 from profiler_service.operators import insert_ignore
 from profiler_service.security import hash_token, new_token
-from profiler_service.tables import content_hash, serialise, table_payload
+from profiler_service.tables import content_hash, next_version, serialise, table_payload
 from profiler_service.timeutil import utcnow
 from search.tables.hwnasbench import RULE_DESCRIPTION, ImportedTable
 
@@ -126,7 +127,7 @@ def _publish(session: Session, device: Device, table: ImportedTable, config: dic
     jobs = {}
     for key in keys:
         jobs[key] = Job(device_id=device.id, op_key=key, config_hash=config_hash, config=config,
-                        generation=generation.get(key, -1) + 1, status="done", attempts=1, max_attempts=1,
+                        generation=generation.get(key, -1) + 1, status=JobStatus.DONE, attempts=1, max_attempts=1,
                         batch_group=group, finished_at=now)  # fmt: skip
     session.add_all(jobs.values())
     session.flush()
@@ -141,8 +142,7 @@ def _publish(session: Session, device: Device, table: ImportedTable, config: dic
                                         **stats[key]))  # fmt: skip
     session.add_all(measurements)
     session.flush()
-    version = (session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == device.id))
-               or 0) + 1  # fmt: skip
+    version = next_version(session, device.id)
     published = LatencyTable(device_id=device.id, version=version, run_id=None, space_hash=table.space.hash,
                              space=table.space.to_dict(), config_hash=config_hash, config=config, fingerprint=None,
                              prediction=prediction, content_sha256=digest)  # fmt: skip

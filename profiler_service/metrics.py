@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -22,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.models import Device, Job, ProfilingRun
+from db.states import JobStatus
 from profiler_service.timeutil import utcnow
 
 REQUESTS = Counter("dnas_http_requests", "HTTP requests answered.", ["method", "route", "status"])
@@ -29,7 +38,17 @@ LATENCY = Histogram(
     "dnas_http_request_duration_seconds", "Time to answer an HTTP request (long polls included).", ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30, 60),
 )  # fmt: skip
+# Summed over the live workers: how many agents hold a lease call waiting for work right now, and how many
+# workers hear queued jobs announced (PostgreSQL; profiler_service/wakeups.py). Below the worker count, the
+# waiting calls of the others poll the database.
+LEASE_WAITING = Gauge("dnas_lease_waiting", "Lease calls (long polls) waiting for work.", multiprocess_mode="livesum")
+LEASE_LISTENERS = Gauge(
+    "dnas_lease_listeners", "Workers listening for queued jobs (PostgreSQL LISTEN).", multiprocess_mode="livesum"
+)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The method label's only values (and "other"): a method is any token the caller sends, and each new label
+# value is a new series in every worker, for good, so an unauthenticated caller could grow the scrape at will.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_templates(routes: list[Any]) -> dict[int, str]:
@@ -43,7 +62,8 @@ def route_templates(routes: list[Any]) -> dict[int, str]:
 
 
 class MetricsMiddleware:
-    """Counts every answer by route template (never the raw path: a fuzzer would make endless series)."""
+    """Counts every answer by route template (never the raw path: a fuzzer would make endless series) and
+    by method, from a fixed set."""
 
     def __init__(self, app: ASGIApp, routes: Callable[[], list[Any]]) -> None:
         self.app = app
@@ -76,6 +96,7 @@ class MetricsMiddleware:
         finally:
             template = self.template(scope)
             method = scope.get("method", "?")
+            method = method if method in METHODS else "other"  # the caller chooses it: no label of theirs
             REQUESTS.labels(method, template, str(status)).inc()
             LATENCY.labels(method, template).observe(time.perf_counter() - start)
 
@@ -104,15 +125,15 @@ class QueueCollector(Collector):
     def _jobs(session: Session, now) -> Iterator[GaugeMetricFamily]:  # type: ignore[no-untyped-def]
         jobs = GaugeMetricFamily("dnas_jobs", "Measurement jobs by status (queued = queue depth).", labels=["status"])
         counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in ("queued", "leased", "done", "failed", "cancelled"):
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         leases = GaugeMetricFamily("dnas_leases", "Leased jobs: live, or expired and waiting to be taken back.",
                                    labels=["state"])  # fmt: skip
         expired = session.scalar(
-            select(func.count()).where(Job.status == "leased", Job.lease_expires_at < now)
+            select(func.count()).where(Job.status == JobStatus.LEASED, Job.lease_expires_at < now)
         ) or 0  # fmt: skip
-        leases.add_metric(["live"], counts.get("leased", 0) - expired)
+        leases.add_metric(["live"], counts.get(JobStatus.LEASED, 0) - expired)
         leases.add_metric(["expired"], expired)
         yield leases
 

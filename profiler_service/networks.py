@@ -17,20 +17,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, Measurement, Operator
+from db.states import JOB_FINAL, JobStatus
 from profiler_service.errors import Conflict, Invalid, NotFound
 from profiler_service.imports import refuse_if_imported
 from profiler_service.operators import insert_ignore
+from profiler_service.queue import add_jobs, latest_jobs, next_generation, set_group
 from profiler_service.schemas import MeasureConfig
 from search.space.export import atomic_write, export_network, sha256_file
 from search.space.macro import SearchSpace
 from search.space.model import build_model
 from search.space.opspec import OpSpecError
+from search.space.quantize import dtype_of
 
 NETWORK_KEY = re.compile(r"net-[0-9a-f]{24}")
 
 
-def network_key(space: SearchSpace, arch: list[str]) -> str:
-    return space.network_key(arch)
+def network_key(space: SearchSpace, arch: list[str], dtype: str = "float32") -> str:
+    return space.network_key(arch, dtype)
 
 
 def network_path(artifact_dir: Path, key: str) -> Path:
@@ -45,16 +48,18 @@ class PreparedNetwork:
     arch: list[str]
     space: SearchSpace
     path: Path
+    dtype: str = "float32"
 
 
-def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str]) -> PreparedNetwork:
+def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str], dtype: str = "float32") -> PreparedNetwork:
     """Export the architecture's ONNX file if it is missing. No database here: exporting takes seconds, and
-    must never run while a transaction holds one of the pool's connections."""
+    must never run while a transaction holds one of the pool's connections. At int8 the network is quantized
+    by the recipe every op of its table was (search/space/quantize.py), under its own key."""
     try:
         names = list(space.check_arch(arch))
     except OpSpecError as exc:
         raise Invalid(f"arch: {exc}") from None
-    key = network_key(space, names)
+    key = network_key(space, names, dtype)
     path = network_path(artifact_dir, key)
     if not path.exists():
         state = torch.random.get_rng_state()
@@ -62,8 +67,19 @@ def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str]) -> 
         model = build_model(space, names)
         torch.random.set_rng_state(state)
         shape = (space.batch, space.in_channels, space.resolution, space.resolution)
-        atomic_write(path, export_network(model, shape))
-    return PreparedNetwork(key=key, arch=names, space=space, path=path)
+        atomic_write(path, export_network(model, shape, dtype=dtype, key=key))
+    return PreparedNetwork(key=key, arch=names, space=space, path=path, dtype=dtype)
+
+
+def spec_dtype(spec: dict[str, Any]) -> str:
+    """The dtype an operator row's model runs at: ops and probes carry it, fp32 networks predate it."""
+    return str(spec.get("dtype", "float32"))
+
+
+def check_precision(key: str, spec: dict[str, Any], precision: str) -> None:
+    """A model is measured only under the precision it was exported at: nothing is stored under the wrong one."""
+    if spec_dtype(spec) != dtype_of(precision):
+        raise Invalid(f"{key} is a {spec_dtype(spec)} model; it cannot be measured under precision {precision}")
 
 
 def register_network(session: Session, net: PreparedNetwork) -> Operator:
@@ -72,6 +88,8 @@ def register_network(session: Session, net: PreparedNetwork) -> Operator:
         space = net.space
         spec = {"kind": "network", "arch": net.arch, "space": space.to_dict(),
                 "input_shape": [space.batch, space.in_channels, space.resolution, space.resolution]}  # fmt: skip
+        if net.dtype != "float32":  # an fp32 network's spec is what it always was
+            spec["dtype"] = net.dtype
         insert_ignore(session, Operator, [{"key": net.key, "spec": spec, "onnx_sha256": sha256_file(net.path),
                                             "onnx_bytes": net.path.stat().st_size}])  # fmt: skip
         session.commit()
@@ -83,18 +101,14 @@ def register_network(session: Session, net: PreparedNetwork) -> Operator:
 def request_measurement(session: Session, *, device: Device, op: Operator, config: MeasureConfig,
                         max_attempts: int) -> dict[str, Any]:  # fmt: skip
     """Queue the network on the device unless it was measured (or is queued) under this config already."""
+    check_precision(op.key, op.spec, config.precision)
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     refuse_if_imported(device, "measure networks")
-    existing = session.scalar(
-        select(Job).where(Job.device_id == device.id, Job.op_key == op.key, Job.config_hash == config.hash)
-        .order_by(Job.generation.desc()).limit(1)
-    )  # fmt: skip
-    if existing is None or existing.status == "failed":
-        generation = 0 if existing is None else existing.generation + 1
-        insert_ignore(session, Job, [{"device_id": device.id, "op_key": op.key, "config_hash": config.hash,
-                                      "config": config.model_dump(), "generation": generation,
-                                      "max_attempts": max_attempts}])  # fmt: skip
+    latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=[op.key])
+    if op.key not in latest or latest[op.key][1] == JobStatus.FAILED:
+        add_jobs(session, device_id=device.id, config=config.model_dump(), config_hash=config.hash,
+                 generations={op.key: next_generation(latest, op.key)}, max_attempts=max_attempts)  # fmt: skip
         session.commit()
     return network_status(session, device_id=device.id, key=op.key, config_hash=config.hash)
 
@@ -104,26 +118,17 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
     """Queue several networks as one batch group, so an agent measures them together in interleaved rounds
     (and the noise ceiling, even rounds against odd, compares like with like). Networks measured before get a
     fresh job: a check wants numbers from now, taken next to each other."""
+    for op in ops:
+        check_precision(op.key, op.spec, config.precision)
     if device.retired_at is not None:
         raise Conflict(f"device {device.id} ({device.name}) is retired")
     refuse_if_imported(device, "measure networks")
     set_id = secrets.token_hex(8)
-    group = f"net:{set_id}"
     keys = list(dict.fromkeys(op.key for op in ops))
-    latest = {
-        key: (generation, status)
-        for key, generation, status in session.execute(
-            select(Job.op_key, Job.generation, Job.status)
-            .where(Job.device_id == device.id, Job.config_hash == config.hash, Job.op_key.in_(keys))
-            .order_by(Job.generation)
-        )
-    }
-    rows = []
-    for key in keys:
-        generation, _ = latest.get(key, (-1, "failed"))
-        rows.append({"device_id": device.id, "op_key": key, "config_hash": config.hash, "config": config.model_dump(),
-                     "generation": generation + 1, "max_attempts": max_attempts, "batch_group": group})  # fmt: skip
-    insert_ignore(session, Job, rows)
+    latest = latest_jobs(session, device_id=device.id, config_hash=config.hash, keys=keys)
+    add_jobs(session, device_id=device.id, config=config.model_dump(), config_hash=config.hash,
+             generations={key: next_generation(latest, key) for key in keys}, max_attempts=max_attempts,
+             group=set_group(set_id))  # fmt: skip
     session.commit()
     return set_id
 
@@ -131,7 +136,7 @@ def request_set(session: Session, *, device: Device, ops: list[Operator], config
 def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, Any]:
     jobs = list(
         session.scalars(
-            select(Job).where(Job.device_id == device_id, Job.batch_group == f"net:{set_id}").order_by(Job.id)
+            select(Job).where(Job.device_id == device_id, Job.batch_group == set_group(set_id)).order_by(Job.id)
         )
     )
     if not jobs:
@@ -142,7 +147,7 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
     networks = []
     for job in jobs:
         m = by_job.get(job.id)
-        row: dict[str, Any] = {"key": job.op_key, "job_id": job.id, "status": "done" if m else job.status,
+        row: dict[str, Any] = {"key": job.op_key, "job_id": job.id, "status": JobStatus.DONE if m else job.status,
                                "error": job.last_error}  # fmt: skip
         if m is not None:
             row["measurement"] = _measurement(m)
@@ -150,7 +155,7 @@ def set_status(session: Session, *, device_id: int, set_id: str) -> dict[str, An
     states = {n["status"] for n in networks}
     # A set ends when every network is measured, failed or cancelled (its device retired): `failed` unless
     # all were measured, so clients waiting for done/failed never wait on a set that can no longer finish.
-    status = "done" if states == {"done"} else "failed" if states <= {"done", "failed", "cancelled"} else "running"
+    status = "done" if states == {JobStatus.DONE} else "failed" if states <= JOB_FINAL else "running"
     return {"set": set_id, "status": status, "config_hash": jobs[0].config_hash, "networks": networks}
 
 
@@ -171,7 +176,7 @@ def network_status(session: Session, *, device_id: int, key: str, config_hash: s
         select(Measurement).where(Measurement.device_id == device_id, Measurement.op_key == key,
                                   Measurement.config_hash == config_hash).order_by(Measurement.id.desc()).limit(1)
     )  # fmt: skip
-    out: dict[str, Any] = {"key": key, "job_id": job.id, "status": "done" if m else job.status,
+    out: dict[str, Any] = {"key": key, "job_id": job.id, "status": JobStatus.DONE if m else job.status,
                            "config_hash": config_hash, "error": job.last_error}  # fmt: skip
     if m is not None:
         out["measurement"] = _measurement(m)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Device
+from profiler_service import notify
 from profiler_service.security import hash_token, new_token, same
 
 log = logging.getLogger("dnas.service")
@@ -78,6 +79,7 @@ def provision_device(session: Session, *, name: str, platform: str, token_dir: P
         outcome = "registered"
     else:
         device.token_hash = hash_token(token)
+        notify.device_changed(session, device.id)  # a running service's workers forget the old token
         outcome = "reissued"
     try:
         session.commit()

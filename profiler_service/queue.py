@@ -8,31 +8,110 @@ only (the sweep, profiler_service/sweep.py, fails leases that expired on their l
 An expired lease's token keeps working until the job is taken by another claim, failed by the sweep, or
 cancelled: a late heartbeat extends it again, a late result is stored. After that, every call with it is
 409 (a replay of a result already stored is still answered 200, `replayed`).
+
+Every statement that writes a job is here: adding jobs (for a run, a network set, one network), claiming,
+heartbeats, results and failures, failing leases that expired on their last attempt, cancelling. The states
+are db/states.py's; what a run does with its jobs' outcomes is profiler_service/lifecycle.py's.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Job, Measurement
+from db.states import JOB_PENDING, JobStatus
+from profiler_service import notify
 from profiler_service.errors import Conflict, Invalid, NotFound
+from profiler_service.operators import insert_ignore
 from profiler_service.schemas import Ack, BatchResultsIn, FailureIn, ResultIn, ResultStats
 from profiler_service.security import same
 from profiler_service.timeutil import utcnow
+from search.space.quantize import dtype_of
 
 CLAIM_RETRIES = 8
+EXHAUSTED = "lease expired on the last attempt (agent lost?)"
 
 
-def _claimable(device_id: int, now):  # type: ignore[no-untyped-def]
-    return and_(
-        Job.device_id == device_id,
-        Job.attempts < Job.max_attempts,
-        or_(Job.status == "queued", and_(Job.status == "leased", Job.lease_expires_at < now)),
+# ---- adding jobs ------------------------------------------------------------------------------------------
+def _run_group(run_id: int) -> str:
+    return f"run:{run_id}"
+
+
+def set_group(set_id: str) -> str:
+    """The batch group of a set of networks measured together (`dnas validate`)."""
+    return f"net:{set_id}"
+
+
+def latest_jobs(
+    session: Session, *, device_id: int, config_hash: str, keys: Iterable[str]
+) -> dict[str, tuple[int, str]]:
+    """Each key's newest job on this device under this config: (generation, status). Keys never queued are
+    absent."""
+    rows = session.execute(
+        select(Job.op_key, Job.generation, Job.status)
+        .where(Job.device_id == device_id, Job.config_hash == config_hash, Job.op_key.in_(list(keys)))
+        .order_by(Job.generation)
     )
+    return {key: (generation, status) for key, generation, status in rows}
+
+
+def next_generation(latest: Mapping[str, tuple[int, str]], key: str) -> int:
+    """The generation a new job of `key` gets: one past its newest, 0 if it was never queued."""
+    return latest[key][0] + 1 if key in latest else 0
+
+
+def add_jobs(
+    session: Session,
+    *,
+    device_id: int,
+    config: dict[str, Any],
+    config_hash: str,
+    generations: Mapping[str, int],
+    max_attempts: int,
+    run_id: int | None = None,
+    group: str | None = None,
+) -> None:
+    """Queue one job per op key at the given generation, in the caller's transaction. A run's jobs form its
+    batch group (an agent measures them in the same rounds); otherwise `group` names one (a network set) or
+    there is none (a single network). A job that exists already (a concurrent request queued the same
+    generation) is left as it is. On PostgreSQL the same transaction notifies the device's waiting long polls."""
+    if run_id is not None:
+        group = _run_group(run_id)
+    rows = [{"device_id": device_id, "op_key": key, "config_hash": config_hash, "config": config,
+             "generation": generation, "max_attempts": max_attempts, "batch_group": group, "run_id": run_id}
+            for key, generation in generations.items()]  # fmt: skip
+    insert_ignore(session, Job, rows)
+    if rows:
+        notify.jobs_runnable(session, device_id)
+
+
+# ---- claiming -------------------------------------------------------------------------------------------
+def _runnable(now: datetime) -> ColumnElement[bool]:
+    """A job a claim may take: queued, or leased with the lease expired, with attempts left."""
+    return and_(
+        Job.attempts < Job.max_attempts,
+        or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.LEASED, Job.lease_expires_at < now)),
+    )
+
+
+def _claimable(device_id: int, now: datetime) -> ColumnElement[bool]:
+    return and_(Job.device_id == device_id, _runnable(now))
+
+
+def runnable_devices(session: Session, device_ids: Iterable[int]) -> set[int]:
+    """Which of these devices have a job a claim would take now: one query for every idle long poll of a
+    worker, however many (profiler_service/wakeups.py), finding what no notification announced (a lease that
+    expired, a job written by hand)."""
+    ids = sorted(set(device_ids))
+    if not ids:
+        return set()
+    return set(session.scalars(select(Job.device_id).where(Job.device_id.in_(ids), _runnable(utcnow())).distinct()))
 
 
 def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job | None:
@@ -85,7 +164,7 @@ def claim_batch(
             update(Job)
             .where(Job.id.in_(ids), _claimable(device_id, now))  # on SQLite, a concurrent claim may win some
             .values(
-                status="leased",
+                status=JobStatus.LEASED,
                 lease_token=token,
                 attempts=Job.attempts + 1,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -116,7 +195,7 @@ def heartbeat(session: Session, *, device_id: int, job_id: int, lease_token: str
     now = utcnow()
     extended = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == lease_token)
+        .where(Job.id == job_id, Job.status == JobStatus.LEASED, Job.lease_token == lease_token)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
     ).rowcount
     session.commit()
@@ -133,7 +212,7 @@ def heartbeat_batch(
     expires = now + timedelta(seconds=lease_seconds)
     extended = session.execute(
         update(Job)
-        .where(Job.device_id == device_id, Job.status == "leased", Job.lease_token == lease_token)
+        .where(Job.device_id == device_id, Job.status == JobStatus.LEASED, Job.lease_token == lease_token)
         .values(lease_expires_at=expires, heartbeat_at=now)
     ).rowcount
     session.commit()
@@ -143,10 +222,10 @@ def heartbeat_batch(
 
 
 def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
-    if job.status == "done" and job.lease_token and same(job.lease_token, lease_token):
+    if job.status == JobStatus.DONE and job.lease_token and same(job.lease_token, lease_token):
         m_id = session.scalar(select(Measurement.id).where(Measurement.job_id == job.id))
-        return Ack(job_id=job.id, status="done", replayed=True, measurement_id=m_id)
-    if job.status == "cancelled":
+        return Ack(job_id=job.id, status=JobStatus.DONE, replayed=True, measurement_id=m_id)
+    if job.status == JobStatus.CANCELLED:
         raise Conflict(f"job {job.id} was cancelled ({job.last_error}); discard this result")
     raise Conflict(
         f"job {job.id}: the lease token is stale (job is {job.status} under another lease); discard this result"
@@ -156,8 +235,14 @@ def _replay_or_conflict(session: Session, job: Job, lease_token: str) -> Ack:
 def _store_result(session: Session, *, device_id: int, job_id: int, lease_token: str, body: ResultStats) -> Ack:
     """Write one measurement in the caller's transaction, once. A replay gets the same answer, writes nothing."""
     job = _job_of(session, device_id, job_id)
-    if job.status != "leased" or not job.lease_token or not same(job.lease_token, lease_token):
+    if job.status != JobStatus.LEASED or not job.lease_token or not same(job.lease_token, lease_token):
         return _replay_or_conflict(session, job, lease_token)
+    precision = job.config.get("precision", "fp32")
+    if not job.op_key.startswith("net-") and job.op_key.rsplit("-", 1)[-1] != dtype_of(precision):
+        raise Invalid(f"job {job_id}: {job.op_key} is not a {precision} model; not stored")
+    claimed = (body.context or {}).get("precision")
+    if claimed is not None and claimed != precision:
+        raise Invalid(f"job {job_id}: measured as {claimed!r}, but its config asks for {precision!r}; not stored")
     if body.rounds is not None and body.rounds != job.config.get("rounds"):
         raise Invalid(
             f"job {job_id}: measured in {body.rounds} rounds, but its config asks for {job.config.get('rounds')}"
@@ -165,8 +250,8 @@ def _store_result(session: Session, *, device_id: int, job_id: int, lease_token:
     now = utcnow()
     finished = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == lease_token)
-        .values(status="done", finished_at=now, lease_expires_at=None)
+        .where(Job.id == job_id, Job.status == JobStatus.LEASED, Job.lease_token == lease_token)
+        .values(status=JobStatus.DONE, finished_at=now, lease_expires_at=None)
     ).rowcount
     if finished != 1:  # a concurrent replay got there first
         raise Conflict(f"job {job_id}: finished concurrently by a replay of this result")
@@ -191,7 +276,7 @@ def _store_result(session: Session, *, device_id: int, job_id: int, lease_token:
     )
     session.add(measurement)
     session.flush()
-    return Ack(job_id=job.id, status="done", measurement_id=measurement.id)
+    return Ack(job_id=job.id, status=JobStatus.DONE, measurement_id=measurement.id)
 
 
 def record_result(session: Session, *, device_id: int, job_id: int, body: ResultIn) -> Ack:
@@ -227,29 +312,59 @@ def record_results(session: Session, *, device_id: int, body: BatchResultsIn) ->
 
 
 def record_failure(session: Session, *, device_id: int, job_id: int, body: FailureIn) -> Ack:
-    """Requeue while attempts remain; after that the job is failed with the agent's reason."""
+    """Requeue while attempts remain; after that the job is failed with the agent's reason. A give-back (the
+    job was not tried) always requeues and returns the attempt."""
     job = _job_of(session, device_id, job_id)
-    if job.status != "leased" or not job.lease_token or not same(job.lease_token, body.lease_token):
+    if job.status != JobStatus.LEASED or not job.lease_token or not same(job.lease_token, body.lease_token):
         session.rollback()
         raise Conflict(f"job {job_id}: the lease token is stale (job is {job.status}); nothing recorded")
-    exhausted = job.attempts >= job.max_attempts
-    status = "failed" if exhausted else "queued"
+    exhausted = job.attempts >= job.max_attempts and not body.give_back
+    status = JobStatus.FAILED if exhausted else JobStatus.QUEUED
+    # a give-back hands the attempt its lease took back: the job was never tried on the device
+    attempts = max(job.attempts - 1, 0) if body.give_back else job.attempts
     changed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "leased", Job.lease_token == body.lease_token)
+        .where(Job.id == job_id, Job.status == JobStatus.LEASED, Job.lease_token == body.lease_token)
         .values(
             status=status,
+            attempts=attempts,
             last_error=body.reason,
             lease_token=None,
             lease_expires_at=None,
             finished_at=utcnow() if exhausted else None,
         )
     ).rowcount
+    if changed == 1 and not exhausted:  # given back: another agent of this device may take it now
+        notify.jobs_runnable(session, device_id)
     session.commit()
     if changed != 1:
         raise Conflict(f"job {job_id}: the lease changed while reporting the failure; nothing recorded")
-    if exhausted:  # the run it belonged to may now be unable to finish: store that now, not at the next sweep
-        from profiler_service.sweep import settle_failed_runs
-
-        settle_failed_runs(session, device_id=device_id)
     return Ack(job_id=job_id, status=status)
+
+
+# ---- ending jobs no agent will finish ---------------------------------------------------------------------
+def fail_exhausted_leases(session: Session) -> int:
+    """A lease that expired on its last attempt ends the job (the device keeps dying on it): the sweep's
+    first step. Read first; write only when one exists (an idle service makes no writes)."""
+    now = utcnow()
+    dead = and_(Job.status == JobStatus.LEASED, Job.lease_expires_at < now, Job.attempts >= Job.max_attempts)
+    ids = list(session.scalars(select(Job.id).where(dead).limit(1000)))
+    if not ids:
+        session.rollback()
+        return 0
+    n = session.execute(
+        update(Job).where(Job.id.in_(ids), dead).values(status=JobStatus.FAILED, finished_at=now, last_error=EXHAUSTED)
+    ).rowcount
+    session.commit()
+    return n
+
+
+def cancel_jobs(session: Session, *, where: ColumnElement[bool], reason: str) -> int:
+    """Queued and leased jobs matching `where` are cancelled, in the caller's transaction: never leased again,
+    and an agent holding one is told to stop (its heartbeat and result are answered 409)."""
+    return session.execute(
+        update(Job)
+        .where(where, Job.status.in_(JOB_PENDING))
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), last_error=reason[:4000])
+        .execution_options(synchronize_session=False)
+    ).rowcount

@@ -9,7 +9,11 @@ import statistics
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+from db.states import RunStatus
+from search.space import quantize
+from search.space.options import SpaceOptions
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
@@ -74,6 +78,11 @@ class DevicePublic(BaseModel):
     last_seen_at: datetime | None
     retired_at: datetime | None
     agent_protocol: int | None = Field(default=None, description="Protocol version its agent last spoke (1 or 2).")
+    agent_problem: dict[str, Any] | None = Field(
+        default=None,
+        description="Why its agent cannot work now, as it last said (`problem`, `reported_at`, `retry_at`); "
+        "cleared by its next fingerprint.",
+    )
 
 
 class DeviceCreated(DevicePublic):
@@ -108,7 +117,14 @@ class MeasureConfig(Strict):
 
     runtime: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=64)
-    precision: Literal["fp32"] = "fp32"
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="fp32, or int8: every op, probe and anchor quantized by the service's recipe."
+    )
+    quantization: dict[str, Any] | None = Field(
+        default=None,
+        description="int8 only, filled in by the service: the recipe (search/space/quantize.py). Part of the hash, "
+        "so a table never mixes recipes. A client may send it back; another recipe than the service's is refused.",
+    )
     warmup: int = Field(default=10, ge=0, le=1000)
     runs: int | None = Field(default=None, ge=1, le=10_000, description="Timed runs per op in all.")
     rounds: int | None = Field(default=None, ge=1, le=1000, description="Interleaved rounds (default 20).")
@@ -136,7 +152,24 @@ class MeasureConfig(Strict):
         if rounds * per > 10_000:
             raise ValueError("rounds x runs_per_round must be at most 10000 timed runs")
         self.rounds, self.runs_per_round, self.runs = rounds, per, rounds * per
+        if self.precision == "fp32":
+            if self.quantization is not None:
+                raise ValueError("quantization applies only to precision int8")
+        else:
+            current = quantize.recipe()
+            if self.quantization is not None and self.quantization != current:
+                raise ValueError(f"this service quantizes with recipe {current['name']} (onnxruntime "
+                                 f"{current['quantizer_version']}), not the one given")  # fmt: skip
+            self.quantization = current
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_recipe(self, handler: Any) -> dict[str, Any]:
+        """An fp32 config serialises (and hashes) exactly as before precision had a second value."""
+        data = handler(self)
+        if data.get("quantization") is None:
+            data.pop("quantization", None)
+        return data  # type: ignore[no-any-return]
 
     @property
     def hash(self) -> str:
@@ -144,15 +177,10 @@ class MeasureConfig(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class SpaceRequest(Strict):
-    """A named space with its parameters; or pass a full resolved space (as `dnas space show` prints)."""
-
-    name: str = Field(default="fbnet", max_length=64)
-    resolution: int = Field(default=224, ge=16, le=1024)
-    width: float = Field(default=1.0, gt=0, le=4)
-    num_classes: int = Field(default=1000, ge=1, le=100_000)
-    head_c: int | None = Field(default=None, ge=8, le=8192)
-    candidates: list[str] | None = Field(default=None, min_length=1, max_length=32)
+class SpaceRequest(SpaceOptions):
+    """A named space with its parameters; or pass a full resolved space (as `dnas space show` prints). The
+    fields and their bounds are search.space.options.SpaceOptions', which every command that takes a space
+    shares."""
 
 
 class RunCreate(Strict):
@@ -167,7 +195,7 @@ class RunCreate(Strict):
 class RunPublic(BaseModel):
     id: int
     device_id: int
-    status: Literal["running", "published", "failed", "cancelled"]
+    status: RunStatus
     total: int
     done: int
     failed: int
@@ -194,6 +222,15 @@ class LeaseRequest(Strict):
     @property
     def version(self) -> int:
         return self.protocol or (2 if self.max_jobs is not None else 1)
+
+
+class AgentStatusIn(Strict):
+    """What keeps the agent from working, while it retries: shown on the device's page until its next fingerprint."""
+
+    problem: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="One line; null clears a problem reported before."
+    )
+    retry_in_s: float | None = Field(default=None, ge=0, le=86_400, description="When the agent tries again.")
 
 
 class LeasedJob(BaseModel):
@@ -281,6 +318,12 @@ class BatchResultsIn(LeaseProof):
 
 class FailureIn(LeaseProof):
     reason: str = Field(min_length=1, max_length=4000)
+    give_back: bool = Field(
+        False,
+        description="The job was not tried: its device went away or its agent is stopping. It is requeued without "
+        "spending an attempt, so a phone that drops off for a while fails no job (protocol 2.1; older agents "
+        "leave it out and each give-back costs an attempt).",
+    )
 
 
 class Ack(BaseModel):
@@ -306,6 +349,7 @@ class TableSummary(BaseModel):
     version: int
     space_hash: str
     config_hash: str
+    precision: str = Field(default="fp32", description="What the table's ops were measured at: fp32 or int8.")
     content_sha256: str = Field(description="SHA-256 of the numbers: two versions with equal numbers share it.")
     etag: str | None = Field(description="SHA-256 of the bytes served (the ETag); None until first read for "
                                          "versions published before migration 0004.")  # fmt: skip
@@ -331,3 +375,8 @@ class TokenCreated(BaseModel):
     name: str
     role: str
     token: str = Field(description="Shown once.")
+
+
+class AdminTokenRotated(BaseModel):
+    token: str = Field(description="The new admin token, shown once. The one that called stopped working.")
+    written_to: str | None = Field(description="The admin token file it was also written to, if the service keeps one.")

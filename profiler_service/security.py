@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 
-from sqlalchemy import select
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import ServiceSetting
+from db.models import ServiceSetting, UiSession
 
 ADMIN_SETTING = "admin_token_sha256"
 
@@ -28,14 +27,34 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+REVOKED_SETTING = "admin_tokens_revoked"  # newline-separated hashes of admin tokens replaced through the API
+MAX_REVOKED = 100
+
+
+class RevokedAdminToken(ValueError):
+    """The configured admin token was revoked (rotated through the API): starting with it would bring back a
+    token someone chose to end, so the service refuses to start until it is given the new one."""
+
+
+def revoked_admin_hashes(session: Session) -> list[str]:
+    row = session.get(ServiceSetting, REVOKED_SETTING)
+    return row.value.split() if row is not None else []
+
+
 def ensure_admin_token(session: Session, configured: str | None) -> str | None:
     """Store the admin token's hash; returns a newly generated token (to print once), else None.
 
-    A configured token always wins and replaces the stored hash, so rotating it is setting the variable.
+    A configured token wins and replaces the stored hash, so rotating it is setting the variable, unless it is
+    one that was revoked through the API (`POST /v1/admin-token/rotate`): then RevokedAdminToken.
     """
     row = session.get(ServiceSetting, ADMIN_SETTING)
     if configured:
         digest = hash_token(configured)
+        if any(same(digest, old) for old in revoked_admin_hashes(session)):
+            raise RevokedAdminToken(
+                "the configured admin token was revoked (replaced through POST /v1/admin-token/rotate): "
+                "set DNAS_SERVICE_ADMIN_TOKEN (or its file) to the token that replaced it, or to a new one"
+            )
         if row is None:
             session.add(ServiceSetting(name=ADMIN_SETTING, value=digest))
         elif not same(row.value, digest):
@@ -54,25 +73,25 @@ def ensure_admin_token(session: Session, configured: str | None) -> str | None:
     return token
 
 
-ADMIN_HASH_TTL_S = 30.0
-_admin_cache: tuple[float, str] | None = None
-
-
-def cached_admin_hash() -> str | None:
-    """The admin hash if this worker read it within ADMIN_HASH_TTL_S, without touching the database."""
-    if _admin_cache is not None and time.monotonic() - _admin_cache[0] < ADMIN_HASH_TTL_S:
-        return _admin_cache[1]
-    return None
-
-
-def admin_hash(session: Session) -> str | None:
-    """The stored admin token hash. It changes only when a service starts with another configured token, so
-    each worker keeps it for ADMIN_HASH_TTL_S: the hot read path (table fetches) saves a query per request."""
-    global _admin_cache
-    now = time.monotonic()
-    if _admin_cache is not None and now - _admin_cache[0] < ADMIN_HASH_TTL_S:
-        return _admin_cache[1]
-    value = session.scalar(select(ServiceSetting.value).where(ServiceSetting.name == ADMIN_SETTING))
-    if value is not None:
-        _admin_cache = (now, value)
-    return value
+def rotate_admin_token(session: Session, current_digest: str) -> str | None:
+    """Replace the admin token whose hash is `current_digest` with a new one, recorded as revoked so no restart
+    brings it back. Returns the new token, or None when the admin token changed meanwhile (a concurrent
+    rotation won). One guarded UPDATE: two rotations racing never both succeed."""
+    token = new_token("dnas_admin")
+    changed = session.execute(
+        update(ServiceSetting)
+        .where(ServiceSetting.name == ADMIN_SETTING, ServiceSetting.value == current_digest)
+        .values(value=hash_token(token))
+    ).rowcount
+    if changed != 1:
+        session.rollback()
+        return None
+    revoked = [*revoked_admin_hashes(session), current_digest][-MAX_REVOKED:]
+    row = session.get(ServiceSetting, REVOKED_SETTING)
+    if row is None:
+        session.add(ServiceSetting(name=REVOKED_SETTING, value="\n".join(revoked)))
+    else:
+        row.value = "\n".join(revoked)
+    session.execute(delete(UiSession).where(UiSession.token_hash == current_digest))  # its dashboard sessions
+    session.commit()
+    return token

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import get_args
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
 from pydantic import Field, field_validator, model_validator
@@ -34,6 +36,17 @@ class ServiceSettings(BaseSettings):
     database_password_file: Path | None = Field(default=None, description="File holding the PostgreSQL password.")
     host: str = "127.0.0.1"
     port: int = Field(default=8321, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None,
+        description="The URL users and agents reach the service at (https://dnas.example.org behind a TLS proxy): "
+        "every `--server` URL the dashboard prints, and Secure cookies when it is https. Unset: the address the "
+        "connection reached, never the Host header.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated IPs or networks of the proxies whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed (uvicorn's proxy headers); from any other address they are ignored. '*' trusts everyone.",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (PostgreSQL for > 1).")
     admin_token: str | None = Field(
         default=None,
@@ -55,12 +68,35 @@ class ServiceSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, le=86_400, description="How long a leased job stays leased.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Leases per job before it is failed.")
     long_poll_seconds: float = Field(default=20.0, ge=0, le=120, description="Longest wait of one lease call.")
-    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Largest request body accepted (413).")
+    lease_poll_seconds: float = Field(
+        default=0.25, gt=0, le=3600,
+        description="How often a waiting lease call claims again when nothing can wake it: always on SQLite; "
+        "on PostgreSQL only while the worker's listener is down.",
+    )  # fmt: skip
+    wake_recheck_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="PostgreSQL: how often each worker looks, in one query for all its waiting lease calls, "
+        "for work no notification announced (a lease that expired, a job written by hand).",
+    )  # fmt: skip
+    max_body_bytes: int = Field(
+        default=8 << 20, ge=1024,
+        description="Largest request body accepted (413) where agents need megabytes: their results.",
+    )  # fmt: skip
+    max_small_body_bytes: int = Field(
+        default=1 << 20, ge=1024,
+        description="Largest request body of every other call (413): devices, runs, tokens, networks, fidelity, "
+        "the agent's lease, heartbeat, failure and fingerprint.",
+    )  # fmt: skip
     log_headers: bool = Field(
         default=False,
         description="Log every request's headers, to debug a proxy or a client; credentials appear as a SHA-256 "
         "fingerprint (the start of the stored token hash), never as the value.",
     )
+    sign_in_failures: int = Field(
+        default=10, ge=1, le=10_000,
+        description="Failed dashboard sign-ins allowed per client address per minute (each worker counts its "
+        "own); past it that address's sign-ins get 429 until a minute has passed since the oldest.",
+    )  # fmt: skip
     sweep_seconds: float = Field(
         default=5.0, gt=0, le=3600,
         description="How often each worker publishes complete runs, stores failed ones and ends dead leases.",
@@ -83,6 +119,43 @@ class ServiceSettings(BaseSettings):
         if any(word in value.lower() for word in PLACEHOLDERS):
             raise ValueError("DNAS_SERVICE_ADMIN_TOKEN is a placeholder (from .env.example?); set a random value")
         return value
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: object) -> object:
+        """Printed to users as the address to give agents and clients: an origin with an optional path prefix,
+        nothing a caller could not paste as `--server`. Empty (as compose leaves it) means unset."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            return value
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"DNAS_SERVICE_PUBLIC_URL must be http(s)://HOST[:PORT][/PATH], not {value!r}")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("DNAS_SERVICE_PUBLIC_URL takes no query, fragment or credentials")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"DNAS_SERVICE_PUBLIC_URL has a bad port: {value!r}") from None
+        return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        """Each item an IP or a network (or '*'): a misspelt proxy address would silently trust no one, or the
+        wrong one, and uvicorn would not say so."""
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"DNAS_SERVICE_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network"
+                ) from None
+        return ",".join(items)
 
     @model_validator(mode="after")
     def _database_from_parts(self) -> ServiceSettings:

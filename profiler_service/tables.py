@@ -1,4 +1,6 @@
-"""Latency tables: publication (one transaction, immutable), serialisation (JSON, CSV), comparison."""
+"""Latency tables: building one from a run's measurements (published by profiler_service/lifecycle.py, in one
+transaction with the run's status, and never changed after), serialisation (JSON, CSV). Comparing two tables is
+profiler_service/compare.py."""
 
 from __future__ import annotations
 
@@ -6,20 +8,20 @@ import csv
 import hashlib
 import io
 import json
-import math
 import re
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import String, cast, exists, func, literal, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
 from profiler_service.errors import Invalid, NotFound
-from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.timeutil import as_utc
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables.predict import fit_rule
+from search.tables.schema import Entry, Prediction, PublishedTable, TableDevice
 
 STAT_FIELDS = ("median_us", "mean_us", "p10_us", "p90_us", "std_us", "n")
 
@@ -46,37 +48,11 @@ def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dic
     medians = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "op"}
     probes = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "probe"}
     anchor_rows = [m for m in measurements if _role(specs[m.op_key]) == "anchor"]
-    _, published = fit_rule(space, medians, probes, [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows])
+    anchors = [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows]
+    _, published = fit_rule(space, medians, probes, anchors, dtype_of(run.config.get("precision", "fp32")))
     for row, m in zip(published.get("anchors", []), anchor_rows, strict=True):
         row["key"] = m.op_key
     return published
-
-
-def complete_runs(session: Session, *, device_id: int | None = None, config_hash: str | None = None) -> list[int]:
-    """Running runs (of this device and config, or all of them: the sweep) whose every op has a measurement."""
-    unmeasured = (
-        select(RunOperator.op_key)
-        .where(RunOperator.run_id == ProfilingRun.id)
-        .where(
-            ~exists().where(
-                Measurement.device_id == ProfilingRun.device_id,
-                Measurement.config_hash == ProfilingRun.config_hash,
-                Measurement.op_key == RunOperator.op_key,
-            )
-        )
-    )
-    # Its own jobs still pending (probes and anchors measured again beside new ops) hold it back too.
-    pending = exists().where(
-        Job.device_id == ProfilingRun.device_id,
-        Job.batch_group == literal("run:") + cast(ProfilingRun.id, String),
-        Job.status.in_(("queued", "leased")),
-    )
-    query = select(ProfilingRun.id).where(ProfilingRun.status == "running", ~unmeasured.exists(), ~pending)
-    if device_id is not None:
-        query = query.where(ProfilingRun.device_id == device_id)
-    if config_hash is not None:
-        query = query.where(ProfilingRun.config_hash == config_hash)
-    return list(session.scalars(query.order_by(ProfilingRun.id)))
 
 
 def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
@@ -113,73 +89,50 @@ def _chosen_measurements(session: Session, run: ProfilingRun, keys: list[str],
     return [m for m, _ in chosen], provenance
 
 
-def publish_run(session: Session, run_id: int) -> LatencyTable | None:
-    """Publish a complete run as the device's next table version: the run's status flip and the table with all
-    its entries and its payload commit together, or not at all. None if another worker published it, or if
-    it lost the race for a version number 5 times (the sweep tries again)."""
-    for _ in range(5):
-        flipped = session.execute(
-            update(ProfilingRun)
-            .where(ProfilingRun.id == run_id, ProfilingRun.status == "running")
-            .values(status="published", finished_at=utcnow())
-        ).rowcount
-        if flipped != 1:
-            session.rollback()
-            return None  # another worker published it
-        run = session.get(ProfilingRun, run_id, populate_existing=True)
-        assert run is not None
-        keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run_id)))
-        specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
-        measurements, provenance = _chosen_measurements(session, run, keys, specs)
-        if len(measurements) != len(keys):
-            session.rollback()
-            return None
-        prediction = prediction_of(run, measurements, specs) | provenance
-        stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
-        device = session.get(Device, run.device_id)
-        version = (
-            session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == run.device_id)) or 0
-        ) + 1
-        table = LatencyTable(
-            device_id=run.device_id,
-            version=version,
-            run_id=run.id,
-            space_hash=run.space_hash,
-            space=run.space,
-            config_hash=run.config_hash,
-            config=run.config,
-            fingerprint=device.fingerprint if device else None,
-            prediction=prediction,
-            content_sha256=content_hash(run.space_hash, run.config_hash, stats, prediction),
-        )
-        session.add(table)
-        try:
-            session.flush()
-            session.add_all(
-                LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements
-            )
-            session.flush()
-            table.payload, table.payload_sha256 = serialise(table_payload(session, table))
-            session.commit()
-            return table
-        except IntegrityError:  # another run of this device took the version number: try the next one
-            session.rollback()
-    return None
+def next_version(session: Session, device_id: int) -> int:
+    """A device's next table version: versions count per device, whatever made the table (a run, an import)."""
+    return (session.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == device_id)) or 0) + 1
 
 
-def publish_complete_runs(session: Session, *, device_id: int, config_hash: str) -> list[LatencyTable]:
-    published = []
-    for run_id in complete_runs(session, device_id=device_id, config_hash=config_hash):
-        table = publish_run(session, run_id)
-        if table is not None:
-            published.append(table)
-    return published
+def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
+    """The run's table as the device's next version, with all its entries and its payload, written in the
+    caller's transaction (profiler_service/lifecycle.py publishes: the run's status flip and this commit
+    together). None if an op lacks a measurement. Raises IntegrityError when another run of the device took
+    the version number first."""
+    keys = list(session.scalars(select(RunOperator.op_key).where(RunOperator.run_id == run.id)))
+    specs = {k: v for k, v in session.execute(select(Operator.key, Operator.spec).where(Operator.key.in_(keys)))}
+    measurements, provenance = _chosen_measurements(session, run, keys, specs)
+    if len(measurements) != len(keys):
+        return None
+    prediction = prediction_of(run, measurements, specs) | provenance
+    stats = {m.op_key: {f: getattr(m, f) for f in STAT_FIELDS} for m in measurements}
+    device = session.get(Device, run.device_id)
+    version = next_version(session, run.device_id)
+    table = LatencyTable(
+        device_id=run.device_id,
+        version=version,
+        run_id=run.id,
+        space_hash=run.space_hash,
+        space=run.space,
+        config_hash=run.config_hash,
+        config=run.config,
+        fingerprint=device.fingerprint if device else None,
+        prediction=prediction,
+        content_sha256=content_hash(run.space_hash, run.config_hash, stats, prediction),
+    )
+    session.add(table)
+    session.flush()
+    session.add_all(LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements)
+    session.flush()
+    table.payload, table.payload_sha256 = serialise(table_payload(session, table))
+    return table
 
 
 # ---- reading --------------------------------------------------------------------------------------------
-def serialise(payload: dict[str, Any]) -> tuple[str, str]:
-    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication."""
-    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+def serialise(table: PublishedTable | dict[str, Any]) -> tuple[str, str]:
+    """The bytes a version is served as, and their SHA-256 (its ETag). Done once, at publication. A table
+    already in its published form as a dict (e.g. read back from the stored bytes) is written the same way."""
+    text = table.to_json() if isinstance(table, PublishedTable) else json.dumps(table, **PublishedTable.JSON_FORMAT)
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -195,11 +148,22 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
-def find_table_id(session: Session, device_id: int, version: str, space_hash: str | None = None) -> tuple[int, int]:
-    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path)."""
+def of_precision(precision: str):  # type: ignore[no-untyped-def]
+    """Tables measured at this precision. Every config records one (`fp32` since the first table), so the
+    filter reads the stored config rather than a column of its own."""
+    return LatencyTable.config["precision"].as_string() == precision
+
+
+def find_table_id(
+    session: Session, device_id: int, version: str, space_hash: str | None = None, precision: str | None = None
+) -> tuple[int, int]:
+    """(table id, version number): one indexed lookup that loads none of the table's JSON (the hot path).
+    `precision` narrows 'latest' (and checks a numbered version): an int8 client never gets an fp32 table."""
     query = select(LatencyTable.id, LatencyTable.version).where(LatencyTable.device_id == device_id)
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
+    if precision:
+        query = query.where(of_precision(precision))
     number = parse_version(version)
     if number is None:
         query = query.order_by(LatencyTable.version.desc()).limit(1)
@@ -207,7 +171,7 @@ def find_table_id(session: Session, device_id: int, version: str, space_hash: st
         query = query.where(LatencyTable.version == number)
     found = session.execute(query).first()
     if found is None:
-        scope = f" for space {space_hash}" if space_hash else ""
+        scope = (f" for space {space_hash}" if space_hash else "") + (f" at precision {precision}" if precision else "")
         raise NotFound(f"device {device_id} has no latency table version {version[:40]}{scope}")
     return found[0], found[1]
 
@@ -231,8 +195,9 @@ def stored_payload(session: Session, table: LatencyTable) -> tuple[str, str]:
     return row[0], row[1]
 
 
-def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
-    """The published form: metadata, then one entry per op key with its spec and statistics."""
+def table_payload(session: Session, table: LatencyTable) -> PublishedTable:
+    """The published form (search/tables/schema.py): metadata, then one entry per op key with its spec and
+    statistics."""
     device = session.get(Device, table.device_id)
     rows = session.execute(
         select(LatencyTableEntry.op_key, Operator.spec, Measurement)
@@ -242,33 +207,28 @@ def table_payload(session: Session, table: LatencyTable) -> dict[str, Any]:
         .order_by(LatencyTableEntry.op_key)
     ).all()
     entries = [
-        {"key": key, "spec": spec, **{f: getattr(m, f) for f in STAT_FIELDS}, "context": m.context}
+        Entry(key=key, spec=spec, **{f: getattr(m, f) for f in STAT_FIELDS}, context=m.context)
         for key, spec, m in rows
         if _role(spec) == "op"
     ]
-    payload = {
-        "device": {
-            "id": device.id,
-            "name": device.name,
-            "platform": device.platform,
-            "fingerprint": table.fingerprint,
-        }
+    table_doc = PublishedTable(
+        device=TableDevice(id=device.id, name=device.name, platform=device.platform, fingerprint=table.fingerprint)
         if device
-        else {"id": table.device_id},
-        "version": table.version,
-        "created_at": as_utc(table.created_at).isoformat(),
-        "space_hash": table.space_hash,
-        "space": table.space,
-        "config_hash": table.config_hash,
-        "config": table.config,
-        "content_sha256": table.content_sha256,
-        "unit": "microseconds",
-        "prediction": table.prediction or {"rule": "sum", "description": "plain sum of the ops' medians"},
-        "entries": entries,
-    }
+        else TableDevice(id=table.device_id),
+        version=table.version,
+        created_at=as_utc(table.created_at).isoformat(),
+        space_hash=table.space_hash,
+        space=table.space,
+        config_hash=table.config_hash,
+        config=table.config,
+        content_sha256=table.content_sha256,
+        unit="microseconds",
+        prediction=Prediction.model_validate(table.prediction) if table.prediction else Prediction.plain(),
+        entries=entries,
+    )
     if (table.config or {}).get("provenance"):  # an imported table: where its numbers come from, in plain sight
-        payload["provenance"] = table.config["provenance"]
-    return payload
+        table_doc = table_doc.model_copy(update={"imported_from": table.config["provenance"]})
+    return table_doc
 
 
 def table_csv(payload: dict[str, Any]) -> str:
@@ -281,7 +241,13 @@ def table_csv(payload: dict[str, Any]) -> str:
 
 
 def list_tables(
-    session: Session, device_id: int, space_hash: str | None, *, after: int = 0, limit: int = 100
+    session: Session,
+    device_id: int,
+    space_hash: str | None,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    precision: str | None = None,
 ) -> list[tuple[LatencyTable, int]]:
     """Versions after `after`, oldest first, each with its number of entries (counted, not loaded)."""
     entries = (  # the ops, as served: not the probes and anchor networks measured beside them
@@ -299,47 +265,6 @@ def list_tables(
     )
     if space_hash:
         query = query.where(LatencyTable.space_hash == space_hash)
+    if precision:
+        query = query.where(of_precision(precision))
     return [(table, n) for table, n in session.execute(query)]
-
-
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two tables side by side (the paper's Fig. 5): per shared op, b's median over a's."""
-    am = {e["key"]: e["median_us"] for e in a["entries"]}
-    bm = {e["key"]: e["median_us"] for e in b["entries"]}
-    shared = sorted(set(am) & set(bm))
-    # An op priced 0 (imported tables keep HW-NAS-Bench's zero-priced identities) has no ratio: listed last.
-    rows = [{"key": k, "a_us": am[k], "b_us": bm[k], "ratio": bm[k] / am[k] if am[k] > 0 and bm[k] > 0 else None}
-            for k in shared]  # fmt: skip
-    rows.sort(key=lambda r: -abs(math.log(r["ratio"])) if r["ratio"] else math.inf)
-    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
-    return {
-        "a": {"device": a["device"], "version": a["version"], "content_sha256": a["content_sha256"]},
-        "b": {"device": b["device"], "version": b["version"], "content_sha256": b["content_sha256"]},
-        "shared_ops": len(shared),
-        "only_in_a": sorted(set(am) - set(bm)),
-        "only_in_b": sorted(set(bm) - set(am)),
-        "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-        "ops": rows,
-    }
-
-
-def compare_png(result: dict[str, Any], top: int = 20) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["ops"] if r["ratio"]][:top][::-1]
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.35 * len(rows) + 1.5)))
-    labels = [r["key"].split("-b")[0] for r in rows]
-    ax.barh(labels, [math.log2(r["ratio"]) for r in rows], color=["#c44" if r["ratio"] > 1 else "#48c" for r in rows])
-    ax.axvline(0, color="black", lw=0.8)
-    name = lambda side: f"{result[side]['device'].get('name', result[side]['device']['id'])} v{result[side]['version']}"  # noqa: E731
-    ax.set_xlabel(f"log2 latency ratio ({name('b')} / {name('a')})")
-    ax.set_title(f"Ops that differ most between {name('a')} and {name('b')}")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()

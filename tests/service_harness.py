@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from profiler_service import local_server
 from profiler_service.local_server import Service, free_port, register, wait_for_run
 from profiler_service.local_server import start_run as _start_run
 from tests import artifact_cache
+from tests.waiting import wait_until
 
-__all__ = ["AgentProcess", "Service", "free_port", "register", "running_service", "start_agent", "start_run",
-           "wait_for_run"]  # fmt: skip
+__all__ = ["AgentProcess", "Service", "free_port", "register", "running_service", "serve_app", "start_agent",
+           "start_run", "wait_for_run"]  # fmt: skip
 
 
 @contextmanager
@@ -67,3 +70,28 @@ FAST_CONFIG = {"threads": 1, "warmup": 2, "runs": 10}
 def start_run(client: httpx.Client, device_id: int, space: dict | None = None, config: dict | None = None) -> dict:
     """A run of the small test space unless told otherwise."""
     return _start_run(client, device_id, space or SMALL_SPACE, config or FAST_CONFIG)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def serve_app(app: object) -> Iterator[str]:
+    """An app object built in the test (wrapped in a fault, given a tiny pool, two apps side by side) served by
+    uvicorn on loopback in this process; yields its URL once /v1/health answers. `running_service` serves a
+    whole `dnas serve` process instead, which a test cannot reach inside."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(base), what="the service to answer /v1/health", timeout_s=60)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

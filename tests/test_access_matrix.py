@@ -5,8 +5,8 @@ lists, so a new route without a row fails `test_the_matrix_covers_every_route`: 
 who may call it here. Each cell sends a valid body, so what a refusal reflects is the token, not the body; a
 second test sends every refused cell again with an empty object for a body and still expects the refusal
 (the permission check comes before validation: a caller without the right learns nothing about the schema).
-A body that is not JSON at all is 422 `json_invalid` for anyone, because FastAPI decodes the body before it
-runs dependencies; that answer names no field and no data, so it is left as it is.
+A third sends them a body that is not JSON at all: the token is checked before the body is read
+(api/gate.py), so a stranger gets 401 and a caller without the right 403, never 422 `json_invalid`.
 
 Callers: no token; a token the service never issued; a reader token; the agent token of device A (whose jobs
 the cells use), of device B (another device: A's jobs are not its own) and of a retired device; the admin.
@@ -43,6 +43,7 @@ MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     ("POST",  "/v1/tokens",                                             (401, 401, 403, 403, 403, 403, 201)),
     ("GET",   "/v1/tokens",                                             (401, 401, 403, 403, 403, 403, 200)),
     ("POST",  "/v1/tokens/{token_id}/revoke",                           (401, 401, 403, 403, 403, 403, 200)),
+    ("POST",  "/v1/admin-token/rotate",                                 (401, 401, 403, 403, 403, 403, 200)),
     ("POST",  "/v1/profiling-runs",                                     (401, 401, 403, 403, 403, 403, 201)),
     ("GET",   "/v1/profiling-runs",                                     (401, 401, 200, 403, 403, 403, 200)),
     ("GET",   "/v1/profiling-runs/{run_id}",                            (401, 401, 200, 403, 403, 403, 200)),
@@ -51,6 +52,7 @@ MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     # B's (409, as a lease that ended), and a batch of A's results is acknowledged `not_found` item by item
     # (checked below). Models are content-addressed operators shared by every device: any agent may fetch one.
     ("PUT",   "/v1/agent/fingerprint",                                  (401, 401, 403, 204, 204, 403, 403)),
+    ("PUT",   "/v1/agent/status",                                       (401, 401, 403, 204, 204, 403, 403)),
     ("POST",  "/v1/agent/lease",                                        (401, 401, 403, 200, 204, 403, 403)),
     ("GET",   "/v1/agent/models/{op_key}",                              (401, 401, 403, 200, 200, 403, 403)),
     ("POST",  "/v1/agent/jobs/{job_id}/heartbeat",                      (401, 401, 403, 200, 404, 403, 403)),
@@ -228,6 +230,8 @@ def _call(world: World, method: str, path: str, allowed: bool) -> Call:
                 params["run_id"] = admin.post("/v1/profiling-runs", json=run).raise_for_status().json()["id"]
         case "PUT", "/v1/agent/fingerprint":
             body = {"model": "Matrix", "cores": 2}
+        case "PUT", "/v1/agent/status":
+            body = {"problem": None}
         case "POST", "/v1/agent/lease":
             body = {"wait_seconds": 0}
             if allowed and world.queued_for_a() == 0:
@@ -301,6 +305,8 @@ def test_each_caller_gets_the_status_the_matrix_gives(world, method, path, role,
     with world.client(role) as client:
         resp = _send(client, method, url, body)
     assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
+    if path == "/v1/admin-token/rotate" and expected == 200:  # the admin's token is now the new one
+        world.tokens["admin"] = resp.json()["token"]
     if expected == 401:  # says how to authenticate, as HTTP asks
         assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer"), resp.headers
     if role == "retired" and expected == 403 and path.startswith("/v1/agent/"):
@@ -321,8 +327,30 @@ def test_a_refused_caller_is_refused_whatever_the_body(world, method, path, role
     assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
 
 
+REFUSED_WITH_BODY = [cell for cell in REFUSED if cell[0] in ("POST", "PUT", "PATCH")]
+
+
+@pytest.mark.parametrize(("method", "path", "role", "expected"), REFUSED_WITH_BODY,
+                         ids=[f"{m} {p} as {r}" for m, p, r, _ in REFUSED_WITH_BODY])  # fmt: skip
+def test_a_refused_caller_is_refused_before_the_body_is_read(world, method, path, role, expected):
+    """Not JSON, and longer than the small limit: a refusal that read or parsed it would be a 422 or a 413."""
+    url, _ = _call(world, method, path, allowed=False)
+    junk = b"{not json " + b"x" * (2 << 20)
+    with world.client(role) as client:
+        resp = client.request(method, url, content=junk, headers={"content-type": "application/json"})
+    assert resp.status_code == expected, f"{method} {url} as {role}: {resp.status_code} {resp.text[:300]}"
+
+
 def test_held_lease_survived_every_refused_call(world):
-    """No refused call touched A's held lease: it still heartbeats under A's token."""
+    """No call by another caller on the agent's paths touches A's held lease: it still heartbeats under A's
+    token. The calls are sent here, not left to the matrix above: run alone (or first), this would otherwise
+    check a lease nothing had tried to touch."""
+    others = [(m, p, r, e) for m, p, r, e in CELLS if p.startswith("/v1/agent/") and r != "agent_a"]
+    assert len(others) >= 40
+    for method, path, role, expected in others:
+        url, body = _call(world, method, path, allowed=expected < 400)
+        with world.client(role) as client:
+            assert _send(client, method, url, body).status_code == expected, (method, url, role)
     with world.client("agent_a") as agent:
         resp = agent.post("/v1/agent/heartbeat", json={"lease_token": world.held["lease_token"]})
     assert resp.status_code == 200 and resp.json()["extended"] >= 1, resp.text

@@ -6,7 +6,11 @@ import subprocess
 import sys
 import urllib.parse
 
+import pytest
+
 from device_agents.conformance import run_suite
+from device_agents.emulator.perf_test_standin import GENERATIONS, write_build
+from tests.emulator_harness import running_emulator
 from tests.service_harness import free_port
 
 
@@ -34,6 +38,25 @@ def test_single_job_agent_still_conforms(tmp_path):
     assert not failures, failures
     assert "leases a run as one batch" not in {c.name for c in report.checks}
     assert "declares its protocol version" in {c.name for c in report.checks}
+
+
+@pytest.mark.timeout(1800)  # ~450 perf_test processes (75 models x 6 visits): 11 min on a saturated 2-core host
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_android_agent_on_a_stock_phone_conforms_with_either_perf_test_generation(tmp_path, generation):
+    """The Android agent through the ADB emulator acting as a stock phone, measuring with the perf-test
+    stand-in as onnxruntime up to 1.22 (getopt) and from 1.23 (absl flags) build it. Quick: the slow heartbeat
+    check would run thousands of perf_test processes; the heartbeat itself is the loop's, checked above."""
+    build = write_build(tmp_path / "build", generation=generation)
+    with running_emulator(tmp_path / "sandbox", "--stock") as emu:
+        template = (
+            f"{shlex.quote(sys.executable)} -m dnas agent android --wait 1 --adb {emu.address} "
+            f"--key {shlex.quote(str(tmp_path / 'adbkey'))} --runner perf-test "
+            f"--perf-test-dir {shlex.quote(str(build))} --cache-dir {shlex.quote(str(tmp_path / 'cache'))}"
+        )
+        report = run_suite(template, quick=True)  # fmt: skip
+    failures = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
+    assert not failures, failures
+    assert {"publishes a table", "leases a run as one batch", "says how it measured"} <= {c.name for c in report.checks}
 
 
 def test_phone_mode_checks_an_agent_a_person_starts_with_the_printed_token(tmp_path):

@@ -56,8 +56,38 @@ def test_user_errors_are_one_line_and_exit_1():
         "mobilenetv2_100, mobilenetv2_035"
     ]
     proc = run("space", "ops", "--resolution", "4", check=False)
-    assert proc.returncode == 1 and "resolution 4 is outside 16..1024" in proc.stderr
+    assert proc.returncode == 1 and "--resolution: Input should be greater than or equal to 16" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_command_that_takes_a_space_takes_the_same_space_options():
+    """One definition (search.space.options.SpaceOptions, also the service's request body): the same flags,
+    defaults and help wherever a space is given, and its bounds refused before any request is sent."""
+    import typer
+
+    from dnas.cli import app
+    from search.space.options import SpaceOptions
+
+    root = typer.main.get_command(app)
+    space = root.commands["space"].commands  # type: ignore[attr-defined]
+    commands = [
+        root.commands["profile"],
+        root.commands["validate"],
+        space["show"],
+        space["ops"],
+        space["export"],
+        space["macs-table"],
+    ]  # type: ignore[attr-defined]
+    fields = {"--space": "name", "--resolution": "resolution", "--width": "width", "--classes": "num_classes",
+              "--head-c": "head_c", "--candidates": "candidates"}  # fmt: skip
+    for command in commands:
+        by_flag = {flag: p for p in command.params for flag in p.opts}
+        for flag, name in fields.items():
+            field = SpaceOptions.model_fields[name]
+            assert (by_flag[flag].default, by_flag[flag].help) == (field.default, field.description), (command, flag)
+    proc = run("profile", "--device", "1", "--server", "http://127.0.0.1:9", "--width", "5", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --width: Input should be less than or equal to 4"
 
 
 def test_space_ops_lists_the_unique_operators():
@@ -70,4 +100,4 @@ def test_db_upgrade(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     assert f"database at {head_revision()}" in run("db", "upgrade", "--db", url).stdout
-    assert current_revision(url) == head_revision() == "0005"
+    assert current_revision(url) == head_revision() == "0008"

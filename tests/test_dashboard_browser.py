@@ -1,14 +1,18 @@
 """The dashboard in a real browser (Debian's Chromium through Playwright) against the real service, with real
 local agents measuring a tiny space: sign in as reader and admin, register a device, watch a run's progress
-bar reach "published" without a reload, read a table's heatmap, compare two devices, read the fidelity page,
-and see a reader refused an admin action. Every page must load without a console error; each test writes
+bar reach "published" without a reload, read a table's heatmap, compare two devices, filter a device's tables
+by precision and compare its fp32 and int8 tables, read the fidelity page, and see a reader refused an admin
+action. Every page must load without a console error; each test writes
 screenshots of what it saw (the run's tmp dir, printed; DNAS_UI_SCREENSHOTS=DIR also keeps the table page's).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +25,10 @@ import httpx
 import pytest
 
 from tests.browser import ConsoleLog, chromium, require_chromium, shoot
+from tests.hand_measured import measure_by_hand
 from tests.service_harness import Service, register, running_service, start_agent
+from tests.test_dashboard_precision import SPACE as PRECISION_SPACE
+from tests.test_dashboard_precision import base, factor
 from tests.waiting import wait_until
 
 CANDIDATES = ["ir_k3_e1", "ir_k5_e6", "skip"]
@@ -168,7 +175,7 @@ def test_sign_in_as_reader_and_admin_and_never_with_an_agent_token(page, lab: La
 
     cookie = next(c for c in page.context.cookies() if c["name"] == "dnas_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    assert lab.reader_token not in cookie["value"]  # the cookie vouches for the token's hash, never carries it
+    assert lab.reader_token not in cookie["value"]  # the cookie holds a session secret, never the token
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/ui/login?**")
@@ -195,7 +202,7 @@ def test_admin_registers_a_device_and_sees_its_agent_token_once(page, lab: Lab) 
                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     assert resp.status_code == 204
     page.get_by_role("link", name="Go to lab-phone-7").click()
-    expect()(page.locator("#agent-state")).to_contain_text("connected")
+    expect()(page.locator("#agent-state .badge")).to_have_text("connected")  # the whole badge: not "not connected"
     expect()(page.locator("dl.facts")).to_contain_text("Pixel 7")
     assert token not in page.content()  # shown once: never again
     shoot(page, lab.shots, "device")
@@ -252,7 +259,16 @@ def test_table_page_heatmap_sorting_and_downloads(page, lab: Lab) -> None:
 
     cells = page.locator("#heatmap g.cell")
     assert cells.count() == LAYERS * len(CANDIDATES)
-    assert page.locator("#heatmap g.cell.fastest").count() >= LAYERS  # each layer's cheapest, outlined
+    # Each layer's cheapest candidate is outlined, and only it (an outline on every cell would say nothing).
+    titles = page.locator("#heatmap g.cell title").all_text_contents()
+    outlined = [
+        "fastest" in (c or "").split() for c in cells.evaluate_all("els => els.map(e => e.getAttribute('class'))")
+    ]
+    k = len(CANDIDATES)
+    for layer in range(LAYERS):
+        values = [float(re.search(r": ([0-9.]+) us", t)[1]) for t in titles[layer * k : (layer + 1) * k]]  # type: ignore[index]
+        marked = [v for v, o in zip(values, outlined[layer * k : (layer + 1) * k], strict=True) if o]
+        assert marked and all(v == min(values) for v in marked) and len(marked) < k, (layer, values, marked)
     assert "ir_k5_e6" in page.locator("#heatmap").text_content()
     expect()(page.locator("#measured-as")).to_contain_text("interleaved")
     expect()(page.locator("main")).to_contain_text("Network constant")
@@ -299,18 +315,76 @@ def test_compare_two_devices_as_an_interactive_chart(page, lab: Lab) -> None:
     page.get_by_label("Table A").select_option(f"{lab.a['id']}:1")
     page.get_by_label("Table B").select_option(f"{lab.b['id']}:1")
     page.get_by_role("button", name="Compare").click()
+    page.wait_for_url(re.compile(r"/ui/compare\?a="))  # loaded whole: the summary is parsed before the table
     expect()(page.locator("#compare-summary")).to_contain_text("shared ops")
     shared = page.locator("#ratio-table tbody tr").count()
     chart = page.locator("#ratio-chart")
     assert 0 < int(chart.get_attribute("data-bars")) <= 30
     page.get_by_label("Show").select_option("0")  # all
     assert int(chart.get_attribute("data-bars")) == shared
+    # By default the ops that differ most come first, either way (|log ratio| falls down the chart).
+    # The labels round ratios to 3 decimals (0.995 and 1.005 read back as |log| 0.00501 and 0.00499), so the
+    # order is checked to that rounding, not exactly.
+    spread = [abs(math.log(r)) for r in _bar_ratios(chart)]
+    assert all(x >= y - 1e-3 for x, y in itertools.pairwise(spread)), spread
     page.get_by_label("Kind").select_option("skip")
     assert 0 < int(chart.get_attribute("data-bars")) < shared
     chart.locator("g.op").first.focus()  # keyboard reaches every bar
     expect()(page.locator("#ratio-tip")).to_contain_text("B/A")
-    page.get_by_label("Order").select_option("asc")
+    for order, expected in (("asc", sorted), ("desc", lambda r: sorted(r, reverse=True))):
+        page.get_by_label("Order").select_option(order)
+        ratios = _bar_ratios(chart)
+        assert len(ratios) > 1 and ratios == expected(ratios), (order, ratios)
     shoot(page, lab.shots, "compare")
+
+
+@pytest.fixture(scope="module")
+def dual(lab: Lab) -> dict[str, Any]:
+    """A device with an fp32 table (v1) and an int8 table (v2) whose numbers are chosen: int8 is 2x the fp32
+    time for ir_k3_e1, 0.5x for ir_k5_e6 (tests/test_dashboard_precision.py has the same over plain HTTP)."""
+    with lab.svc.client() as admin:
+        device = register(admin, "dual-precision")
+    fp32 = measure_by_hand(lab.svc, device, PRECISION_SPACE, lambda key: 10.0 + len(key) % 7)
+    by_op = {base(k): v for k, v in fp32.items()}
+    measure_by_hand(lab.svc, device, PRECISION_SPACE, lambda key: by_op[base(key)] * factor(key), "int8")
+    return device
+
+
+def test_filter_a_devices_tables_by_precision_and_compare_fp32_with_int8(page, lab: Lab, dual) -> None:
+    sign_in(page, lab, lab.reader_token)
+    page.goto(f"{lab.url}/ui/devices/{dual['id']}")
+    badges = page.locator("#table-list tbody .badge")
+    expect()(badges).to_have_text(["int8", "fp32"])
+    page.get_by_label("Precision").select_option("int8")  # submits itself: no button to find
+    page.wait_for_url("**precision=int8**")
+    expect()(badges).to_have_text(["int8"])
+    page.get_by_label("Precision").select_option("fp32")
+    page.wait_for_url("**precision=fp32**")
+    expect()(badges).to_have_text(["fp32"])
+    shoot(page, lab.shots, "device-fp32-only")
+
+    page.get_by_role("link", name="Compare fp32 v1 with int8 v2").click()
+    page.wait_for_url(re.compile(r"/ui/compare\?a="))
+    expect()(page.locator("#ratio-label")).to_have_text("int8 / fp32")
+    grid = page.locator("#ratio-grid")
+    assert grid.locator("g.cell:not(.median)").count() == LAYERS * len(PRECISION_SPACE["candidates"])
+    medians = grid.locator("g.cell.median")
+    by_family = dict(zip(PRECISION_SPACE["candidates"], medians.evaluate_all(
+        "els => els.map(e => Number(e.getAttribute('data-ratio')))"), strict=True))  # fmt: skip
+    assert by_family["ir_k3_e1"] == pytest.approx(2.0) and by_family["ir_k5_e6"] == pytest.approx(0.5)
+    assert "int8/fp32 2.000" in medians.first.locator("title").text_content()
+    # The per-op bars agree with the map: every ir_k3_e1 op is 2x in int8, drawn as B/A 2.000.
+    page.get_by_label("Kind").select_option("ir_k3_e1")
+    ratios = _bar_ratios(page.locator("#ratio-chart"))
+    assert ratios and all(r == pytest.approx(2.0) for r in ratios)
+    grid.locator("g.cell").first.focus()  # the map is reachable by keyboard
+    shoot(page, lab.shots, "compare-fp32-int8")
+
+
+def _bar_ratios(chart) -> list[float]:  # type: ignore[no-untyped-def]
+    """The B/A ratio of each bar of the compare chart, top to bottom (from the label screen readers hear)."""
+    labels = chart.locator("g.op").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    return [float(label.rsplit("B/A ", 1)[1]) for label in labels]
 
 
 def test_fidelity_page_shows_the_validation_scatter_and_the_calibration(page, lab: Lab) -> None:

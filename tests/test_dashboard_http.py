@@ -4,22 +4,27 @@ real (uvicorn on loopback) and its one table is measured by a real local agent."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from db.engine import make_engine
 from tests.service_harness import Service, register, running_service, start_agent
 from tests.waiting import wait_until
 
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": ["ir_k3_e1", "skip"]}
 CONFIG = {"warmup": 1, "rounds": 4, "runs_per_round": 1}
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+ENDED = "why=ended"  # the sign-in form's reason for an ended session (a key: the form shows its fixed text)
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Site:
     reader: str
     device: dict[str, Any]
     run_id: int
+    db: str
 
     @property
     def url(self) -> str:
@@ -46,6 +52,7 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
     else:
         db = request.getfixturevalue("pg_cluster").create_database(f"ui_{os.getpid()}")
     with running_service(db, work, DNAS_SERVICE_LONG_POLL_SECONDS="2") as svc, svc.client() as admin:
+        admin.timeout = httpx.Timeout(600)  # creating a run exports its models: minutes on a loaded 2-core host
         reader = admin.post("/v1/tokens", json={"name": "http-reader"}).raise_for_status().json()["token"]
         device = register(admin, "http-host")
         body = {"device_id": device["id"], "space": SPACE, "config": CONFIG, "anchors": 2}
@@ -57,7 +64,7 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
         finally:
             agent.terminate()
             agent.wait(timeout=30)
-        yield Site(svc, reader, device, run["id"])
+        yield Site(svc, reader, device, run["id"], db)
 
 
 def sign_in(site: Site, token: str) -> httpx.Client:
@@ -120,6 +127,57 @@ def test_a_form_without_its_csrf_token_or_from_another_site_changes_nothing(site
     assert made.headers["cache-control"] == "no-store"  # the page that shows the agent token is never cached
 
 
+def _sessions_of(site: Site, token: str) -> list[float]:
+    """Seconds left of each stored session of this token, as the service keeps them (no secret, only hashes)."""
+    engine = make_engine(site.db)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT expires_at FROM ui_sessions WHERE token_hash = :d"),
+                                {"d": hashlib.sha256(token.encode()).hexdigest()}).scalars()  # fmt: skip
+            return [_epoch(value) - time.time() for value in rows]
+    finally:
+        engine.dispose()
+
+
+def _epoch(value: Any) -> float:
+    """A stored timestamp (a datetime, or SQLite's text) as seconds since the epoch, taken as UTC."""
+    from datetime import UTC, datetime
+
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _end_sessions_of(site: Site, token: str) -> None:
+    """Move this token's sessions past their expiry, as 12 hours passing would."""
+    engine = make_engine(site.db)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE ui_sessions SET expires_at = created_at WHERE token_hash = :d"),
+                         {"d": hashlib.sha256(token.encode()).hexdigest()})  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def _signed_out(site: Site, cookie: str) -> str:
+    """Where the dashboard sends a browser presenting `cookie`: the sign-in form's address, or '' if it is let in."""
+    with httpx.Client(base_url=site.url, timeout=60, cookies={"dnas_session": cookie}) as browser:
+        page = browser.get("/ui/")
+    return page.headers["location"] if page.status_code == 303 else ""
+
+
+def test_a_session_lasts_twelve_hours_and_ends_on_the_server(site: Site) -> None:
+    with site.svc.client() as admin:
+        token = admin.post("/v1/tokens", json={"name": "twelve-hours"}).json()["token"]
+    browser = sign_in(site, token)
+    cookie = browser.cookies["dnas_session"]
+    assert [round(left / 3600) for left in _sessions_of(site, token)] == [12]
+    assert _signed_out(site, cookie) == ""
+    assert ENDED in _signed_out(site, cookie[:-4] + "AAAA")  # another secret: no session
+    _end_sessions_of(site, token)  # its 12 hours passed
+    assert ENDED in _signed_out(site, cookie)
+    assert len(sign_in(site, token).cookies["dnas_session"]) >= 43  # 32 random bytes, a new session
+
+
 def test_a_tampered_or_revoked_session_signs_the_browser_out(site: Site) -> None:
     with site.svc.client() as admin:
         minted = admin.post("/v1/tokens", json={"name": "short"}).json()
@@ -131,7 +189,7 @@ def test_a_tampered_or_revoked_session_signs_the_browser_out(site: Site) -> None
     with site.svc.client() as admin:
         admin.post(f"/v1/tokens/{minted['id']}/revoke").raise_for_status()
     gone = client.get("/ui/")
-    assert gone.status_code == 303 and "no%20longer%20valid" in gone.headers["location"]
+    assert gone.status_code == 303 and "why=invalid" in gone.headers["location"]
 
 
 # ---- who may do what ----------------------------------------------------------------------------------------

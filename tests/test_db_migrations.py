@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, Table, inspect, select
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
@@ -21,6 +21,7 @@ from tests.tables import MINI
 TABLES = {
     "devices", "operators", "profiling_runs", "run_operators", "jobs", "measurements",
     "latency_tables", "latency_table_entries", "service_settings", "api_tokens", "calibrations", "validation_reports",
+    "ui_sessions",
 }  # fmt: skip
 
 
@@ -175,3 +176,74 @@ def test_sqlite_upgrade_from_the_first_revision_keeps_the_data(sqlite_url, tmp_p
 @pytest.mark.postgres
 def test_postgres_upgrade_from_the_first_revision_keeps_the_data(pg_url, tmp_path):
     _upgrade_with_data(pg_url, tmp_path)
+
+
+# ---- 0006: the run a job serves, as a column ----------------------------------------------------------
+def _upgrade_jobs_to_run_ids(url: str) -> None:
+    """Before 0006 a job's run was only in its batch group `run:{id}`: the upgrade reads it from there, for
+    groups naming a run that exists, and leaves every other job (network sets, single networks) without one."""
+    migrate.upgrade(url, "0005")
+    engine = make_engine(url)
+    meta = MetaData()
+    meta.reflect(engine)  # the tables as 0005 left them
+    t = meta.tables
+    run = {"device_id": 1, "space_hash": MINI.hash, "space": MINI.to_dict(), "config_hash": "c" * 64,
+           "config": {}, "status": "running", "total": 1, "created_at": T0}  # fmt: skip
+    groups = {1: "run:1", 2: "run:12", 3: "net:0123456789abcdef", 4: None, 5: "run:99"}  # run 99 never existed
+    with engine.begin() as c:
+        c.execute(t["devices"].insert(), {"id": 1, "name": "pixel-7", "platform": "android", "properties": {},
+                                          "token_hash": hash_token(AGENT_TOKEN), "created_at": T0})  # fmt: skip
+        c.execute(t["operators"].insert(), {"key": "op-a", "spec": {}, "created_at": T0})
+        c.execute(t["profiling_runs"].insert(), [{"id": 1, **run}, {"id": 12, **run}])
+        c.execute(t["jobs"].insert(), [
+            {"id": i, "device_id": 1, "op_key": "op-a", "config_hash": "c" * 64, "config": {}, "generation": i,
+             "status": "queued", "attempts": 0, "max_attempts": 3, "batch_group": group, "created_at": T0}
+            for i, group in groups.items()
+        ])  # fmt: skip
+    migrate.upgrade(url)
+    jobs_at_head = Table("jobs", MetaData(), autoload_with=engine)
+    with engine.connect() as c:
+        jobs = dict(c.execute(select(jobs_at_head.c.id, jobs_at_head.c.run_id)).all())
+    assert jobs == {1: 1, 2: 12, 3: None, 4: None, 5: None}
+    migrate.downgrade(url, "0005")  # and back: the column goes, the groups stay
+    columns = {col["name"] for col in inspect(engine).get_columns("jobs")}
+    engine.dispose()
+    assert "run_id" not in columns and "batch_group" in columns
+
+
+def test_sqlite_upgrade_gives_jobs_their_run(sqlite_url):
+    _upgrade_jobs_to_run_ids(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_gives_jobs_their_run(pg_url):
+    _upgrade_jobs_to_run_ids(pg_url)
+
+
+# ---- 0007: dashboard sessions kept by the service; the old signing key deleted -------------------------------
+def _upgrade_ends_signed_cookies(url: str) -> None:
+    """The HMAC key that signed dashboard cookies sat in service_settings beside the token hashes: the upgrade
+    deletes it (every cookie it signed stops working) and keeps every other setting."""
+    migrate.upgrade(url, "0006")
+    engine = make_engine(url)
+    settings = Table("service_settings", MetaData(), autoload_with=engine)
+    with engine.begin() as c:
+        c.execute(settings.insert(), [{"name": "ui_session_key", "value": "ab" * 32},
+                                      {"name": "admin_token_sha256", "value": "cd" * 32}])  # fmt: skip
+    migrate.upgrade(url)
+    with engine.connect() as c:
+        kept = dict(c.execute(select(settings.c.name, settings.c.value)).all())
+    assert kept == {"admin_token_sha256": "cd" * 32}
+    assert "ui_sessions" in inspect(engine).get_table_names()
+    migrate.downgrade(url, "0006")
+    assert "ui_sessions" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_sqlite_upgrade_ends_signed_cookies(sqlite_url):
+    _upgrade_ends_signed_cookies(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_ends_signed_cookies(pg_url):
+    _upgrade_ends_signed_cookies(pg_url)

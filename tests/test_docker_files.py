@@ -29,6 +29,7 @@ import typer
 import yaml
 from sqlalchemy.engine import make_url
 
+from dnas.agent_cli import _default_cache as agent_default_cache
 from profiler_service.local_server import free_port, start_run, stop_process, wait_for_run, wait_until_healthy
 from profiler_service.settings import ServiceSettings
 from tests.postgres import PostgresCluster
@@ -208,8 +209,9 @@ def test_our_images_run_as_a_non_root_user():
     # The service writes token files 0600 that the agent reads: one uid in both images.
     uid = {name: next(line for line in dockerfile(name) if line.startswith("USER ")) for name in ("service", "agent")}
     assert uid["service"] == uid["agent"]
-    # PostgreSQL's official image starts as root only to fix its data dir's owner, then runs as postgres.
-    assert "user" not in services["db"]
+    # PostgreSQL's official image runs as its postgres user (999) from the start: its root start only chowns the
+    # data directory and drops privileges, which needs the capabilities every container here drops.
+    assert services["db"]["user"] == "999:999"
 
 
 def _command_lines() -> dict[str, str]:
@@ -292,6 +294,157 @@ def test_a_database_password_with_url_characters_reaches_the_driver_intact(tmp_p
     assert url.drivername == "postgresql+psycopg"
     with pytest.raises(ValueError, match="cannot read the database password file"):
         ServiceSettings(database_host="db", database_password_file=tmp_path / "missing")
+
+
+# --- Hardening: what compose publishes, who shares a network, what each container may do and write --------
+# Docker is not available here: these read the compose model as `docker compose up` would build it.
+
+# Releases each image's version names in full: PostgreSQL's are MAJOR.MINOR (since 10), Python's MAJOR.MINOR.PATCH.
+FULL_VERSION_PARTS = {"postgres": 2, "python": 3}
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each `ports` entry, short syntax."""
+    out = []
+    for entry in service.get("ports", []):
+        parts = str(entry).split(":")
+        assert len(parts) == 3, f"{entry}: a port without a host address is published on every interface"
+        out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def test_the_service_is_published_on_this_host_only_unless_told_otherwise():
+    services = compose()["services"]
+    ports = {name: published(s) for name, s in services.items() if "ports" in s}
+    assert ports == {"service": [("127.0.0.1", "8321", "8321")]}  # plain HTTP: nothing else publishes
+    assert all("network_mode" not in s or s["network_mode"] == "none" for s in services.values())  # no host net
+    # Behind a TLS proxy: another address and port, and the public URL the dashboard prints follows.
+    assert env_of(services["service"])["DNAS_SERVICE_PUBLIC_URL"] == "http://127.0.0.1:8321"
+    moved = compose({"DNAS_SERVICE_PUBLISH_ADDRESS": "0.0.0.0", "DNAS_SERVICE_PUBLISH_PORT": "9000"})["services"]
+    assert published(moved["service"]) == [("0.0.0.0", "9000", "8321")]
+    assert env_of(moved["service"])["DNAS_SERVICE_PUBLIC_URL"] == "http://127.0.0.1:9000"
+    proxied = compose({"DNAS_SERVICE_PUBLIC_URL": "https://dnas.example.org",
+                       "DNAS_SERVICE_FORWARDED_ALLOW_IPS": "172.30.0.1"})["services"]  # fmt: skip
+    settings = ServiceSettings(
+        public_url=env_of(proxied["service"])["DNAS_SERVICE_PUBLIC_URL"],
+        forwarded_allow_ips=env_of(proxied["service"])["DNAS_SERVICE_FORWARDED_ALLOW_IPS"],
+    )
+    assert (settings.public_url, settings.forwarded_allow_ips) == ("https://dnas.example.org", "172.30.0.1")
+
+
+def networks_of(service: dict[str, Any]) -> set[str]:
+    if service.get("network_mode") == "none":
+        return set()
+    nets = service.get("networks", ["default"])
+    return set(nets if isinstance(nets, list) else nets.keys())
+
+
+def test_the_database_is_on_an_internal_network_that_no_agent_joins():
+    model = compose()
+    services, networks = model["services"], model.get("networks", {})
+    db = networks_of(services["db"])
+    assert db and all((networks.get(n) or {}).get("internal") is True for n in db), "no route out for PostgreSQL"
+    on_db = {name for name, s in services.items() if networks_of(s) & db}
+    assert on_db == {"db", "service"}, f"only the service may reach PostgreSQL, not {on_db - {'db', 'service'}}"
+    for agent in ("agent", "android-agent"):  # ... while the agents still reach the service, and the phone the LAN
+        shared = networks_of(services[agent]) & networks_of(services["service"])
+        assert shared and not any((networks.get(n) or {}).get("internal") for n in networks_of(services[agent]))
+    # The published port needs a network that is not internal.
+    assert any(not (networks.get(n) or {}).get("internal") for n in networks_of(services["service"]))
+    assert networks_of(services["db-secret"]) == set()  # it only writes a file
+
+
+def pinned_images() -> dict[str, str]:
+    """Every image a `docker compose build && up` pulls: compose's `image` where nothing is built, and each of
+    our Dockerfiles' FROM."""
+    out = {}
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            for base in instructions(name, "FROM"):
+                out[f"{service['build']['dockerfile']} FROM"] = base.split()[0]
+        else:
+            out[name] = service["image"]
+    return out
+
+
+def test_every_image_is_pinned_to_an_exact_release_or_a_digest():
+    images = pinned_images()
+    assert set(images) == {"db", "docker/service.Dockerfile FROM", "docker/agent.Dockerfile FROM"}
+    for where, ref in images.items():
+        if _DIGEST.search(ref):
+            continue
+        name, _, tag = ref.rpartition(":")
+        assert name and "/" not in tag, f"{where}: {ref} has no tag, so it is :latest"
+        version = re.match(r"[0-9]+(?:\.[0-9]+)*", tag)
+        parts = len(version[0].split(".")) if version else 0
+        need = FULL_VERSION_PARTS.get(name.rsplit("/", 1)[-1], 3)
+        assert parts >= need, f"{where}: {ref} floats (a tag naming a full release has {need} version numbers)"
+
+
+def test_every_container_drops_all_capabilities_gains_no_privileges_and_has_a_read_only_root():
+    services = compose({"DNAS_PHONE_NAME": "pixel-7"})["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], f"{name}: cap_drop {service.get('cap_drop')}"
+        assert not service.get("cap_add") and not service.get("privileged"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("read_only") is True, f"{name}: a writable root file system"
+
+
+def writable(service: dict[str, Any]) -> list[str]:
+    """What a container may write: its tmpfs mounts and its volumes mounted read-write."""
+    tmpfs = service.get("tmpfs", [])
+    return [*(tmpfs if isinstance(tmpfs, list) else [tmpfs]),
+            *(target for target, (_, read_only) in mounts(service).items() if not read_only)]  # fmt: skip
+
+
+def test_what_each_container_writes_is_on_a_volume_or_a_tmpfs(monkeypatch):
+    """With a read-only root, a path a program writes that is on neither is an error at its first write."""
+    services = compose({"DNAS_PHONE_NAME": "pixel-7"})["services"]
+    service, agent, phone = (env_of(services[n]) for n in ("service", "agent", "android-agent"))
+    # The agents' model cache, where `dnas agent` puts it in our images (HOME /home/dnas, no XDG variables).
+    assert "DNAS_AGENT_CACHE_DIR" not in agent and "DNAS_AGENT_CACHE_DIR" not in phone
+    monkeypatch.setenv("HOME", "/home/dnas")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    cache = str(agent_default_cache())
+    writes = {
+        "db-secret": ["/run/dnas/db/password"],
+        # PGDATA, the socket and lock file (/var/run is /run in Debian), the entrypoint's here-documents.
+        "db": ["/var/lib/postgresql/data", "/run/postgresql", "/tmp"],
+        # Artifacts, the admin token, provisioned agent tokens; the workers' metrics files and int8's temporary
+        # files (tempfile); matplotlib's cache under HOME.
+        "service": [service["DNAS_SERVICE_ARTIFACT_DIR"], service["DNAS_SERVICE_ADMIN_TOKEN_FILE"],
+                    service["DNAS_SERVICE_PROVISION_TOKEN_DIR"], "/tmp", "/home/dnas/.cache/matplotlib"],
+        "agent": [cache, "/tmp"],
+        "android-agent": [cache, "/tmp", phone["DNAS_AGENT_ADB_KEY"]],
+    }  # fmt: skip
+    assert set(writes) == set(services)
+    for name, paths in writes.items():
+        where = writable(services[name])
+        for path in paths:
+            assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in where), f"{name} writes {path}"
+
+
+def test_a_fresh_volume_on_our_images_is_owned_by_their_user():
+    """A new named volume takes the owner of the image's directory it is mounted on; one that the image lacks
+    would be root's, and the unprivileged user could not write it."""
+    services = compose({"DNAS_PHONE_NAME": "pixel-7"})["services"]
+    for name in OUR_IMAGES:
+        runs = " ".join(instructions(name, "RUN"))
+        made = set(re.findall(r"mkdir -p ((?:/\S+ ?)+)", runs)[0].split())
+        owned = re.findall(r"chown -R dnas:dnas ((?:/\S+ ?)+)", runs)[0].split()
+        for target, (volume, read_only) in mounts(services[name]).items():
+            if read_only or volume not in compose()["volumes"]:
+                continue
+            assert target in made, f"{name}: the image has no {target}, so a fresh volume there is root's"
+            assert any(target == o or target.startswith(o + "/") for o in owned), f"{name}: {target} is not dnas's"
+
+
+def test_every_long_running_container_has_a_healthcheck():
+    for name, service in compose({"DNAS_PHONE_NAME": "pixel-7"})["services"].items():
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    # The agents' is run for real against a service in the stack test below.
 
 
 # --- What an engine would run, run without one ------------------------------------------------------------
@@ -513,6 +666,18 @@ def test_the_stack_starts_from_its_image_commands_on_postgresql(images, pg_clust
         )  # fmt: skip
         assert agent.returncode == 0, agent.stdout[-3000:] + agent.stderr[-3000:]
         assert wait_for_run(client, run["id"], timeout_s=120)["status"] == "published"
+
+        # The agents' healthcheck: healthy with its token file and the service answering; not without either.
+        check = services["agent"]["healthcheck"]["test"]
+        assert check[0] == "CMD" and services["android-agent"]["healthcheck"]["test"] == check
+
+        def healthy(**env: str) -> bool:
+            argv, environ = images["agent"].argv(check[1:]), images["agent"].env(**(agent_remapped | env))
+            return subprocess.run(argv, env=environ, capture_output=True, timeout=60).returncode == 0
+
+        assert healthy()
+        assert not healthy(DNAS_AGENT_TOKEN_FILE=str(tmp_path / "no-such.token"))
+        assert not healthy(DNAS_AGENT_SERVER=f"http://127.0.0.1:{free_port()}")
 
         # android-agent: reads its token file, keeps its adb key on its volume, and says why it stops.
         phone_remapped = phone_env | {

@@ -107,6 +107,7 @@ def test_chains_of_linked_calls_never_answer_5xx(service):
     transitions = [name for name in vars(machine) if "__" in name and not name.startswith("RANDOM")]
     assert len(transitions) >= 20, "schemathesis inferred too few links between operations"
     calls: Counter[str] = Counter()
+    server_errors: list[str] = []  # every 5xx seen, whatever Hypothesis makes of the scenario that met it
 
     class Chains(machine):  # type: ignore[misc, valid-type]
         def get_call_kwargs(self, case):  # type: ignore[no-untyped-def]
@@ -115,11 +116,14 @@ def test_chains_of_linked_calls_never_answer_5xx(service):
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):  # type: ignore[no-untyped-def]
             calls[case.operation.label] += 1
+            if response.status_code >= 500:
+                server_errors.append(f"{case.operation.label} -> {response.status_code}: {response.text[:300]}")
             _check(service, case, response)
 
     # The service keeps its state between scenarios (that is the point), so Hypothesis cannot replay one
     # exactly: generate only, no shrinking. When a replay draws differently because the server's state moved
-    # on, start a fresh session, as schemathesis's own runner does; a real failure (a 5xx) is raised.
+    # on, start a fresh session, as schemathesis's own runner does. A 5xx met before the replay drew
+    # differently would be lost with that session: every response is recorded, and any 5xx fails the test.
     sessions, scenarios = 0, max(1, int(SCENARIOS * service.scale))
     while sum(calls.values()) < scenarios * 4 and sessions < 20:
         sessions += 1
@@ -127,6 +131,8 @@ def test_chains_of_linked_calls_never_answer_5xx(service):
             Chains.run(settings=settings(max_examples=scenarios, deadline=None, database=None, stateful_step_count=8,
                                          phases=[Phase.generate], suppress_health_check=list(HealthCheck)))  # fmt: skip
         except FlakyStrategyDefinition:
+            assert not server_errors, f"a 5xx in a scenario Hypothesis called flaky: {server_errors[:3]}"
             continue
+    assert not server_errors, server_errors[:3]
     print(f"\nchains: {sum(calls.values())} linked calls in {sessions} sessions over {len(calls)} operations")
     assert sum(calls.values()) >= scenarios

@@ -21,10 +21,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "search.space": ("search.space",),
     "search.measurement": ("search.measurement",),
     "search.data": ("search.data",),
-    "search.tables": ("search.space", "search.measurement", "search.tables"),
-    "search.dnas": ("search.space", "search.measurement", "search.tables", "search.data", "search.dnas"),
+    # db.states (standard library only): the run statuses the client waits on are the service's, spelt once.
+    "search.tables": ("search.space", "search.measurement", "search.tables", "db.states"),
+    "search.dnas": ("search.space", "search.measurement", "search.tables", "search.data", "search.dnas", "db.states"),
+    # The whole job on one host: it starts the embedded service and a local agent, so it stands above them all.
+    "search.pipeline": ("search", "device_agents", "profiler_service.local_server"),
     "db": ("db",),
-    "device_agents": ("device_agents", "search.space", "search.measurement"),
+    # search.tables.client alone (no torch): how the service's error bodies read is one rule for both clients.
+    "device_agents": ("device_agents", "search.space", "search.measurement", "search.tables.client"),
     "profiler_service": ("profiler_service", "db", "search.space", "search.measurement", "search.tables"),
 }
 # The conformance suite checks an agent against a real service it starts, so it stands above both.

@@ -1,8 +1,8 @@
-"""Load at a size CI affords (the full size is bench/load.py): many agents and readers, 2 workers, PostgreSQL."""
+"""Load at a size CI affords (the full size is bench/load_check.py): many agents and readers, 2 workers, PostgreSQL."""
 
 import pytest
 
-from bench.load import run_load
+from bench.load_check import run_load
 
 
 @pytest.mark.postgres

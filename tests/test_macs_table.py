@@ -11,14 +11,15 @@ import pytest
 
 from search.space.cost import network_cost
 from search.space.macro import get_space
-from search.tables.latency import LatencyTable, build_lut
+from search.tables.latency import build_lut
 from search.tables.macs import macs_table
+from search.tables.schema import PublishedTable
 
 SPACE = get_space("fbnet", resolution=32, width=0.25, num_classes=10)
 
 
 def test_a_networks_price_is_its_multiply_adds_in_thousands() -> None:
-    table = LatencyTable(macs_table(SPACE))
+    table = PublishedTable.parse(macs_table(SPACE))
     rng = random.Random(3)
     for _ in range(20):
         arch = [rng.choice(SPACE.candidates) for _ in SPACE.slots]
@@ -27,7 +28,7 @@ def test_a_networks_price_is_its_multiply_adds_in_thousands() -> None:
 
 def test_the_search_sees_each_candidates_multiply_adds() -> None:
     """The super net's latency term reads the LUT: a candidate's entry must be its multiply-adds, skips cheapest."""
-    lut = build_lut(SPACE, LatencyTable(macs_table(SPACE)))
+    lut = build_lut(SPACE, PublishedTable.parse(macs_table(SPACE)))
     e6, skip = SPACE.candidates.index("ir_k3_e6"), SPACE.candidates.index("skip")
     arch_e6 = [e6] * len(SPACE.slots)
     assert abs(
@@ -46,4 +47,4 @@ def test_the_cli_writes_a_table_for_the_space_it_was_asked_for(tmp_path) -> None
     assert payload["space_hash"] == SPACE.hash
     assert payload["config"] == {"price": "macs", "unit": "kMAC"}
     skips = ["skip"] * len(SPACE.slots)
-    assert LatencyTable.from_file(out).predict_us(skips) == pytest.approx(network_cost(SPACE, skips).macs / 1e3)
+    assert PublishedTable.from_file(out).predict_us(skips) == pytest.approx(network_cost(SPACE, skips).macs / 1e3)

@@ -1,7 +1,6 @@
 """One search, several devices: per-device (shared weights, a theta per device, an architecture each) and
 all-devices (one theta priced on every device, one architecture within every budget)."""
 
-import copy
 import json
 
 import pytest
@@ -11,8 +10,7 @@ from search.dnas.config import ConfigError, SearchConfig
 from search.dnas.decode import decode_budgets
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, per_sample_loss
-from search.dnas.trainer import Searcher
-from search.tables.latency import LatencyLUT, LatencyTable, TableError, build_lut
+from search.tables.latency import LatencyLUT, PublishedTable, TableError, build_lut
 from tests.tables import MINI
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1, "threads": 2,
@@ -91,19 +89,19 @@ def test_budgets_one_per_device_or_one_for_all():
 # ---- searches on measured tables --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def measured(mini_table):
-    return LatencyTable.from_file(mini_table)
+    return PublishedTable.from_file(mini_table)
 
 
-def _device(table: LatencyTable, name: str, dear: int, factor: float) -> LatencyTable:
+def _device(table: PublishedTable, name: str, dear: int, factor: float) -> PublishedTable:
     """This host's measured table with ops of expansion `dear` `factor` times dearer: a device whose costs
     scale differently from the host's, as the paper's devices do."""
-    payload = copy.deepcopy(table.payload)
+    payload = table.to_dict()
     for entry in payload["entries"]:
         if entry["spec"].get("expansion") == dear:
             entry["median_us"] *= factor
     payload["device"] = {"id": len(name), "name": name}
     payload["content_sha256"] = f"{name}-{table.content_hash[:12]}"
-    return LatencyTable(payload)
+    return PublishedTable.parse(payload)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +109,7 @@ def devices(measured):
     return [_device(measured, "e1-dear", 1, 6.0), _device(measured, "e6-dear", 6, 6.0)]
 
 
-def _budget(table: LatencyTable, fraction: float) -> float:
+def _budget(table: PublishedTable, fraction: float) -> float:
     lut = build_lut(MINI, table)
     fast, slow = lut.of_arch(lut.table.argmin(1).tolist()), lut.of_arch(lut.table.argmax(1).tolist())
     return (fast + fraction * (slow - fast)) / 1e3
@@ -152,6 +150,25 @@ def test_per_device_search_returns_an_architecture_each_leaning_to_its_own_devic
     assert ckpt["net"]["theta"].shape == (2, len(MINI.slots), len(MINI.candidates)) and ckpt["devices"] == 2
 
 
+def test_each_devices_theta_learns_its_own_table(devices, per_device):
+    """What training a theta per device adds. The architectures above lean to their devices whatever theta
+    says (the budget decoding prices each on its own table), so this reads the thetas themselves: one shared
+    theta, or none trained, passes the test above and fails this one."""
+    out, _ = per_device
+    theta = torch.load(out / "checkpoint.pt", weights_only=False)["net"]["theta"]
+    e1 = [MINI.candidates.index("ir_k3_e1")]
+    e6 = [MINI.candidates.index(c) for c in ("ir_k3_e6", "ir_k5_e6")]
+    # Where the tables disagree (e1 is 6x dearer on e1-dear, e6 on e6-dear), the thetas disagree the same way:
+    # e1-dear's theta favours the e6 blocks over the e1 block by more than e6-dear's does, in every layer.
+    leaning_to_e6 = theta[:, :, e6].mean(-1) - theta[:, :, e1].mean(-1)  # (device, layer)
+    assert (leaning_to_e6[0] > leaning_to_e6[1]).all(), leaning_to_e6
+    # Each device's most likely network (its theta's argmax, before any budget decoding) is relatively cheaper
+    # on its own table than the other device's most likely network is.
+    luts = [build_lut(MINI, t) for t in devices]
+    (a_on_a, a_on_b), (b_on_a, b_on_b) = [[lut.of_arch(theta[d].argmax(-1).tolist()) for lut in luts] for d in (0, 1)]
+    assert a_on_a / a_on_b < b_on_a / b_on_b, (theta.argmax(-1), a_on_a, a_on_b, b_on_a, b_on_b)
+
+
 def test_a_checkpoint_of_two_devices_is_not_resumed_with_one(devices, per_device, tmp_path):
     import shutil
 
@@ -178,8 +195,8 @@ def test_all_devices_search_returns_one_architecture_within_every_budget(devices
 
 
 def test_tables_of_different_spaces_and_band_budgets_across_devices_are_refused(devices, tmp_path):
-    other = LatencyTable(copy.deepcopy(devices[1].payload) | {"space": {**MINI.to_dict(), "resolution": 64}})
-    other.payload["space"].pop("hash", None)
+    space = {k: v for k, v in MINI.to_dict().items() if k != "hash"} | {"resolution": 64}
+    other = PublishedTable.parse(devices[1].to_dict() | {"space": space})
     with pytest.raises(TableError, match="profile every device with the same space"):
         run_search([devices[0], other], "digits", SearchConfig(epochs=2, **FAST), tmp_path)
     with pytest.raises(ConfigError, match="band"):
@@ -187,4 +204,3 @@ def test_tables_of_different_spaces_and_band_budgets_across_devices_are_refused(
                                                    target_mode="band", **FAST), tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match="3 latency targets for 2 device"):
         run_search(devices, "digits", SearchConfig(epochs=2, target_latency_ms=(1.0, 2.0, 3.0), **FAST), tmp_path)
-    assert Searcher  # the trainer is what both modes run

@@ -108,6 +108,7 @@ def test_unparseable_zero_or_uncounted_output_fails_loudly(text):
 # Stands in for onnxruntime_perf_test on the emulated phone, behaving as the tool does where it matters here:
 # the percentile block only with -s, and the count of timed runs it was asked for with -r.
 FAKE_PERF_TEST = r"""#!/bin/sh
+if [ "$1" = --help ]; then printf 'perf_test [options...] model_path\n\t-m [test_mode]: ...\n'; exit 255; fi
 runs=1000; stats=0
 while [ $# -gt 0 ]; do
   case "$1" in -r) runs=$2; shift ;; -s) stats=1 ;; esac

@@ -8,29 +8,23 @@ connection itself: the next request that needs the database finds the pool exhau
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import QueuePool
 
 from db.engine import make_sessionmaker
-from profiler_service import security
 from profiler_service.app import create_app, prepare
 from profiler_service.settings import ServiceSettings
-from tests.service_harness import free_port
-from tests.waiting import wait_until
+from tests.service_harness import serve_app
 
 ADMIN = "pool-test-admin-token-" + "z" * 20
 
 
 @pytest.fixture
-def one_connection_service(tmp_path, monkeypatch) -> Iterator[tuple[str, object]]:
-    # In this process the admin hash is cached per process (profiler_service/security.py): start and end clean.
-    monkeypatch.setattr(security, "_admin_cache", None)
+def one_connection_service(tmp_path) -> Iterator[tuple[str, object]]:
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     settings = ServiceSettings(database_url=url, admin_token=ADMIN, artifact_dir=tmp_path / "artifacts",
                                sweep_seconds=3600)  # fmt: skip
@@ -40,24 +34,8 @@ def one_connection_service(tmp_path, monkeypatch) -> Iterator[tuple[str, object]
     tiny = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.5,
                          connect_args={"check_same_thread": False})  # fmt: skip
     app.state.engine, app.state.sessionmaker = tiny, make_sessionmaker(tiny)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _healthy(base), what="the service to answer /v1/health", timeout_s=60)
+    with serve_app(app) as base:
         yield base, tiny
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_an_exhausted_pool_is_503_with_retry_after_and_the_next_request_succeeds(one_connection_service):

@@ -6,7 +6,7 @@ from profiler_service.schemas import MeasureConfig
 from search.space.enumerate import enumerate_ops
 from search.space.macro import fbnet_space
 from search.tables.fidelity import halves
-from search.tables.latency import LatencyTable, TableError, build_lut
+from search.tables.latency import PublishedTable, TableError, build_lut
 from search.tables.predict import N_ANCHORS, PredictionRule, anchor_archs, fit_rule, probe_specs
 
 SPACE = fbnet_space(32, 0.25, num_classes=10, candidates=("ir_k3_e1", "ir_k3_e6", "skip"))
@@ -63,13 +63,13 @@ def test_the_search_latency_term_prices_a_network_exactly_as_the_table_predicts_
     probes = {key: 5.0 for key in probe_specs(enumerate_ops(SPACE).ops.values())}
     _, published = fit_rule(SPACE, medians, probes, [(a, 500.0) for a in anchor_archs(SPACE)])
     entries = [{"key": k, "median_us": v} for k, v in medians.items()]
-    table = LatencyTable({"space": SPACE.to_dict(), "entries": entries, "prediction": published})
+    table = PublishedTable.parse({"space": SPACE.to_dict(), "entries": entries, "prediction": published})
     lut = build_lut(SPACE, table)
     for arch in (["skip"] * 22, ["ir_k3_e6"] * 22, ["ir_k3_e1", "skip"] * 11):
         idx = [SPACE.candidates.index(c) for c in arch]
         assert lut.of_arch(idx) == pytest.approx(table.predict_us(arch), rel=1e-5)
     with pytest.raises(TableError, match="unknown prediction rule"):
-        _ = LatencyTable(table.payload | {"prediction": {"rule": "gnn-v9"}}).rule
+        _ = PublishedTable.parse(table.to_dict() | {"prediction": {"rule": "gnn-v9"}}).rule
 
 
 @pytest.mark.parametrize(

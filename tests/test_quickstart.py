@@ -33,11 +33,15 @@ def test_quickstart_end_to_end(tmp_path):
     assert report["speedup_measured"] > 1.2
     # Theta moved away from uniform (1/9 per layer), even in this two-epoch run.
     assert report["search"]["theta_max_prob_mean"] > 1.5 / 9
-    # Predictions carry their measured error, and the anchors' drift since profiling is reported.
-    assert all(abs(r["prediction_error_pct"]) < 100 for r in report["networks"])
+    # Predictions carry their measured error, and the anchors' drift since profiling is reported. The README's
+    # runs: within 4% on a quiet machine; +25% raw and +8.3% with the drift divided out beside a neighbour's
+    # load. Bounded at twice the loaded figures: a table or rule gone wrong lands far outside.
+    assert all(abs(r["prediction_error_pct"]) < 50 for r in report["networks"]), report["networks"]
+    assert all(abs(r["prediction_error_drift_adjusted_pct"]) < 20 for r in report["networks"]), report["networks"]
     assert 0.5 < report["drift_since_profiling"] < 2
     assert searched["flops"] < baseline["flops"]
-    assert 0 < searched["val_accuracy"] <= 1 and 0 < baseline["val_accuracy"] <= 1
+    # Both networks learnt the digits (10 classes: a guess scores 0.1), even in three epochs.
+    assert searched["val_accuracy"] > 0.5 and baseline["val_accuracy"] > 0.5, report["networks"]
     assert report["table"]["device"]["name"] == "this-host"
     for picture in ("theta.png", "accuracy_vs_latency.png"):
         assert (out / picture).read_bytes().startswith(b"\x89PNG")

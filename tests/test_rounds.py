@@ -57,6 +57,7 @@ def test_local_backend_measures_a_batch_in_rounds_and_fails_a_broken_model_alone
         assert all(len(r) == 2 and all(s > 0 for s in r) for r in timing.round_samples_us)
         assert timing.context["method"] == "interleaved" and timing.context["batch_models"] == 2
         assert timing.context["rounds"] == 6 and timing.context["seed"] == 1
-    # The block with 96 expanded channels at 32x32 costs far more than a ReLU on 512 numbers.
+    # Each model's timings are its own, not its neighbour's: the block with 96 expanded channels at 32x32 is the
+    # slower of the two on any machine (by how much is a benchmark's question, bench/, not a test's).
     med = {k: rounds.summarise_rounds(out[k].round_samples_us)["median_us"] for k in ("small", "large")}
-    assert med["large"] > 5 * med["small"]
+    assert med["large"] > med["small"]

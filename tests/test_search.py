@@ -9,7 +9,7 @@ import torch
 from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, gumbel_softmax
-from search.tables.latency import LatencyLUT, LatencyTable, TableError, build_lut
+from search.tables.latency import PublishedTable, TableError, build_lut
 from tests.tables import MINI
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.05, "lr_w": 0.1, "threads": 2,
@@ -23,14 +23,14 @@ def table_file(mini_table):
 
 @pytest.fixture(scope="module")
 def table(table_file):
-    return LatencyTable.from_file(table_file)
+    return PublishedTable.from_file(table_file)
 
 
 def test_missing_op_is_named(table):
-    payload = json.loads(json.dumps(table.payload))
+    payload = table.to_dict()
     dropped = payload["entries"].pop(3)["key"]
     with pytest.raises(TableError, match=f"e.g. {dropped}"):
-        build_lut(MINI, LatencyTable(payload))
+        build_lut(MINI, PublishedTable.parse(payload))
 
 
 def test_gumbel_softmax_stays_finite_at_tiny_temperature():
@@ -78,7 +78,7 @@ def test_larger_beta_moves_theta_to_cheaper_blocks(table, tmp_path):
                  "metrics.jsonl", "search.json", "checkpoint.pt"):  # fmt: skip
         assert (out / name).exists(), name
     doc = json.loads((out / "most_likely.json").read_text())
-    assert doc["latency_table"]["content_sha256"] == table.payload["content_sha256"]
+    assert doc["latency_table"]["content_sha256"] == table.content_sha256
     assert {"arch", "predicted_latency_ms", "flops", "params"} <= set(doc)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -107,4 +107,3 @@ def test_lut_expected_latency_matches_probabilities(table):
     lut = build_lut(MINI, table)
     uniform = torch.full(lut.table.shape, 1 / lut.table.shape[1])
     assert float(lut.expected(uniform)) == pytest.approx(float(lut.table.mean(1).sum()) + lut.fixed_us)
-    assert isinstance(lut, LatencyLUT)

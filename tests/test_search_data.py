@@ -12,7 +12,7 @@ from PIL import Image
 
 from search.data.datasets import image_folder, load_data, load_recorded, set_epoch
 from search.data.loader import train_loader
-from search.data.transforms import IMAGENET_MEAN_STD, centre_crop_box, random_resized_crop_box
+from search.data.transforms import IMAGENET_MEAN_STD, centre_crop_box, decode_eval, random_resized_crop_box
 
 
 def make_folder(root, classes=("cat", "dog", "eel", "fox"), per_class=15, start=0, size=(64, 48)):
@@ -79,8 +79,13 @@ def test_crop_boxes_follow_imagenet_practice():
         assert 0 <= left <= 500 - w and 0 <= top <= 375 - h
         assert 0.08 * 500 * 375 * 0.9 <= w * h <= 500 * 375 and 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
     assert centre_crop_box(256, 300) == (16, 38, 224, 224)
-    mean = torch.tensor(IMAGENET_MEAN_STD[0])
-    assert mean.shape == (3,)
+    # ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) per channel, written out here rather
+    # than read from the constant under test: an image of the mean decodes to ~0, a white one to (1 - mean) / std.
+    grey = decode_eval(Image.new("RGB", (300, 300), (124, 116, 104)), 32, *IMAGENET_MEAN_STD)
+    assert grey.shape == (3, 32, 32) and grey.abs().max() < 0.02
+    white = decode_eval(Image.new("RGB", (300, 300), (255, 255, 255)), 32, *IMAGENET_MEAN_STD)
+    expected = torch.tensor([0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225]).view(3, 1, 1).expand(3, 32, 32)
+    assert torch.allclose(white, expected, atol=1e-4)
 
 
 def test_dnas_train_evaluates_on_the_split_the_search_held_out(tmp_path):

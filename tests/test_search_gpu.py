@@ -8,14 +8,14 @@ import torch
 from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.trainer import bf16_supported
-from search.tables.latency import LatencyTable
+from search.tables.schema import PublishedTable
 from tests.tables import MINI, measured_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def test_search_runs_on_the_gpu_with_bf16_and_resumes(tmp_path):
-    table = LatencyTable.from_file(measured_table(MINI, tmp_path, runs=10))
+    table = PublishedTable.from_file(measured_table(MINI, tmp_path, runs=10))
     bf16 = bf16_supported(torch.device("cuda"))
     cfg = SearchConfig(epochs=2, warmup_epochs=1, batch_size=32, mode="soft", steps_per_epoch=4, samples=1,
                        compute_device="cuda", bf16=bf16, checkpoint_every=2)  # fmt: skip

@@ -13,7 +13,8 @@ import torch
 from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet
-from search.tables.latency import LatencyTable, TableClient, TableError, build_lut
+from search.tables.client import ServiceClient
+from search.tables.latency import PublishedTable, TableError, build_lut
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
 from tests.tables import MINI
 
@@ -32,12 +33,12 @@ def test_search_against_a_table_fetched_over_rest_then_offline(tmp_path):
         assert agent.wait(timeout=300) == 0
         assert wait_for_run(admin, run["id"])["status"] == "published"
         reader = admin.post("/v1/tokens", json={"name": "search"}).json()["token"]
-        client = TableClient(svc.url, reader, cache)
+        client = ServiceClient(svc.url, reader, cache_dir=cache)
         path = f"/v1/devices/{device['id']}/latency-tables/latest"
-        table = client.fetch(device["id"])
+        table = client.table(device["id"])
         assert _statuses(svc.log_text(), path) == [200]
         # The second fetch revalidates: the service answers 304 with no body and the copy comes from the cache.
-        assert client.fetch(device["id"]).payload == table.payload
+        assert client.table(device["id"]) == table
         assert _statuses(svc.log_text(), path) == [200, 304]
         auth = {"Authorization": f"Bearer {reader}", "Accept-Encoding": "identity"}
         first = httpx.get(svc.url + path, headers=auth)
@@ -46,13 +47,13 @@ def test_search_against_a_table_fetched_over_rest_then_offline(tmp_path):
         again = httpx.get(svc.url + path, headers=auth | {"If-None-Match": etag})
         assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
     # The service is gone: the cached copy keeps the search going.
-    offline = TableClient(svc.url, reader, cache).fetch(device["id"])
-    assert offline.payload["content_sha256"] == table.payload["content_sha256"]
+    offline = ServiceClient(svc.url, reader, cache_dir=cache).table(device["id"])
+    assert offline.content_sha256 == table.content_sha256
     summary = run_search(offline, "digits", SearchConfig(epochs=1, warmup_epochs=0, batch_size=64, threads=2,
                                                           samples=1), tmp_path / "out")  # fmt: skip
     assert summary["latency_table"]["device"]["name"] == "search-target"
     with pytest.raises(TableError, match="no cached copy"):
-        TableClient(svc.url, reader, cache).fetch(device["id"], version="7")
+        ServiceClient(svc.url, reader, cache_dir=cache).table(device["id"], version="7")
 
 
 def test_ddp_two_processes_keep_theta_identical(tmp_path, mini_table):
@@ -72,7 +73,7 @@ def test_ddp_two_processes_keep_theta_identical(tmp_path, mini_table):
     assert ckpt["world"] == 2 and len(ckpt["ranks"]) == 2  # both ranks' RNG states, for an exact resume
     assert not torch.equal(ckpt["ranks"][0]["rng_cpu"], ckpt["ranks"][1]["rng_cpu"])  # independent Gumbel draws
     # Theta moved: the trained theta (checkpoint) against the super net's initial one, built the same way.
-    before = SuperNet(MINI, build_lut(MINI, LatencyTable.from_file(table))).theta.detach()
+    before = SuperNet(MINI, build_lut(MINI, PublishedTable.from_file(table))).theta.detach()
     after = ckpt["net"]["theta"]
     assert after.shape == before.shape
     assert (after - before).abs().max() > 1e-3, "theta did not move in a theta epoch"

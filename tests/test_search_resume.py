@@ -9,7 +9,7 @@ import torch
 from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.trainer import Searcher
-from search.tables.latency import LatencyTable, TableError
+from search.tables.latency import PublishedTable, TableError
 
 BASE = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "mode": "hard", "steps_per_epoch": 6, "threads": 1,
         "samples": 1, "checkpoint_every": 4, "lr_theta": 0.05, "workers": 0}  # fmt: skip
@@ -17,7 +17,7 @@ BASE = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "mode": "hard", "step
 
 @pytest.fixture(scope="module")
 def table(mini_table):
-    return LatencyTable.from_file(mini_table)
+    return PublishedTable.from_file(mini_table)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,10 @@ def test_a_different_table_is_refused_unless_allowed(table, uninterrupted, tmp_p
     import shutil
 
     shutil.copytree(uninterrupted, tmp_path / "run")
-    payload = json.loads(json.dumps(table.payload))
+    payload = table.to_dict()
     payload["entries"][0]["median_us"] *= 2
     payload["content_sha256"] = "another-table"
-    other = LatencyTable(payload)
+    other = PublishedTable.parse(payload)
     cfg = SearchConfig(**{**BASE, "epochs": 4})
     with pytest.raises(TableError, match="allow-table-change"):
         run_search(other, "digits", cfg, tmp_path / "run")

@@ -12,7 +12,8 @@ import pytest
 
 from search.space.enumerate import enumerate_ops
 from search.space.macro import get_space
-from tests.service_harness import Service, running_service, start_agent
+from tests.service_harness import Service, register, running_service, start_agent
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,36 @@ def test_register_profile_wait_get_compare(tmp_path):
             "error: GET /v1/devices/999/latency-tables/latest -> HTTP 404: device 999 does not exist"
         )
         assert agent.returncode == 0  # SIGTERM: finished cleanly
+
+
+def test_profile_wait_ends_when_the_run_is_cancelled(tmp_path):
+    """An admin cancels the run a user is waiting on: `dnas profile --wait` stops at once and exits 1 saying
+    so, instead of polling for a day and then exiting 0 as if the table had been published."""
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as svc, svc.client() as admin:
+        device = register(admin, "no-agent-phone")  # no agent: the run stays running until it is cancelled
+        # The same space once through the API first, so the CLI's run finds every op exported (minutes on a
+        # loaded machine) and its 120 s request timeout is not what this test measures.
+        space = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
+        warm = admin.post("/v1/profiling-runs", json={"device_id": device["id"], "space": space}, timeout=900)
+        admin.post(f"/v1/profiling-runs/{warm.raise_for_status().json()['id']}/cancel").raise_for_status()
+        env = os.environ | {"DNAS_SERVER": svc.url, "DNAS_TOKEN": svc.admin_token}
+        profile = subprocess.Popen(
+            [sys.executable, "-m", "dnas", "profile", "--device", str(device["id"]), "--resolution", "32",
+             "--width", "0.25", "--classes", "10", "--wait"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            runs = wait_until(lambda: admin.get("/v1/profiling-runs", params={"status": "running"}).json(),
+                              what="the run to be created", timeout_s=300, alive=[profile])  # fmt: skip
+            admin.post(f"/v1/profiling-runs/{runs[0]['id']}/cancel").raise_for_status()
+            out, err = profile.communicate(timeout=30)
+        finally:
+            if profile.poll() is None:
+                profile.kill()
+                profile.communicate()
+    assert profile.returncode == 1
+    assert json.loads(out)["status"] == "cancelled"
+    assert f"error: run {runs[0]['id']} was cancelled: cancelled by an admin" in err
 
 
 def test_register_writes_the_agent_token_to_a_private_file_and_never_over_an_existing_one(svc, tmp_path):

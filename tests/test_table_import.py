@@ -17,8 +17,8 @@ from db.engine import make_engine, make_sessionmaker
 from db.models import Device, LatencyTable, Operator
 from search.space.macro import FBNET_CANDIDATES
 from search.space.opspec import OpSpec
-from search.tables.latency import LatencyTable as ClientTable
 from search.tables.latency import build_lut
+from search.tables.schema import PublishedTable
 from tests.hwnasbench_data import PUBLISHED_SUMS_MS, fbnet_part, shared_json, write_pickle
 from tests.service_harness import Service, register, running_service
 
@@ -68,7 +68,7 @@ def test_import_publishes_a_served_table_with_provenance_and_the_plain_sum(svc):
         assert entry["context"]["value_ms"] == published[entry["context"]["hwnasbench_name"]]
         assert entry["median_us"] == pytest.approx(entry["context"]["value_ms"] * 1000, rel=1e-12)
     # The search client reads it like any table, and its prediction is the benchmark's own figure.
-    table = ClientTable(payload)
+    table = PublishedTable.parse(payload)
     arch = [FBNET_CANDIDATES[0]] * 22
     assert table.space.resolution == 32 and table.space.head_c == 1504 and table.space.num_classes == 100
     assert table.predict_us(arch) == pytest.approx(PUBLISHED_SUMS_MS[("pixel3", "cifar100")] * 1000, rel=1e-9)
@@ -96,7 +96,7 @@ def test_the_json_part_imports_too_and_the_same_numbers_twice_are_one_version(sv
             "content_sha256"]  # fmt: skip
         big = admin.get(f"/v1/devices/{device}/latency-tables/2").json()
     assert big["space"]["resolution"] == 224 and big["provenance"]["dataset"] == "imagenet"
-    predicted = ClientTable(big).predict_us([FBNET_CANDIDATES[0]] * 22)
+    predicted = PublishedTable.parse(big).predict_us([FBNET_CANDIDATES[0]] * 22)
     assert predicted == pytest.approx(PUBLISHED_SUMS_MS[("raspi4", "imagenet")] * 1000, rel=1e-9)
 
 
@@ -209,7 +209,7 @@ def test_imported_tables_compare_like_measured_ones(svc):
 def test_compare_lists_an_op_priced_zero_without_a_ratio():
     """Some HW-NAS-Bench devices price identity skips at 0: the comparison keeps the op and gives it no ratio,
     rather than dividing by zero."""
-    from profiler_service.tables import compare
+    from profiler_service.compare import compare
 
     def table(values: dict[str, float]) -> dict:
         return {"device": {"id": 1}, "version": 1, "content_sha256": "x",

@@ -21,23 +21,26 @@ import json
 import logging
 import shlex
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from device_agents.android import device_state
-from device_agents.android.connection import AdbConnection, AdbError, sha256_file
+from device_agents.android.connection import AdbConnection, AdbError, AdbLinkError, sha256_file
 from device_agents.android.perf_test import (
     FIELDS,
     PERF_TEST,
+    PROBE_ARGS,
     PerfTestBuildError,
     PerfTestParseError,
     build_files,
     build_version,
     parse_perf_test,
+    probe_generation,
     summarise_visits,
 )
-from device_agents.backend import BatchPlan, MeasurementError, Timing
+from device_agents.backend import BatchPlan, DeviceUnavailable, MeasurementError, Timing
 from device_agents.batch_stream import BatchStream
 from device_agents.runners import ort_runner
 from search.measurement import rounds
@@ -58,12 +61,18 @@ done
 """
 
 
+class _Stopped(Exception):
+    """Raised from a stream's line handler when the agent must give the batch back now."""
+
+
 class DeviceUnfit(Exception):
     """The device cannot run the chosen runner; the message says what it lacks and how to provide it."""
 
 
 class AndroidBackend:
     name = "android"
+    # Both paths run onnxruntime's CPU EP (`-e cpu` for perf_test), which takes QDQ models as they are.
+    precisions = ("fp32", "int8")
 
     def __init__(
         self,
@@ -93,8 +102,10 @@ class AndroidBackend:
         self.thermal_wait_s, self.thermal_poll_s = thermal_wait_s, thermal_poll_s
         self._ready = False
         self._facts: dict[str, Any] = {}
+        self._cpus = device_state.Cpus()
         self._perf_mode: bool | None = None
         self._perf_mode_detail: str | None = None
+        self._perf_test_cli: str | None = None  # which command-line generation the build answered with
         self.taskset: str | None = None
         self.runtime_version: str | None = None
 
@@ -117,6 +128,7 @@ class AndroidBackend:
                 "manufacturer": f["manufacturer"], "build_fingerprint": f["build_fingerprint"],
                 "adb_user": f["user"], "cpu_max_khz": f["cpu_max_khz"], "governors": f["governors"],
                 "taskset": self.taskset, "performance_mode": self._perf_mode,
+                "perf_test_cli": self._perf_test_cli,
             },
         }  # fmt: skip
 
@@ -139,7 +151,8 @@ class AndroidBackend:
             "cpu_max_khz": {str(k): v for k, v in sorted(cpus.max_khz.items())},
             "governors": {str(k): v for k, v in sorted(cpus.governors.items())},
         }
-        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(cpus)
+        self._cpus = cpus
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(1)
         self.conn.check(f"mkdir -p {self.workdir}/models")
         if self.runner == "python":
             self.runtime_version = self._check_python()
@@ -157,14 +170,23 @@ class AndroidBackend:
                 log.warning("fixed performance mode unavailable (%s): clocks may vary", self._perf_mode_detail)
         self._ready = True
 
-    def _resolve_taskset(self, cpus: device_state.Cpus) -> tuple[str | None, str | None]:
+    def _resolve_taskset(self, threads: int) -> tuple[str | None, str | None]:
+        """The mask for a run of `threads` threads: `auto` takes at least that many cores, fastest first
+        (Cpus.fastest_cores_mask), so the threads never share cores while faster ones sit idle."""
         option = (self.taskset_option or "none").lower()
         if option == "none":
             return None, None
         if option == "auto":
-            mask = cpus.big_core_mask()
-            return (mask, "big cores by cpuinfo_max_freq") if mask else (None, "cores indistinguishable: not pinned")
+            mask = self._cpus.fastest_cores_mask(threads)
+            if not mask:
+                return None, "cores indistinguishable: not pinned"
+            many = f"at least {threads} for {threads} threads" if threads > 0 else "all for onnxruntime's default"
+            return mask, f"auto: the fastest cores by cpuinfo_max_freq, whole clusters, {many}"
         return self.taskset_option, "given"
+
+    def _pin_for(self, threads: int) -> None:
+        """Set the mask `_pin()` applies and the context records, for this batch's (or job's) thread count."""
+        self.taskset, self._facts["taskset_source"] = self._resolve_taskset(threads)
 
     def _check_python(self) -> str:
         who = f"{self._facts['model'] or 'the device'} ({self.conn.name})"
@@ -202,10 +224,11 @@ class AndroidBackend:
                 log.info("pushed %s", path.name)
         self._push_text(VISITS_SH, "visits.sh")
         self.conn.check(f"chmod 755 {self.workdir}/{PERF_TEST}")
-        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} -h 2>&1")
-        if "-m [test_mode]" not in res.output and res.returncode != 0:
-            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (exit {res.returncode}): "
-                              f"{res.output.strip()[-400:]}")  # fmt: skip
+        res = self.conn.shell(f"cd {self.workdir} && LD_LIBRARY_PATH=. ./{PERF_TEST} {PROBE_ARGS} 2>&1")
+        self._perf_test_cli = probe_generation(res.output)
+        if self._perf_test_cli is None:
+            raise DeviceUnfit(f"onnxruntime_perf_test does not start on {self.conn.name} (`{PERF_TEST} {PROBE_ARGS}` "
+                              f"printed no usage, exit {res.returncode}): {res.output.strip()[-400:]}")  # fmt: skip
         return version
 
     def _push_text(self, text: str, name: str) -> None:
@@ -236,24 +259,50 @@ class AndroidBackend:
         return f"taskset {shlex.quote(self.taskset)} " if self.taskset else ""
 
     # ---- a batch ---------------------------------------------------------------------------------------------
-    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def measure_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event | None = None
+    ) -> dict[str, Timing | MeasurementError]:
+        """Once `stop` is set, the batch ends at the next round (python runner) or visit (perf-test): a batch
+        of separate visits can last hours, and what it measured so far cannot be reported (a result has every
+        round), so only the models that failed come back; the agent gives the others back."""
+        stop = stop or threading.Event()
         try:
             self._prepare()
+            self._pin_for(plan.threads)
             remote = self._sync_models(models)
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
             if self.cooldown_s:
                 time.sleep(self.cooldown_s)
             run = self._python_batch if self.runner == "python" else self._perf_test_batch
-            out = run(remote, plan)
+            out = run(remote, plan, stop)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         context = self._context(plan.threads, before, after)
         for timing in out.values():
             if isinstance(timing, Timing):
                 timing.context = timing.context | context
         return out
+
+    def _failure(self, exc: AdbError | DeviceUnfit) -> Exception:
+        """A lost link is the device going away, not the models failing: DeviceUnavailable, and the device is
+        prepared afresh before the next batch (`reconnect`). Anything else fails the batch's models."""
+        if isinstance(exc, AdbLinkError):
+            self._ready = False
+            return DeviceUnavailable(str(exc))
+        return MeasurementError(str(exc))
+
+    def reconnect(self) -> None:
+        """Connect again and redo the preparation: after a reboot fixed performance mode is off and the
+        governors may differ, so what the next results' context says is read again, not remembered. Raises
+        DeviceUnavailable while the device is still away (or not yet usable)."""
+        self.conn.close()
+        self._ready = False
+        try:
+            self._prepare()
+        except (AdbError, DeviceUnfit) as exc:
+            raise DeviceUnavailable(str(exc)) from exc
 
     def _context(self, threads: int, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -277,13 +326,21 @@ class AndroidBackend:
             "cpu_max_khz": self._facts.get("cpu_max_khz"),
         }
 
-    def _python_batch(self, remote: dict[str, str], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def _python_batch(
+        self, remote: dict[str, str], plan: BatchPlan, stop: threading.Event
+    ) -> dict[str, Timing | MeasurementError]:
         """One process for the whole batch. A process that dies while loading a model blames that model and
         the rest is measured again (as the local backend does); one that dies during the rounds fails all."""
         failed: dict[str, Timing | MeasurementError] = {}
         todo = dict(remote)
         while todo:
-            stream = BatchStream(list(todo), plan.rounds, on_progress=lambda text: log.info("batch %s", text))
+
+            def progress(text: str) -> None:
+                log.info("batch %s", text)
+                if stop.is_set():  # raised out of the stream, which closes it and so ends the runner
+                    raise _Stopped()
+
+            stream = BatchStream(list(todo), plan.rounds, on_progress=progress)
             request = {
                 "batch": [{"id": key, "model": path} for key, path in todo.items()],
                 "threads": plan.threads, "warmup": plan.warmup, "rounds": plan.rounds,
@@ -291,7 +348,11 @@ class AndroidBackend:
             }  # fmt: skip
             self._push_text(json.dumps(request), "request.json")
             cmd = f"cd {self.workdir} && {self._pin()}python3 ort_runner.py --batch request.json 2>&1"
-            rc = self.conn.stream(cmd, stream.feed, idle_timeout_s=self.run_timeout_s)
+            try:
+                rc = self.conn.stream(cmd, stream.feed, idle_timeout_s=self.run_timeout_s)
+            except _Stopped:
+                log.warning("batch stopped after a round: giving it back")
+                return failed | {k: v for k, v in stream.results.items() if isinstance(v, MeasurementError)}
             if stream.done:
                 return failed | stream.finish({})
             noise = " | ".join(stream.noise[-3:]) or "no output"
@@ -303,7 +364,9 @@ class AndroidBackend:
             del todo[loading]
         return failed
 
-    def _perf_test_batch(self, remote: dict[str, str], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def _perf_test_batch(
+        self, remote: dict[str, str], plan: BatchPlan, stop: threading.Event
+    ) -> dict[str, Timing | MeasurementError]:
         """The rounds as separate visits: rounds.visit_orders decides the order, each visit is one perf_test
         process (its own untimed run, then runs_per_round timed runs). config.warmup is honoured as one
         discarded visit of `warmup` runs per model before round 1."""
@@ -313,6 +376,8 @@ class AndroidBackend:
         visits: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
 
         def run(indices: list[int], runs: int, keep: bool) -> None:
+            if stop.is_set():
+                raise _Stopped()
             live = [i for i in indices if keys[i] not in failures]
             if not live:
                 return
@@ -321,6 +386,8 @@ class AndroidBackend:
             current: list[int | None] = [None]
 
             def on_line(line: str) -> None:
+                if line.startswith("__DNAS_VISIT ") and stop.is_set():
+                    raise _Stopped()  # closes the stream, which ends the visits on the device
                 if line.startswith("__DNAS_VISIT "):
                     current[0] = int(line.split()[1])
                     sections[current[0]] = []
@@ -348,11 +415,15 @@ class AndroidBackend:
                 if keep:
                     visits[key].append(stats)
 
-        if plan.warmup > 0:
-            run(list(range(len(keys))), plan.warmup, keep=False)
-        for r, order in enumerate(rounds.visit_orders(len(keys), plan.rounds, plan.seed)):
-            run(order, plan.runs_per_round, keep=True)
-            log.info("batch round %d/%d (separate visits)", r + 1, plan.rounds)
+        try:
+            if plan.warmup > 0:
+                run(list(range(len(keys))), plan.warmup, keep=False)
+            for r, order in enumerate(rounds.visit_orders(len(keys), plan.rounds, plan.seed)):
+                run(order, plan.runs_per_round, keep=True)
+                log.info("batch round %d/%d (separate visits)", r + 1, plan.rounds)
+        except _Stopped:
+            log.warning("batch stopped at a visit: giving it back")
+            return dict(failures)
         context = {
             "runtime": "onnxruntime_perf_test",
             "method": "separate visits",
@@ -385,6 +456,7 @@ class AndroidBackend:
     def measure(self, model: Path, *, threads: int, warmup: int, runs: int) -> Timing:
         try:
             self._prepare()
+            self._pin_for(threads)
             remote = self._sync_models({"m": model})["m"]
             before = device_state.wait_until_cool(self.conn, max_wait_s=self.thermal_wait_s,
                                                   poll_s=self.thermal_poll_s)  # fmt: skip
@@ -393,7 +465,7 @@ class AndroidBackend:
             timing = self._run_one(remote, threads, warmup, runs)
             after = device_state.snapshot(self.conn)
         except (AdbError, DeviceUnfit) as exc:
-            raise MeasurementError(str(exc)) from exc
+            raise self._failure(exc) from exc
         timing.context = timing.context | self._context(threads, before, after)
         return timing
 

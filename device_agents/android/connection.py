@@ -1,8 +1,16 @@
 """One adb connection to one device, over TCP or USB, with the RSA key kept between runs.
 
-adb-shell's traps are handled here: `shell()` gives up when no packet arrives within `read_timeout_s`, so all
-three timeouts are passed (transport <= read <= total); the plain `shell:` service returns no exit status,
-so every command ends with `; echo __RC=$?`, which is parsed and stripped.
+adb-shell's traps are handled here:
+- its `transport_timeout_s` bounds each single bulk read, and 0.4.4's TCP and USB `bulk_read` raise on it
+  without retrying (`TcpTimeoutException`, `UsbReadFailedError`): `read_timeout_s` is only checked between
+  reads that returned. So a command's transport timeout is its whole timeout: a command that prints nothing
+  for longer than the 10 s connect timeout (a protocol-1 run, a runner that prints only at the end) is not a
+  dead link. A closed TCP link is still an error at once (`_TcpTransport`).
+- the plain `shell:` service returns no exit status, so every command ends with `; echo __RC=$?`, which is
+  parsed and stripped.
+
+Errors of the link itself (connect, a closed or silent transport, a cut-off reply) are `AdbLinkError`, so a
+caller can tell a phone that went away from a command that failed on it.
 
 USB goes through adb-shell's own `UsbTransport` (the `adb-shell[usb]` extra: libusb1), handed to `AdbDevice`
 as a transport object. That seam is also how the tests drive this code path without a phone: the ADB device
@@ -34,6 +42,11 @@ _RC = re.compile(r"\n?__RC=(\d+)\s*$")
 
 class AdbError(Exception):
     """The device or the link failed; the message says which command and why."""
+
+
+class AdbLinkError(AdbError):
+    """The link to the device failed (refused, closed, silent past the command's timeout, cut off): the phone
+    went away or is rebooting, which says nothing about the command or the model it was running."""
 
 
 class AdbAuthError(AdbError):
@@ -118,7 +131,7 @@ class AdbConnection:
             try:
                 transport = self.usb_transport(self.serial, self.transport_timeout_s)
             except Exception as exc:
-                raise AdbError(
+                raise AdbLinkError(
                     f"no USB device with serial {self.serial} ({type(exc).__name__}: {exc}). Check that USB debugging "
                     "is on, the cable carries data, the phone shows this computer as allowed, and no adb server "
                     "holds the device (`adb kill-server`)"
@@ -143,9 +156,9 @@ class AdbConnection:
                     f"it and tap Allow on the 'Allow USB debugging?' prompt (tick 'Always allow'), then retry; "
                     f"the key is {self.key_path}.pub"
                 ) from exc
-            raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
+            raise AdbLinkError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            raise AdbError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
+            raise AdbLinkError(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         self._device = device
         return device
 
@@ -163,18 +176,19 @@ class AdbConnection:
         try:
             raw = device.shell(
                 f"({command}); echo __RC=$?",  # a subshell, so even `exit` reports its status
-                transport_timeout_s=self.transport_timeout_s,
+                transport_timeout_s=read_timeout,  # one bulk read may wait as long as the command may run
                 read_timeout_s=read_timeout,
                 timeout_s=read_timeout + 5,
                 decode=True,
             )
         except Exception as exc:
             self.close()
-            raise AdbError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise AdbLinkError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         m = _RC.search(text)
         if not m:
-            raise AdbError(f"{self.name}: no exit status from {command[:80]!r} (cut off?): {text[-200:]!r}")
+            self.close()
+            raise AdbLinkError(f"{self.name}: no exit status from {command[:80]!r} (cut off?): {text[-200:]!r}")
         return ShellResult(text[: m.start()], int(m.group(1)))
 
     def check(self, command: str, timeout_s: float = 60.0) -> str:
@@ -186,11 +200,17 @@ class AdbConnection:
     def push(self, local: Path, remote: str, timeout_s: float = 120.0) -> None:
         device = self._open()
         try:
-            device.push(str(local), remote, transport_timeout_s=self.transport_timeout_s,
-                        read_timeout_s=timeout_s)  # fmt: skip
+            device.push(
+                str(local),
+                remote,
+                transport_timeout_s=max(timeout_s, self.transport_timeout_s),
+                read_timeout_s=timeout_s,
+            )  # fmt: skip (a slow flash may take a while to answer DONE)
         except Exception as exc:
             self.close()
-            raise AdbError(f"{self.name}: push {local.name} -> {remote} failed: {type(exc).__name__}: {exc}") from exc
+            raise AdbLinkError(
+                f"{self.name}: push {local.name} -> {remote} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def stream(self, command: str, on_line: Callable[[str], None], idle_timeout_s: float = 600.0) -> int:
         """Run a command, handing each output line to `on_line` as it arrives; returns the exit status.
@@ -220,14 +240,15 @@ class AdbConnection:
             self.close()
             if isinstance(exc, (AdbError, KeyboardInterrupt)) or not _is_link_error(exc):
                 raise
-            raise AdbError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise AdbLinkError(f"{self.name}: shell {command[:80]!r} failed: {type(exc).__name__}: {exc}") from exc
         if pending.strip():
             if m := re.fullmatch(r"__RC=(\d+)\s*", pending.strip()):
                 returncode = int(m.group(1))
             else:
                 on_line(pending)
         if returncode is None:
-            raise AdbError(f"{self.name}: no exit status from {command[:80]!r} (cut off?)")
+            self.close()
+            raise AdbLinkError(f"{self.name}: no exit status from {command[:80]!r} (cut off?)")
         return returncode
 
     def sha256sums(self, folder: str, names: list[str]) -> dict[str, str]:

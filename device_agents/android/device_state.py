@@ -33,10 +33,22 @@ class Cpus:
         """Hex mask of the cores with the highest maximum frequency (the prime or big cluster): where a
         single-threaded measurement is fastest and least disturbed. None when the cores cannot be told apart
         (all equal, or unreadable): then nothing is pinned."""
+        return self.fastest_cores_mask(1)
+
+    def fastest_cores_mask(self, threads: int) -> str | None:
+        """Hex mask of at least `threads` cores, fastest first, in whole clusters (cores of one maximum
+        frequency): on a phone with one prime core, 4 threads get the prime core and the next cluster, never
+        four threads on one core. `threads` 0 (onnxruntime picks one thread per core) takes every core. None
+        when the cores cannot be told apart (all equal, or unreadable): then nothing is pinned."""
         if not self.max_khz or len(set(self.max_khz.values())) < 2:
             return None
-        top = max(self.max_khz.values())
-        return format(sum(1 << cpu for cpu, khz in self.max_khz.items() if khz == top), "x")
+        need = threads if threads > 0 else len(self.max_khz)
+        chosen: list[int] = []
+        for khz in sorted(set(self.max_khz.values()), reverse=True):
+            chosen += [cpu for cpu, k in self.max_khz.items() if k == khz]
+            if len(chosen) >= need:
+                break
+        return format(sum(1 << cpu for cpu in chosen), "x")
 
 
 def read_cpus(conn: AdbConnection) -> Cpus:

@@ -137,6 +137,33 @@ def build_version(perf_test_dir: Path, given: str | None) -> str | None:
     return version_file.read_text().strip() or None if version_file.is_file() else None
 
 
+# ---- does the binary start? -----------------------------------------------------------------------------------
+# `--help` is the one probe both command-line generations answer with their usage (upstream
+# onnxruntime/test/perftest/command_args_parser.cc and main.cc):
+# - getopt (up to 1.22): `--help` is the unknown option '-': the usage ("-m [test_mode]: ...") and exit 255;
+# - absl flags (1.23 on): absl's help, "--m (Specifies the test mode...)" under "Flags from
+#   .../command_args_parser.cc", and exit 1. There `-h` alone prints only "See 'onnxruntime_perf_test --help'."
+#   (FLAGS_h is never read; no model is a parse failure), which is why `-h` cannot be the probe.
+# Both print the usage line "... [options...] model_path [result_file]". Neither exits 0, so the exit status
+# says nothing; the dynamic loader refusing to start it prints no usage at all.
+PROBE_ARGS = "--help"
+_GENERATIONS = (
+    ("absl", re.compile(r"--m\s+\(Specifies the test mode")),
+    ("getopt", re.compile(r"-m \[test_mode\]")),
+)
+_USAGE_LINE = re.compile(r"\[options\.\.\.\]\s+model_path")
+
+
+def probe_generation(output: str) -> str | None:
+    """Which command-line generation answered the `--help` probe: "absl", "getopt", "unknown" (its usage line
+    but neither marker: a build of another shape that still started), or None when no usage came back (the
+    binary did not start)."""
+    for name, marker in _GENERATIONS:
+        if marker.search(output):
+            return name
+    return "unknown" if _USAGE_LINE.search(output) else None
+
+
 class PerfTestBuildError(ValueError):
     """The perf-test build cannot run on this device; the message says what to do."""
 

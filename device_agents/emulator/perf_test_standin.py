@@ -1,10 +1,19 @@
 """A stand-in for `onnxruntime_perf_test` on the emulated device: the real onnxruntime (Python) underneath,
-the tool's command line and exactly its output (onnxruntime 1.1x `performance_runner.cc`: the Run() block,
-then the statistics block that is printed when no result file is given). So the perf-test path of the
-Android agent (push by checksum, the libraries, parsing, separate visits) runs end to end without a phone.
+the tool's command line and exactly its output (`performance_runner.cc`: the Run() block, then the statistics
+block that is printed when no result file is given). So the perf-test path of the Android agent (push by
+checksum, the libraries, parsing, separate visits) runs end to end without a phone.
 
-`write_build(folder)` lays out what a user's `--perf-test-dir` holds: `onnxruntime_perf_test`, the
-shared library it links and VERSION_NUMBER. With a C compiler the binary is a real ELF launcher that links
+Two generations of its command line, as upstream's `onnxruntime/test/perftest/command_args_parser.cc` and
+`main.cc` have them (`GENERATIONS`):
+- `getopt` (up to onnxruntime 1.22): `-h`, `--help` and any bad argument print the usage (`-m [test_mode]:
+  ...`) and exit 255;
+- `absl` (1.23 on, absl flags): `-h` is a flag nothing reads, so `-h` with no model is a parse failure that
+  prints only "See 'onnxruntime_perf_test --help'." on stderr and exits 255; `--help` is absl's own help
+  (stdout, "Flags from .../command_args_parser.cc:", `--m (Specifies the test mode...)`), exit 1; an unknown
+  flag is "ERROR: Unknown command line flag" and exit 1. Its runs print `Average inference time cost total`.
+
+`write_build(folder, generation=...)` lays out what a user's `--perf-test-dir` holds: `onnxruntime_perf_test`,
+the shared library it links and VERSION_NUMBER. With a C compiler the binary is a real ELF launcher that links
 `libc++_shared.so` (an empty shared library built beside it), so the device's dynamic loader refuses to
 start it unless the agent pushed that library, as a phone's does; without one it is a script.
 """
@@ -20,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+GENERATIONS = ("getopt", "absl")
 USAGE = """perf_test [options...] model_path [result_file]
 Options:
 \t-m [test_mode]: Specifies the test mode. Value could be 'duration' or 'times'.
@@ -32,12 +42,76 @@ Options:
 """  # noqa: E501
 
 
+# absl's --help for the flags this stand-in reads (FlagsHelpImpl: the program usage message, then each flag of
+# command_args_parser.cc as `--name (help); default: value;`, then the --helpfull tip).
+ABSL_USAGE = (
+    "onnxruntime_perf_test [options...] model_path [result_file]\n\nNote: Options may be specified with either \
+a single dash(-option) or a double dash(--option). Both forms are accepted and treated identically.\n\nOptions:"
+)
+ABSL_FLAGS = (
+    ("I", "Generates tensor input binding. Free dimensions are treated as 1 unless overridden using -f.", "false"),
+    ("Z", "Disallows thread from spinning during runs to reduce cpu usage.", "false"),
+    (
+        "e",
+        "Specifies the provider 'cpu','cuda','dnnl','tensorrt', 'nvtensorrtrtx', 'openvino', 'dml', 'acl', "
+        "'nnapi', 'coreml', 'qnn', 'snpe', 'migraphx', 'xnnpack', 'vitisai' or 'webgpu'.",
+        '"cpu"',
+    ),
+    ("h", "Print program usage.", "false"),
+    ("m", "Specifies the test mode. Value could be 'duration' or 'times'.", '"duration"'),
+    ("r", "Specifies the repeated times if running in 'times' test mode.", "1000"),
+    ("s", "Shows statistics result, like P75, P90. If no result_file provided this defaults to on.", "false"),
+    (
+        "x",
+        "Sets the number of threads used to parallelize the execution within nodes, A value of 0 means ORT will "
+        "pick a default. Must >=0.",
+        "0",
+    ),
+    (
+        "y",
+        "Sets the number of threads used to parallelize the execution of the graph (across nodes), A value of 0 "
+        "means ORT will pick a default. Must >=0.",
+        "0",
+    ),
+)
+ABSL_FLAGS_FILE = "onnxruntime/test/perftest/command_args_parser.cc"  # absl prints the path it was built from
+ABSL_PARSE_FAILED = "See 'onnxruntime_perf_test --help'."
+
+
+def absl_help() -> str:
+    """What `onnxruntime_perf_test --help` prints in the absl generation (to stdout, then exit 1)."""
+    lines = [
+        f"onnxruntime_perf_test: {ABSL_USAGE}",
+        "",
+        "  Flags from onnxruntime/test/perftest/command_args_parser.cc:",
+    ]
+    for name, text, default in ABSL_FLAGS:
+        lines.append(f"    --{name} ({text}); default: {default};")
+    return "\n".join(lines) + "\n\nTry --helpfull to get a list of all flags.\n"
+
+
 def _g(value: float) -> str:
     """C++ ostream's default formatting of a double (6 significant digits)."""
     return f"{value:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    generation = "getopt"
+    if argv[:1] == ["--dnas-generation"]:  # put there by write_build's launcher, never by a caller
+        generation, argv = argv[1], argv[2:]
+    if generation == "absl":
+        return _main_absl(argv)
+    return _main_getopt(argv)
+
+
+def _main_getopt(argv: list[str]) -> int:
+    """Up to onnxruntime 1.22: getopt; any parse failure (and -h, and --help, which getopt reads as the
+    unknown option '-') prints the usage and returns -1."""
+    if any(a.startswith("--") for a in argv):
+        print("onnxruntime_perf_test: invalid option -- '-'", file=sys.stderr)
+        print(USAGE, end="")
+        return 255
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-e", default="cpu")
     parser.add_argument("-m", default="duration")
@@ -54,6 +128,62 @@ def main(argv: list[str] | None = None) -> int:
     if args.h or not args.model or args.e != "cpu" or args.r <= 0:
         print(USAGE, end="")
         return 255  # perf_test's main returns -1 after printing its usage
+    return _run(args, average_label="Average inference time cost", average_format=_g)
+
+
+def _main_absl(argv: list[str]) -> int:
+    """onnxruntime 1.23 on: absl::ParseCommandLine. `-x` and `--x`, `-x 4` and `-x=4` are one flag; booleans
+    take no value; what is left are the positionals (the model, maybe a result file)."""
+    known = {name for name, _, _ in ABSL_FLAGS}
+    booleans = {"I", "Z", "h", "s"}
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            positional += argv[i + 1 :]
+            break
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            i += 1
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name == "help":
+            print(absl_help(), end="")
+            return 1  # absl's HandleUsageFlags: help is exit 1
+        if name not in known:
+            print(f"ERROR: Unknown command line flag '{name}'", file=sys.stderr)
+            return 1
+        if name in booleans:
+            values[name] = value if eq else "true"
+        elif eq:
+            values[name] = value
+        elif i + 1 < len(argv):
+            values[name] = argv[i + 1]
+            i += 1
+        else:
+            print(f"ERROR: Missing the value for the flag '{name}'", file=sys.stderr)
+            return 1
+        i += 1
+    args = argparse.Namespace(
+        e=values.get("e", "cpu"), m=values.get("m", "duration"), r=int(values.get("r", "1000")),
+        x=int(values.get("x", "0")), y=int(values.get("y", "0")), I=values.get("I") == "true",
+        Z=values.get("Z") == "true", s=values.get("s") == "true" or len(positional) == 1,
+        model=positional[0] if positional else None,
+    )  # fmt: skip
+    # ParseArguments returns false (main: the one line on stderr, return -1) on a bad value or no model;
+    # FLAGS_h is defined but never read.
+    if args.e != "cpu" or args.m not in ("duration", "times") or args.r <= 0 or not 1 <= len(positional) <= 2:
+        print(ABSL_PARSE_FAILED, end="", file=sys.stderr)
+        return 255
+    print(f"Setting intra_op_num_threads to {args.x}")
+    if args.Z:
+        print("Disabling intra-op thread spinning between runs")
+    return _run(args, average_label="Average inference time cost total", average_format=lambda v: f"{v:f}")
+
+
+def _run(args: argparse.Namespace, *, average_label: str, average_format) -> int:  # type: ignore[no-untyped-def]
     import numpy as np
     import onnxruntime as ort
 
@@ -89,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"First inference time cost: {first_ms} ms")
     print(f"Total inference time cost: {_g(total)} s")
     print(f"Total inference requests: {len(costs)}")
-    print(f"Average inference time cost: {_g(total / len(costs) * 1000)} ms")
+    print(f"{average_label}: {average_format(total / len(costs) * 1000)} ms")
     print(f"Total inference run time: {_g(run_time)} s")
     print(f"Number of inferences per second: {_g(len(costs) / run_time)} ")
     if not args.s:
@@ -112,10 +242,10 @@ LAUNCHER_C = r"""
 #include <stdio.h>
 extern int dnas_cxx_marker(void);
 int main(int argc, char **argv) {
-    char *args[argc + 2];
-    args[0] = PYTHON; args[1] = SCRIPT;
-    for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
-    args[argc + 1] = 0;
+    char *args[argc + 4];
+    args[0] = PYTHON; args[1] = SCRIPT; args[2] = "--dnas-generation"; args[3] = GENERATION;
+    for (int i = 1; i < argc; i++) args[i + 3] = argv[i];
+    args[argc + 3] = 0;
     if (dnas_cxx_marker() != 42) return 3;
     execv(PYTHON, args);
     perror("execv");
@@ -124,10 +254,13 @@ int main(int argc, char **argv) {
 """
 
 
-def write_build(folder: Path, *, version: str | None = None) -> Path:
-    """A `--perf-test-dir` for the emulated device. Returns the folder."""
+def write_build(folder: Path, *, version: str | None = None, generation: str = "getopt") -> Path:
+    """A `--perf-test-dir` for the emulated device, whose binary parses its command line as `generation`
+    does (`getopt`: onnxruntime up to 1.22; `absl`: 1.23 on). Returns the folder."""
     import onnxruntime
 
+    if generation not in GENERATIONS:
+        raise ValueError(f"generation must be one of {GENERATIONS}, not {generation!r}")
     folder.mkdir(parents=True, exist_ok=True)
     script, python = Path(__file__).resolve(), Path(sys.executable)
     binary = folder / "onnxruntime_perf_test"
@@ -139,9 +272,11 @@ def write_build(folder: Path, *, version: str | None = None) -> Path:
             main_c.write_text(LAUNCHER_C)
             subprocess.run([cc, "-shared", "-fPIC", "-o", str(folder / "libc++_shared.so"), str(lib_c)], check=True)
             subprocess.run([cc, "-o", str(binary), str(main_c), f"-L{folder}", "-l:libc++_shared.so",
-                            f'-DPYTHON="{python}"', f'-DSCRIPT="{script}"'], check=True)  # fmt: skip
+                            f'-DPYTHON="{python}"', f'-DSCRIPT="{script}"', f'-DGENERATION="{generation}"'],
+                           check=True)  # fmt: skip
     else:
-        binary.write_text(f'#!/bin/sh\nexec {shlex.quote(str(python))} {shlex.quote(str(script))} "$@"\n')
+        binary.write_text(f'#!/bin/sh\nexec {shlex.quote(str(python))} {shlex.quote(str(script))} '
+                          f'--dnas-generation {generation} "$@"\n')  # fmt: skip
     binary.chmod(0o755)
     (folder / "VERSION_NUMBER").write_text(f"{version or onnxruntime.__version__}\n")
     return folder

@@ -20,6 +20,7 @@ RUNNER = "device_agents.runners.ort_runner"
 
 class LocalBackend:
     name = "local"
+    precisions = ("fp32", "int8")  # onnxruntime's CPU EP runs QDQ models (QLinearConv, QLinearAdd, QGemm)
 
     def __init__(self, cpus: list[int] | None = None, timeout_s: float = 600.0) -> None:
         self.cpus = cpus
@@ -92,8 +93,11 @@ class LocalBackend:
             raise MeasurementError(out["error"])
         return Timing(samples_us=out["samples_us"], context=out["context"] | self._context())
 
-    def measure_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
-        """All models open in one child, measured in interleaved rounds. A model that fails to load fails
+    def measure_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event | None = None
+    ) -> dict[str, Timing | MeasurementError]:
+        """All models open in one child, measured in interleaved rounds; once `stop` is set the child is ended
+        after its current round and only the models that failed come back. A model that fails to load fails
         alone. A child that dies while loading a model is blamed on that model, and the rest of the batch is
         measured again in a fresh child. A child that dies during the rounds fails the whole batch (every
         model had run its warm-up by then, so this is rare)."""
@@ -101,13 +105,15 @@ class LocalBackend:
         todo = dict(models)
         while todo:
             try:
-                return failed | self._run_batch(todo, plan)
+                return failed | self._run_batch(todo, plan, stop or threading.Event())
             except _CrashedLoading as crash:
                 failed[crash.key] = crash.error
                 del todo[crash.key]
         return failed
 
-    def _run_batch(self, models: dict[str, Path], plan: BatchPlan) -> dict[str, Timing | MeasurementError]:
+    def _run_batch(
+        self, models: dict[str, Path], plan: BatchPlan, stop: threading.Event
+    ) -> dict[str, Timing | MeasurementError]:
         request = {
             "batch": [{"id": key, "model": str(path)} for key, path in models.items()],
             "threads": plan.threads,
@@ -141,6 +147,9 @@ class LocalBackend:
                     raise MeasurementError(msg["error"])
                 elif "round_samples_us" in msg:
                     out[msg["id"]] = Timing(round_samples_us=msg["round_samples_us"])
+                elif "round" in msg and stop.is_set():  # given back: no result has every round yet
+                    self._reap()
+                    return {key: err for key, err in out.items() if isinstance(err, MeasurementError)}
                 elif msg.get("done"):
                     context = msg["context"] | self._context()
                     for timing in out.values():

@@ -12,15 +12,16 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from db.models import ApiToken, Device
+from db.models import ApiToken, Device, ServiceSetting
 from profiler_service.errors import Forbidden, Unauthorized
-from profiler_service.security import admin_hash, cached_admin_hash, hash_token, same
+from profiler_service.security import ADMIN_SETTING, hash_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.wakeups import PollingAgent
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
@@ -45,32 +46,25 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 Role = Literal["admin", "reader", "agent"]
 
 
-def _token(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
+def token_from(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
     if creds is None or not creds.credentials:
         raise Unauthorized(f"this call needs a {role} token: send 'Authorization: Bearer <token>'", sent=False)
     return creds.credentials
 
 
-def _is_admin(session: Session, digest: str) -> bool:
-    stored = admin_hash(session)
-    return stored is not None and same(stored, digest)
+def role_of(session: Session, digest: str) -> Role | None:
+    """Which kind of token this digest is (None: never issued, revoked or rotated), in one indexed query.
 
-
-def _is_reader(session: Session, digest: str) -> bool:
-    return session.scalar(
-        select(ApiToken.id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
-    ) is not None  # fmt: skip
-
-
-def _role_of(session: Session, digest: str) -> Role | None:
-    """Only on the refusal path: which kind of valid token this is, to tell 403 from 401."""
-    if _is_admin(session, digest):
-        return "admin"
-    if _is_reader(session, digest):
-        return "reader"
-    if session.scalar(select(Device.id).where(Device.token_hash == digest)) is not None:
-        return "agent"
-    return None
+    Read from the database on every call, never cached: a replaced or rotated admin token stops working at once
+    on every worker and every service sharing the database (a worker's cached hash kept it for 30 s), and a
+    refused token costs one query, not three."""
+    admin = select(literal("admin").label("role")).where(
+        ServiceSetting.name == ADMIN_SETTING, ServiceSetting.value == digest
+    )
+    reader = select(literal("reader")).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+    agent = select(literal("agent")).where(Device.token_hash == digest)
+    found = session.execute(union_all(admin, reader, agent).limit(1)).scalar()
+    return found  # type: ignore[return-value]
 
 
 def _unknown(role: str) -> Unauthorized:
@@ -78,83 +72,63 @@ def _unknown(role: str) -> Unauthorized:
                         f"this call needs a {role} token")  # fmt: skip
 
 
-def _admin_fast(digest: str) -> bool:
-    """The admin token, checked against this worker's cached hash: no thread hop, no query."""
-    cached = cached_admin_hash()
-    return cached is not None and same(cached, digest)
+AUTHORISED = "dnas.authorised"  # scope key: (digest, need) this request was already granted
+ALLOWED: dict[str, tuple[Role, ...]] = {"admin": ("admin",), "reader": ("admin", "reader")}
 
 
 async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
     """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
-    session cookie carries the digest, never the token) both decide through it. Raises 401 or 403."""
-    if _admin_fast(digest):
+    session names the digest it signed in with) both decide through it. Raises 401 or 403.
+
+    A grant is remembered in the request's scope: the route class checks before reading the body
+    (api/gate.py) and the dependency then asks again without another query."""
+    if request.scope.get(AUTHORISED) == (digest, need):
         return
-    check = _check_admin if need == "admin" else _check_reader
-    await run_in_threadpool(check, request.app.state.sessionmaker, digest)
+    await run_in_threadpool(_check, request.app.state.read_sessions, digest, need)
+    request.scope[AUTHORISED] = (digest, need)
 
 
 async def token_role(request: Request, digest: str) -> Role | None:
     """Which kind of token this digest belongs to (None: unknown, revoked or rotated). The dashboard asks it
     to choose what to show; what it lets a caller do is decided by `authorise`."""
-    if _admin_fast(digest):
-        return "admin"
 
     def look() -> Role | None:
-        with request.app.state.sessionmaker() as session:
-            return _role_of(session, digest)
+        with request.app.state.read_sessions() as session:
+            return role_of(session, digest)
 
     return await run_in_threadpool(look)
 
 
 async def require_admin(request: Request, creds: Credentials) -> None:
-    await authorise(request, hash_token(_token(creds, "admin")), "admin")
+    await authorise(request, hash_token(token_from(creds, "admin")), "admin")
 
 
-def _check_admin(sessions: sessionmaker, digest: str) -> None:
+def _check(sessions: sessionmaker, digest: str, need: Literal["admin", "reader"]) -> None:
     with sessions() as session:
-        _check_admin_in(session, digest)
-
-
-def _check_admin_in(session: Session, digest: str) -> None:
-    allowed = _is_admin(session, digest)
-    role = None if allowed else _role_of(session, digest)
-    session.rollback()  # end the read: no connection is held while the request waits for its next thread
-    if not allowed:
-        if role is None:
-            raise _unknown("admin")
+        role = role_of(session, digest)
+        session.rollback()  # end the read: no connection is held while the request waits for its next thread
+    if role in ALLOWED[need]:
+        return
+    if role is None:
+        raise _unknown("admin" if need == "admin" else "reader or admin")
+    if need == "admin":
         raise Forbidden(f"this call needs the admin token; the token sent is a{'n' if role == 'agent' else ''} "
                         f"{role} token")  # fmt: skip
+    raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
 
 
 async def require_reader(request: Request, creds: Credentials) -> None:
-    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`). The admin
-    token is recognised without leaving the event loop (table fetches under load spend no thread on it)."""
-    await authorise(request, hash_token(_token(creds, "reader or admin")), "reader")
-
-
-def _check_reader(sessions: sessionmaker, digest: str) -> None:
-    with sessions() as session:
-        _check_reader_in(session, digest)
-
-
-def _check_reader_in(session: Session, digest: str) -> None:
-    allowed = _is_admin(session, digest) or _is_reader(session, digest)
-    role = None if allowed else _role_of(session, digest)
-    session.rollback()  # end the read before the next thread hop
-    if not allowed:
-        if role is None:
-            raise _unknown("reader or admin")
-        raise Forbidden("this call needs a reader or admin token; agent tokens can't read")
+    """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
+    await authorise(request, hash_token(token_from(creds, "reader or admin")), "reader")
 
 
 LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
 
 
-def require_agent(session: SessionDep, creds: Credentials) -> Device:
-    digest = hash_token(_token(creds, "device agent"))
-    device = session.scalar(select(Device).where(Device.token_hash == digest))
+def _refuse_agent(session: Session, digest: str, device: Device | None) -> None:
+    """Raise unless `device` (found by the digest) may call the agent protocol."""
     if device is None:
-        role = _role_of(session, digest)
+        role = role_of(session, digest)
         session.rollback()
         if role is None:
             raise _unknown("device agent")
@@ -163,6 +137,25 @@ def require_agent(session: SessionDep, creds: Credentials) -> Device:
     if device.retired_at is not None:
         session.rollback()
         raise Forbidden(f"device {device.id} ({device.name}) is retired; its agent may not take jobs")
+
+
+def agent_device(session: Session, digest: str) -> Device:
+    """The device whose agent token has this digest, or 401/403."""
+    device = session.scalar(select(Device).where(Device.token_hash == digest))
+    _refuse_agent(session, digest, device)
+    assert device is not None  # _refuse_agent raised otherwise
+    return device
+
+
+def check_agent(sessions: sessionmaker, digest: str) -> None:
+    """The agent check without keeping the device: what api/gate.py asks before the body is read."""
+    with sessions() as session:
+        agent_device(session, digest)
+
+
+def require_agent(request: Request, session: SessionDep, creds: Credentials) -> Device:
+    digest = hash_token(token_from(creds, "device agent"))
+    device = agent_device(session, digest)
     now = utcnow()
     seen = as_utc(device.last_seen_at)
     if seen is None or now - seen > timedelta(seconds=LAST_SEEN_EVERY_S):  # bounded write rate from polling agents
@@ -173,9 +166,32 @@ def require_agent(session: SessionDep, creds: Credentials) -> Device:
     return device
 
 
+async def require_polling_agent(request: Request, creds: Credentials) -> PollingAgent:
+    """The agent of a lease call. While this worker hears device changes (PostgreSQL), a token it already knows
+    costs no query: an idle fleet's calls every 20 s would otherwise be a query each. Such an agent is only
+    let wait; the claim checks its token again (profiler_service/wakeups.py)."""
+    digest = hash_token(token_from(creds, "device agent"))
+    wakeups = request.app.state.wakeups
+    known = wakeups.agent(digest)
+    if known is not None:
+        wakeups.seen(known.id)
+        return known
+    stamp = wakeups.stamp()
+
+    def look_up() -> PollingAgent:
+        with request.app.state.sessionmaker() as session:
+            device = require_agent(request, session, creds)
+            return PollingAgent(id=device.id, digest=digest, agent_protocol=device.agent_protocol)
+
+    agent = await run_in_threadpool(look_up)
+    wakeups.remember(agent, stamp)
+    return agent
+
+
 AdminDep = Depends(require_admin)
 ReaderDep = Depends(require_reader)
 AgentDep = Annotated[Device, Depends(require_agent)]
+PollingAgentDep = Annotated[PollingAgent, Depends(require_polling_agent)]
 
 
 MAX_ID = 2**31 - 1

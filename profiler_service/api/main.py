@@ -50,4 +50,5 @@ async def prometheus_metrics(request: Request) -> Response:
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
+api_router.include_router(tokens.admin_router)
 api_router.include_router(ops)

@@ -1,5 +1,6 @@
 """Chart geometry for the pages' inline SVG, computed here so the pictures need no script and no library:
-the latency heatmap (layers x candidates) and the fidelity scatter (predicted against measured)."""
+the latency heatmap (layers x candidates), the fidelity scatter (predicted against measured) and the compare
+page's ratio map (layers x block families, B over A)."""
 
 from __future__ import annotations
 
@@ -139,4 +140,78 @@ def scatter(points: Sequence[dict[str, Any]], band: float = 0.05) -> dict[str, A
         "ticks": ticks,
         "plot_lo": SCATTER_MARGIN,
         "plot_hi": SCATTER_SIZE - SCATTER_MARGIN,
+    }
+
+
+# A diverging palette around 1: blue where B is faster than A, white where they agree, red where B is slower.
+DIVERGING = ((33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43))
+
+
+def diverging(t: float) -> str:
+    """t in [-1, 1]: -1 the most faster in B, 0 no change, 1 the most slower."""
+    t = (min(max(t, -1.0), 1.0) + 1) / 2 * (len(DIVERGING) - 1)
+    i = min(int(t), len(DIVERGING) - 2)
+    f = t - i
+    r, g, b = (round(a + (c - a) * f) for a, c in zip(DIVERGING[i], DIVERGING[i + 1], strict=True))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def diverging_ink(t: float) -> str:
+    """White only on the two dark ends of the diverging palette."""
+    return "#ffffff" if abs(t) > 0.75 else "#1a1a1a"
+
+
+@dataclass(frozen=True)
+class RatioCell:
+    x: float
+    y: float
+    ratio: float | None
+    fill: str
+    text: str
+    title: str
+
+
+def ratio_grid(grid: dict[str, Any], a_name: str, b_name: str) -> dict[str, Any]:
+    """`profiler_service.compare.by_layer` as cells: layers x block families, then a row of each family's
+    median over layers. One log2 colour scale, symmetric about 1, so x2 and x0.5 are equally strong."""
+    rows = [(layer["label"], layer["cells"]) for layer in grid["layers"]]
+    logs = [abs(math.log2(c["ratio"])) for _, cells in rows for c in cells if c and c["ratio"]]
+    limit = max(max(logs, default=1.0), 0.1)
+    cells = []
+    for i, (label, row) in enumerate(rows):
+        for j, c in enumerate(row):
+            candidate = grid["candidates"][j]
+            if c is None or not c["ratio"]:
+                why = "not in both tables" if c is None else "priced 0 in one table"
+                cells.append(RatioCell(HEAT_LABEL_W + j * HEAT_CELL_W, HEAT_HEAD_H + i * HEAT_CELL_H, None,
+                                       "#e3e8ee", "#1a1a1a", f"layer {label}, {candidate}: {why}"))  # fmt: skip
+                continue
+            t = math.log2(c["ratio"]) / limit
+            title = (f"layer {label}, {candidate}: {a_name} {c['a_us']:.2f} us, {b_name} {c['b_us']:.2f} us, "
+                     f"{b_name}/{a_name} {c['ratio']:.3f}")  # fmt: skip
+            cells.append(RatioCell(HEAT_LABEL_W + j * HEAT_CELL_W, HEAT_HEAD_H + i * HEAT_CELL_H, c["ratio"],
+                                   diverging(t), diverging_ink(t), title))  # fmt: skip
+    median_y = HEAT_HEAD_H + len(rows) * HEAT_CELL_H + 8
+    medians = []
+    for j, f in enumerate(grid["families"]):
+        ratio = f["median_ratio"]
+        t = math.log2(ratio) / limit if ratio else 0.0
+        title = (f"{f['candidate']}: median {b_name}/{a_name} {ratio:.3f} over {f['layers']} layers" if ratio
+                 else f"{f['candidate']}: no layer priced in both")  # fmt: skip
+        medians.append(RatioCell(HEAT_LABEL_W + j * HEAT_CELL_W, median_y, ratio,
+                                 diverging(t) if ratio else "#e3e8ee", diverging_ink(t), title))  # fmt: skip
+    legend = [{"ratio": 2 ** (t * limit), "fill": diverging(t)} for t in (-1, -0.5, 0, 0.5, 1)]
+    return {
+        "cells": cells,
+        "medians": medians,
+        "median_y": median_y,
+        "rows": [label for label, _ in rows],
+        "candidates": grid["candidates"],
+        "width": HEAT_LABEL_W + len(grid["candidates"]) * HEAT_CELL_W,
+        "height": median_y + HEAT_CELL_H + 4,
+        "cell_w": HEAT_CELL_W,
+        "cell_h": HEAT_CELL_H,
+        "label_w": HEAT_LABEL_W,
+        "head_h": HEAT_HEAD_H,
+        "legend": legend,
     }

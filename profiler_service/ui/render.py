@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 
 from profiler_service import request_id
 from profiler_service.errors import ApiError
-from profiler_service.ui.auth import SignInNeeded
+from profiler_service.ui.auth import WHY, SignInNeeded
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -128,6 +128,7 @@ TITLES = {
     409: "Conflict",
     413: "Too large",
     422: "Not accepted",
+    429: "Too many attempts",
     503: "Unavailable",
 }
 
@@ -167,11 +168,13 @@ class UiRoute(APIRoute):
                 response = await handler(request)
             except SignInNeeded as exc:
                 if request.method != "GET":
-                    response = error_page(request, 401, exc.why or "sign in first, at /ui/login")
+                    response = error_page(request, 401, WHY.get(exc.why, "Sign in first, at /ui/login."))
                 else:
                     response = sign_in_redirect(request, exc.why)
             except ApiError as exc:
                 response = error_page(request, exc.status_code, exc.detail)
+                for name, value in (exc.headers or {}).items():  # Retry-After of a 429, for one
+                    response.headers.setdefault(name, value)
             except RequestValidationError as exc:
                 response = error_page(request, 422, list(exc.errors()))
             for name, value in SECURITY_HEADERS.items():

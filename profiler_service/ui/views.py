@@ -12,9 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, ProfilingRun
+from db.states import RUN_FINAL, JobStatus, RunStatus
 from profiler_service.api.deps import LAST_SEEN_EVERY_S
 from profiler_service.api.routes.devices import public as device_public
 from profiler_service.api.routes.tables import cached_table
+from profiler_service.compare import by_layer, ratio_label, side_label
+from profiler_service.errors import Invalid
 from profiler_service.runs import run_status
 from profiler_service.settings import ServiceSettings
 from profiler_service.tables import find_table_id, list_tables
@@ -23,8 +26,9 @@ from profiler_service.ui import charts
 from search.space.enumerate import enumerate_ops
 from search.space.macro import FBNET_CANDIDATES, SearchSpace
 from search.space.opspec import OpSpec, OpSpecError
-from search.tables.latency import LatencyTable as SearchTable
+from search.space.quantize import DTYPE_OF
 from search.tables.latency import TableError, build_lut
+from search.tables.schema import PublishedTable
 
 
 # ---- devices ---------------------------------------------------------------------------------------------
@@ -45,18 +49,18 @@ def held_jobs(session: Session, device_ids: list[int] | None = None) -> dict[int
         select(
             Job.device_id,
             Job.batch_group,
+            Job.run_id,
             func.count(Job.id),
             func.max(Job.heartbeat_at),
             func.max(Job.lease_expires_at),
         )
-        .where(Job.status == "leased", Job.lease_expires_at > now)
-        .group_by(Job.device_id, Job.batch_group)
+        .where(Job.status == JobStatus.LEASED, Job.lease_expires_at > now)
+        .group_by(Job.device_id, Job.batch_group, Job.run_id)
     )
     if device_ids is not None:
         query = query.where(Job.device_id.in_(device_ids))
     held: dict[int, list[dict[str, Any]]] = {}
-    for device_id, group, n, beat, expires in session.execute(query):
-        run_id = int(group.split(":", 1)[1]) if group and group.startswith("run:") else None
+    for device_id, group, run_id, n, beat, expires in session.execute(query):
         what = f"run {run_id}" if run_id else f"network set {group.split(':', 1)[1]}" if group else "a single job"
         held.setdefault(device_id, []).append(
             {
@@ -81,22 +85,35 @@ def device_rows(session: Session, settings: ServiceSettings, *, include_retired:
     running = dict(
         session.execute(
             select(ProfilingRun.device_id, func.count(ProfilingRun.id))
-            .where(ProfilingRun.status == "running", ProfilingRun.device_id.in_(ids))
+            .where(ProfilingRun.status == RunStatus.RUNNING, ProfilingRun.device_id.in_(ids))
             .group_by(ProfilingRun.device_id)
         ).all()
     )
-    latest = dict(
-        session.execute(
-            select(LatencyTable.device_id, func.max(LatencyTable.version))
-            .where(LatencyTable.device_id.in_(ids))
-            .group_by(LatencyTable.device_id)
-        ).all()
-    )
+    latest = latest_by_precision(session, ids)
     return [
         device_row(d, held.get(d.id, []), settings)
-        | {"running_runs": running.get(d.id, 0), "latest_table": latest.get(d.id)}
+        | {"running_runs": running.get(d.id, 0), "latest_tables": latest.get(d.id, [])}
         for d in devices
     ]
+
+
+def latest_by_precision(session: Session, device_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each device's newest table of each precision, newest first: 'v3 int8, v2 fp32', so the overview does
+    not present an int8 table as simply the device's latest."""
+    rows = session.execute(
+        select(LatencyTable.device_id, LatencyTable.version, LatencyTable.config).where(
+            LatencyTable.device_id.in_(device_ids)
+        )
+    ).all()
+    newest: dict[int, dict[str, int]] = {}
+    for device_id, version, config in rows:
+        precision = (config or {}).get("precision", "fp32")
+        mine = newest.setdefault(device_id, {})
+        mine[precision] = max(version, mine.get(precision, 0))
+    return {
+        d: [{"version": v, "precision": p} for p, v in sorted(m.items(), key=lambda kv: -kv[1])]
+        for d, m in newest.items()
+    }
 
 
 def device_row(device: Device, held: list[dict[str, Any]], settings: ServiceSettings) -> dict[str, Any]:
@@ -105,7 +122,9 @@ def device_row(device: Device, held: list[dict[str, Any]], settings: ServiceSett
     last = max([t for t in [as_utc(device.last_seen_at), *beats] if t is not None], default=None)
     age = _age_s(last, now)
     connected = device.retired_at is None and age is not None and age <= connected_window_s(settings)
-    return {"device": device_public(device), "held": held, "connected": connected, "seen_ago_s": age}
+    problem = device.agent_problem if device.retired_at is None else None  # what its agent says keeps it idle
+    return {"device": device_public(device), "held": held, "connected": connected, "seen_ago_s": age,
+            "problem": problem}  # fmt: skip
 
 
 def recent_runs(
@@ -120,9 +139,19 @@ def recent_runs(
     return [run_status(session, run_id) for run_id in session.scalars(query)]
 
 
-def device_tables(session: Session, device_id: int) -> list[dict[str, Any]]:
-    """Published versions, newest first."""
-    rows = list_tables(session, device_id, None, after=0, limit=1000)
+PRECISIONS = tuple(DTYPE_OF)  # fp32, int8: what a measurement config may ask for (search/space/quantize.py)
+
+
+def precision_filter(value: str) -> str | None:
+    """A page's `?precision=`: empty for every table; anything else but fp32 or int8 is refused, by name."""
+    if value and value not in PRECISIONS:
+        raise Invalid(f"precision must be {' or '.join(PRECISIONS)} (or empty for every table), not {value[:20]!r}")
+    return value or None
+
+
+def device_tables(session: Session, device_id: int, precision: str | None = None) -> list[dict[str, Any]]:
+    """Published versions, newest first; with `precision`, only those measured at it (the API's own filter)."""
+    rows = list_tables(session, device_id, None, after=0, limit=1000, precision=precision)
     return [
         {
             "version": t.version,
@@ -132,9 +161,20 @@ def device_tables(session: Session, device_id: int) -> list[dict[str, Any]]:
             "entries": n,
             "run_id": t.run_id,
             "config": t.config,
+            "precision": t.config.get("precision", "fp32"),
         }
         for t, n in reversed(rows)
     ]
+
+
+def precision_pair(tables: list[dict[str, Any]]) -> dict[str, int] | None:
+    """The newest int8 table and the newest fp32 table of its space (newest-first `tables`): what the device
+    page's "fp32 against int8" link compares. None unless the device has both for one space."""
+    int8 = next((t for t in tables if t["precision"] == "int8"), None)
+    if int8 is None:
+        return None
+    fp32 = next((t for t in tables if t["precision"] == "fp32" and t["space_hash"] == int8["space_hash"]), None)
+    return {"fp32": fp32["version"], "int8": int8["version"]} if fp32 else None
 
 
 def device_names(session: Session) -> dict[int, str]:
@@ -148,20 +188,16 @@ def run_progress(session: Session, run_id: int) -> dict[str, Any]:
     steps; while a batch is out, `measuring` says how many ops it holds."""
     run = run_status(session, run_id)
     by_status = dict(
-        session.execute(
-            select(Job.status, func.count(Job.id))
-            .where(Job.device_id == run.device_id, Job.batch_group == f"run:{run_id}")
-            .group_by(Job.status)
-        ).all()
+        session.execute(select(Job.status, func.count(Job.id)).where(Job.run_id == run_id).group_by(Job.status)).all()
     )
-    measuring = min(by_status.get("leased", 0), max(run.total - run.done - run.failed, 0))
+    measuring = min(by_status.get(JobStatus.LEASED, 0), max(run.total - run.done - run.failed, 0))
     queued = max(run.total - run.done - run.failed - measuring, 0)
     end = as_utc(run.finished_at) or utcnow()
     elapsed = max((end - as_utc(run.created_at)).total_seconds(), 1e-3)  # type: ignore[operator]
-    measured_here = by_status.get("done", 0)  # measured for this run, not reused from earlier ones
+    measured_here = by_status.get(JobStatus.DONE, 0)  # measured for this run, not reused from earlier ones
     rate = measured_here / elapsed if measured_here else None
     remaining = run.total - run.done - run.failed
-    eta = remaining / rate if rate and run.status == "running" else None
+    eta = remaining / rate if rate and run.status == RunStatus.RUNNING else None
     return {
         "id": run.id,
         "device_id": run.device_id,
@@ -178,7 +214,7 @@ def run_progress(session: Session, run_id: int) -> dict[str, Any]:
         "table_url": f"/ui/devices/{run.device_id}/tables/{run.table_version}" if run.table_version else None,
         "reason": run.reason,
         "errors": run.errors,
-        "finished": run.status != "running",
+        "finished": run.status in RUN_FINAL,
         "finished_at": as_utc(run.finished_at).isoformat() if run.finished_at else None,
     }
 
@@ -198,7 +234,7 @@ def _spec_summary(spec: dict[str, Any]) -> dict[str, Any]:
 def table_view(payload: dict[str, Any]) -> dict[str, Any]:
     """Everything the table page shows: the space, the rule, the heatmap the search's latency term sees, and
     every op with its spread and in-network cost."""
-    table = SearchTable(payload)
+    table = PublishedTable.parse(payload)
     out: dict[str, Any] = {"payload": payload, "heatmap": None, "heatmap_error": None}
     try:
         space = table.space
@@ -233,7 +269,7 @@ def table_view(payload: dict[str, Any]) -> dict[str, Any]:
         out["slots"] = space.slots
         try:
             lut = build_lut(space, table)
-            en = enumerate_ops(space)
+            en = enumerate_ops(space, table.dtype)
             values = [[float(v) for v in row] for row in lut.table.tolist()]
             out["heatmap"] = charts.heatmap(values, en.layer_keys)
             out["candidates"] = list(space.candidates)
@@ -290,17 +326,42 @@ def _prediction_view(pred: dict[str, Any]) -> dict[str, Any]:
 
 
 def all_tables(session: Session) -> list[dict[str, Any]]:
-    """Every published version of every device, newest first: the compare page's choices."""
+    """Every published version of every device, newest first: the compare page's choices, each labelled with
+    its precision (one device's fp32 and int8 tables are otherwise told apart by version number only)."""
     names = device_names(session)
     rows = session.execute(
-        select(LatencyTable.device_id, LatencyTable.version, LatencyTable.space_hash, LatencyTable.created_at)
+        select(
+            LatencyTable.device_id,
+            LatencyTable.version,
+            LatencyTable.space_hash,
+            LatencyTable.created_at,
+            LatencyTable.config,
+        )
         .order_by(LatencyTable.created_at.desc(), LatencyTable.id.desc())
         .limit(500)
     ).all()
-    return [
-        {"ref": f"{d}:{v}", "label": f"{names.get(d, d)} v{v} (space {h[:8]}, {as_utc(c):%Y-%m-%d %H:%M})"}
-        for d, v, h, c in rows
-    ]
+    out = []
+    for d, v, h, c, config in rows:
+        precision = (config or {}).get("precision", "fp32")
+        label = f"{names.get(d, d)} v{v} {precision} (space {h[:8]}, {as_utc(c):%Y-%m-%d %H:%M})"
+        out.append({"ref": f"{d}:{v}", "label": label, "precision": precision})
+    return out
+
+
+def comparison(result: dict[str, Any], table_a: dict[str, Any]) -> dict[str, Any]:
+    """What the compare page draws beyond the API's answer: which side is which precision, and the ratio per
+    layer and block family (the same matched rows, laid out as the search sees them) when A's space reads."""
+    grid = by_layer(result, table_a)
+    a_name, b_name = result["a"]["precision"], result["b"]["precision"]
+    if a_name == b_name:
+        a_name, b_name = "A", "B"
+    return {
+        "grid": grid,
+        "grid_chart": charts.ratio_grid(grid, a_name, b_name) if grid else None,
+        "ratio_label": ratio_label(result),
+        "a_label": side_label(result, "a"),
+        "b_label": side_label(result, "b"),
+    }
 
 
 # ---- fidelity --------------------------------------------------------------------------------------------
@@ -348,7 +409,7 @@ def calibration_scatter(session: Session, request_state: Any, calibration: dict[
         if "arch" not in row or "measured_adjusted_us" not in row:
             continue
         if table is None:
-            table = SearchTable(
+            table = PublishedTable.parse(
                 table_payload(session, request_state, calibration["device_id"], str(calibration["table_version"]))
             )
         try:
@@ -370,6 +431,7 @@ RUN_DEFAULTS = {
     "rounds": "20",
     "runs_per_round": "3",
     "anchors": "8",
+    "precision": "fp32",
 }
 CANDIDATES = FBNET_CANDIDATES
 

@@ -10,8 +10,11 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from search.data.datasets import DataSplits, set_epoch
+from search.space.export import export_network
 from search.space.macro import SearchSpace
 from search.space.model import build_model
+
+ACCURACY_CALIBRATION_IMAGES = 64
 
 
 @dataclass
@@ -62,3 +65,40 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
             total += float(loss.detach())
         history.append({"epoch": epoch + 1, "train_loss": total / len(loader)})
     return model, {"val_accuracy": accuracy(model, data.val, workers=cfg.workers), "history": history}
+
+
+def onnx_accuracy(model: bytes, dataset, workers: int = 0) -> float:  # type: ignore[no-untyped-def]
+    """Held-out accuracy of an exported network run by onnxruntime (CPU EP), one image per call as it was
+    exported: what a device running that file would classify."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=1, num_workers=workers):
+        logits = sess.run(None, {name: x.numpy()})[0]
+        correct += int(logits.argmax(1)[0] == int(y[0]))
+        total += 1
+    return correct / max(total, 1)
+
+
+def int8_accuracy(space: SearchSpace, arch: list[str], model: nn.Module, data: DataSplits,
+                  images: int = ACCURACY_CALIBRATION_IMAGES, workers: int = 0) -> dict:  # fmt: skip
+    """The trained network exported twice, fp32 and int8 by the recipe every table is measured with
+    (search/space/quantize.py), here calibrated on the first `images` training images (the weights split: never
+    the held-out one), and both run by onnxruntime on the held-out split. The int8 file is the one an int8
+    device would run; its accuracy beside the fp32 file's says what quantizing cost."""
+    model.eval()
+    shape = (1, space.in_channels, space.resolution, space.resolution)
+    calibration = []
+    for x, _ in DataLoader(data.weights, batch_size=1, num_workers=workers):
+        calibration.append(x.numpy())
+        if len(calibration) >= images:
+            break
+    fp32 = export_network(model, shape)
+    int8 = export_network(model, shape, dtype="int8", key=space.network_key(arch, "int8"), calibration=calibration)
+    return {
+        "fp32_onnx_val_accuracy": onnx_accuracy(fp32, data.val, workers),
+        "int8_val_accuracy": onnx_accuracy(int8, data.val, workers),
+        "int8_calibration": f"the first {len(calibration)} images of the training (weights) split",
+    }

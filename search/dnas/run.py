@@ -20,22 +20,38 @@ import torch.distributed as dist
 from search.data.datasets import DataError, load_data
 from search.dnas.cli_options import add_config_arguments, config_from_namespace
 from search.dnas.config import ConfigError, SearchConfig
-from search.dnas.outputs import write_device_outputs, write_outputs
+from search.dnas.outputs import write_outputs
 from search.dnas.trainer import Searcher
+from search.tables.client import ServiceClient
 from search.tables.device_matrix import device_labels
-from search.tables.latency import LatencyTable, TableClient, TableError, apply_calibration, build_lut, fetch_calibration
+from search.tables.latency import TableError, apply_calibration, build_lut
+from search.tables.schema import PublishedTable
 
 log = logging.getLogger("dnas.search")
 
 
+def _one_each(values: Sequence[str], n: int, what: str) -> list[str | None]:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise TableError(f"{len(values)} {what} values for {n} tables: one, or one per table")
+    return list(values)
+
+
 def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[int], versions: Sequence[str],
-                token: str | None, cache_dir: Path | None = None) -> list[LatencyTable]:  # fmt: skip
+                token: str | None, cache_dir: Path | None = None,
+                precisions: Sequence[str] = ()) -> list[PublishedTable]:  # fmt: skip
     """The tables of one search, in order: files, or several devices' tables fetched one after another from
-    the service (each cached on disk as a single fetch is). `versions`: one for all devices, or one each."""
+    the service (each cached on disk as a single fetch is). `versions`: one for all devices, or one each.
+    `precisions` (fp32, int8): one for all or one each; a table of another precision is refused, never
+    taken instead. One device may appear twice with two precisions: two targets on one chip."""
     if tables and devices:
         raise TableError("give --table files or --device ids, not both")
     if tables:
-        return [LatencyTable.from_file(t) for t in tables]
+        wanted = _one_each(precisions, len(tables), "--precision")
+        return [PublishedTable.from_file(t).require_precision(p) for t, p in zip(tables, wanted, strict=True)]
     if server is None or not devices:
         raise TableError("give --table FILE, or --server URL and --device ID")
     versions = list(versions) or ["latest"]
@@ -43,43 +59,46 @@ def load_tables(tables: Sequence[Path], server: str | None, devices: Sequence[in
         versions = versions * len(devices)
     if len(versions) != len(devices):
         raise TableError(f"{len(versions)} --version values for {len(devices)} devices: one, or one per device")
-    client = TableClient(server, token, cache_dir)
-    return [client.fetch(device, version) for device, version in zip(devices, versions, strict=True)]
+    wanted = _one_each(precisions, len(devices), "--precision")
+    with ServiceClient(server, token, cache_dir=cache_dir) as client:
+        return [client.table(device, version, precision=p)
+                for device, version, p in zip(devices, versions, wanted, strict=True)]  # fmt: skip
 
 
 def newest_calibration(server: str | None, token: str | None, device: int | None,
-                       table: LatencyTable) -> dict[str, Any] | None:  # fmt: skip
+                       table: PublishedTable) -> dict[str, Any] | None:  # fmt: skip
     """The newest calibration fitted on exactly this table version (`dnas validate --calibrate`), or None.
     A calibration of an older version corrects other numbers, so it is not applied to this one."""
     if server is None or device is None:
         return None
     try:
-        cal = fetch_calibration(server, token, device, table.space.hash)
+        with ServiceClient(server, token) as client:
+            cal = client.latest_calibration(device, table.space.hash, table.precision)
     except TableError:
         log.info("no calibration for device %s; searching with the table's own rule", device)
         return None
-    if cal.get("table_version") != table.payload.get("version"):
+    if cal.get("table_version") != table.version:
         log.warning("the newest calibration (v%s) was fitted on table v%s, not v%s: not applied; run "
                     "`dnas validate --calibrate` on this version", cal.get("version"), cal.get("table_version"),
-                    table.payload.get("version"))  # fmt: skip
+                    table.version)  # fmt: skip
         return None
     return cal
 
 
-def _same_space(tables: Sequence[LatencyTable]) -> None:
+def _same_space(tables: Sequence[PublishedTable]) -> None:
     """A search over several devices prices one super net on every table: they must describe the same space."""
     first = tables[0].space
     for i, table in enumerate(tables[1:], start=1):
         if table.space.hash != first.hash:
             raise TableError(
-                f"table {i + 1} ({(table.payload.get('device') or {}).get('name', '?')}) prices space "
+                f"table {i + 1} ({table.device_info.get('name', '?')}) prices space "
                 f"{table.space.hash[:12]}, table 1 prices {first.hash[:12]}: profile every device with the same "
                 "space (resolution, width, classes, candidates)"
             )
 
 
 def run_search(
-    table: LatencyTable | Sequence[LatencyTable],
+    table: PublishedTable | Sequence[PublishedTable],
     data_spec: str,
     cfg: SearchConfig,
     out: Path,
@@ -92,7 +111,7 @@ def run_search(
 
     Several tables (one per device, with a calibration each or None): one search for all of them, per
     `cfg.device_mode` (see search.dnas.trainer)."""
-    tables = [table] if isinstance(table, LatencyTable) else list(table)
+    tables = [table] if isinstance(table, PublishedTable) else list(table)
     if not tables:
         raise TableError("no latency table to search against")
     calibrations = list(calibration) if isinstance(calibration, list | tuple) else [calibration] * len(tables)
@@ -112,7 +131,7 @@ def run_search(
         if cal is not None:
             lut = apply_calibration(lut, cal["model"], space)
             applied = {k: cal.get(k) for k in ("version", "table_version", "created_at")}
-            tables[i] = LatencyTable(one.payload | {"calibration": applied | {"kind": cal["model"].get("kind")}})
+            tables[i] = one.with_calibration(applied | {"kind": cal["model"].get("kind")})
             log.info("%s: latencies calibrated by calibration v%s (fitted on table v%s)", labels[i],
                      applied["version"], applied["table_version"])  # fmt: skip
         if budgets[i] is not None:
@@ -128,18 +147,14 @@ def run_search(
             f"the table's space has {space.num_classes} classes but the data has {data.num_classes}: "
             f"profile the space with --classes {data.num_classes}"
         )
-    searcher = Searcher(space, luts if n > 1 else luts[0], data, cfg, out,
+    searcher = Searcher(space, luts, data, cfg, out,
                         table_sha256=[t.content_hash for t in tables], allow_table_change=allow_table_change,
                         labels=labels)  # fmt: skip
     searcher.run()
     summary: dict[str, Any] = {}
     if searcher.rank.main:
-        if n == 1:
-            summary = write_outputs(searcher.net, luts[0], tables[0], cfg, out, data.record, searcher.events,
-                                    searcher.compute)  # fmt: skip
-        else:
-            summary = write_device_outputs(searcher.net, luts, tables, labels, cfg, out, data.record,
-                                           searcher.events, searcher.compute)  # fmt: skip
+        summary = write_outputs(searcher.net, luts, tables, labels, cfg, out, data.record, searcher.events,
+                                searcher.compute)  # fmt: skip
     if searcher.rank.world > 1:
         dist.barrier()
     return summary
@@ -166,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Device id on the service; repeat for several devices.")  # fmt: skip
     parser.add_argument("--version", action="append", default=[],
                         help="Table version or 'latest' (default): one for all devices, or one each.")  # fmt: skip
+    parser.add_argument("--precision", action="append", default=[], choices=("fp32", "int8"),
+                        help="The table's precision: one for all devices, or one each (default: the newest "
+                             "table, whatever its precision).")  # fmt: skip
     parser.add_argument("--token", default=os.environ.get("DNAS_TOKEN"), help=argparse.SUPPRESS)
     parser.add_argument("--data", default="digits", help="digits, cifar10:PATH or imagefolder:PATH.")
     parser.add_argument("--raw", action=argparse.BooleanOptionalAction, default=False,
@@ -188,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.out is None:
             raise ConfigError("--out is required")
-        tables = load_tables(args.table, args.server, args.device, args.version, args.token)
+        tables = load_tables(args.table, args.server, args.device, args.version, args.token,
+                             precisions=args.precision)  # fmt: skip
         devices: list[int | None] = list(args.device) or [None] * len(tables)
         calibrations = [None if args.raw else newest_calibration(args.server, args.token, device, table)
                         for device, table in zip(devices, tables, strict=True)]  # fmt: skip

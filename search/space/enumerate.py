@@ -20,15 +20,15 @@ class OpEnumeration:
         return len(self.ops)
 
 
-def enumerate_ops(space: SearchSpace) -> OpEnumeration:
+def enumerate_ops(space: SearchSpace, dtype: str = "float32") -> OpEnumeration:
     """Layers that share a shape share their operators, which is why 22 layers x 9 candidates at 224 px
-    need only 108 searchable measurements."""
+    need only 108 searchable measurements. `dtype`: the precision measured ('int8' keys end in -int8)."""
     ops: dict[str, OpSpec] = {}
 
     def add(spec: OpSpec) -> str:
         ops.setdefault(spec.key, spec)
         return spec.key
 
-    fixed = {name: add(spec) for name, spec in space.fixed_ops().items()}
-    layer_keys = [[add(slot.op(c, space.batch)) for c in space.candidates] for slot in space.slots]
+    fixed = {name: add(spec) for name, spec in space.fixed_ops(dtype).items()}
+    layer_keys = [[add(slot.op(c, space.batch, dtype)) for c in space.candidates] for slot in space.slots]
     return OpEnumeration(ops=ops, layer_keys=layer_keys, fixed_keys=fixed)

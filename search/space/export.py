@@ -13,6 +13,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from search.space.blocks import build_op
 from search.space.opspec import OpSpec
+from search.space.quantize import quantize_model
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -62,10 +64,12 @@ def module_to_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
 
 
 def op_module(spec: OpSpec) -> nn.Module:
-    """The module for `spec` with weights that depend only on its key (deterministic export)."""
+    """The module for `spec` with weights that depend only on its key (deterministic export). An int8 op has
+    its fp32 twin's weights: it is that op, quantized."""
+    fp32 = spec.with_dtype("float32")
     gen_state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(_seed_for(spec.key))
+        torch.manual_seed(_seed_for(fp32.key))
         module = build_op(spec)
         with torch.no_grad():
             _randomise_bn(module)
@@ -75,12 +79,15 @@ def op_module(spec: OpSpec) -> nn.Module:
 
 
 def example_input(spec: OpSpec) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(_seed_for("input:" + spec.key))
+    gen = torch.Generator().manual_seed(_seed_for("input:" + spec.with_dtype("float32").key))
     return torch.randn(spec.input_shape, generator=gen)
 
 
 def export_op(spec: OpSpec) -> bytes:
-    return module_to_onnx(op_module(spec), example_input(spec))
+    """The op's ONNX file; an int8 op is its fp32 graph quantized by the recipe (search/space/quantize.py),
+    calibrated on inputs seeded from its own key, exactly as a whole network is."""
+    fp32 = module_to_onnx(op_module(spec), example_input(spec))
+    return quantize_model(fp32, spec.key) if spec.dtype == "int8" else fp32
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -120,7 +127,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_network(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """A whole architecture, exported the same way as its operators so the two measure alike."""
+def export_network(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    dtype: str = "float32",
+    key: str = "network",
+    calibration: list[Any] | None = None,
+) -> bytes:
+    """A whole architecture, exported the same way as its operators so the two measure alike: at int8, by the
+    same recipe, calibrated on inputs seeded from `key` (its network key) unless `calibration` gives images."""
     gen = torch.Generator().manual_seed(0)
-    return module_to_onnx(model, torch.randn(input_shape, generator=gen))
+    fp32 = module_to_onnx(model, torch.randn(input_shape, generator=gen))
+    if dtype == "float32":
+        return fp32
+    if dtype != "int8":
+        raise ValueError(f"cannot export a network at dtype {dtype!r}")
+    return quantize_model(fp32, key, calibration)

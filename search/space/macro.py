@@ -72,10 +72,11 @@ class Slot:
     h: int
     w: int
 
-    def op(self, choice: BlockChoice | str, batch: int = 1) -> OpSpec:
+    def op(self, choice: BlockChoice | str, batch: int = 1, dtype: str = "float32") -> OpSpec:
         if isinstance(choice, str):
             choice = parse_choice(choice)
-        return choice.at(cin=self.cin, cout=self.cout, stride=self.stride, h=self.h, w=self.w, batch=batch)
+        spec = choice.at(cin=self.cin, cout=self.cout, stride=self.stride, h=self.h, w=self.w, batch=batch)
+        return spec.with_dtype(dtype)
 
 
 def _out(size: int, stride: int) -> int:
@@ -146,21 +147,22 @@ class SearchSpace:
     def last_c(self) -> int:
         return self._slots[-1].cout
 
-    def fixed_ops(self) -> dict[str, OpSpec]:
-        """The layers every architecture shares: they price the network, they are not searched."""
-        r, f, b = self.resolution, self.final_map, self.batch
+    def fixed_ops(self, dtype: str = "float32") -> dict[str, OpSpec]:
+        """The layers every architecture shares: they price the network, they are not searched. `dtype` is the
+        measurement's (a config's precision), not the space's: one space has fp32 and int8 tables."""
+        r, f, b, d, s = self.resolution, self.final_map, self.batch, dtype, self.stem_stride
         return {
-            "stem": OpSpec("conv", self.in_channels, self.stem_c, r, r, stride=self.stem_stride, kernel=3, batch=b),
-            "head": OpSpec("conv", self.last_c, self.head_c, f, f, kernel=1, batch=b),
-            "pool": OpSpec("pool", self.head_c, self.head_c, f, f, batch=b),
-            "fc": OpSpec("fc", self.head_c, self.num_classes, 1, 1, batch=b),
+            "stem": OpSpec("conv", self.in_channels, self.stem_c, r, r, stride=s, kernel=3, batch=b, dtype=d),
+            "head": OpSpec("conv", self.last_c, self.head_c, f, f, kernel=1, batch=b, dtype=d),
+            "pool": OpSpec("pool", self.head_c, self.head_c, f, f, batch=b, dtype=d),
+            "fc": OpSpec("fc", self.head_c, self.num_classes, 1, 1, batch=b, dtype=d),
         }
 
-    def network_ops(self, arch: list[str] | tuple[str, ...]) -> list[OpSpec]:
+    def network_ops(self, arch: list[str] | tuple[str, ...], dtype: str = "float32") -> list[OpSpec]:
         """Every operator of one architecture, in execution order: stem, searchable layers, head, pool, fc."""
         arch = self.check_arch(arch)
-        fixed = self.fixed_ops()
-        layers = [slot.op(choice, self.batch) for slot, choice in zip(self._slots, arch, strict=True)]
+        fixed = self.fixed_ops(dtype)
+        layers = [slot.op(choice, self.batch, dtype) for slot, choice in zip(self._slots, arch, strict=True)]
         return [fixed["stem"], *layers, fixed["head"], fixed["pool"], fixed["fc"]]
 
     def check_arch(self, arch: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -199,10 +201,13 @@ class SearchSpace:
         blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def network_key(self, arch: list[str] | tuple[str, ...]) -> str:
-        """The key of one whole architecture of this space, as the service registers it (`net-<24 hex>`)."""
-        blob = json.dumps({"space": self.content(), "arch": list(self.check_arch(arch))}, sort_keys=True,
-                          separators=(",", ":"))  # fmt: skip
+    def network_key(self, arch: list[str] | tuple[str, ...], dtype: str = "float32") -> str:
+        """The key of one whole architecture of this space, as the service registers it (`net-<24 hex>`). An int8
+        network is another model (quantized), so another key; fp32 keys are what they always were."""
+        body: dict[str, Any] = {"space": self.content(), "arch": list(self.check_arch(arch))}
+        if dtype != "float32":
+            body["dtype"] = dtype
+        blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return "net-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     @classmethod

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 OpKind = Literal["conv", "ir", "ds", "skip", "pool", "fc", "probe"]
 KINDS: tuple[str, ...] = ("conv", "ir", "ds", "skip", "pool", "fc", "probe")
-DTYPES: tuple[str, ...] = ("float32",)
+# float32: the op as exported; int8: the same op quantized by search/space/quantize.py's recipe (the dtype is
+# part of the key, so an op's fp32 and int8 files, cache entries and measurements never mix).
+DTYPES: tuple[str, ...] = ("float32", "int8")
 
 # Bounds that keep a spec within what a phone can plausibly run; anything outside is a typo or an attack,
 # and is refused before any export or database write.
@@ -136,6 +138,10 @@ class OpSpec:
         n, c, *hw = shape
         h, w = [*hw, 1, 1][:2]
         return cls("probe", c, c, h, w, batch=n, dtype=dtype)
+
+    def with_dtype(self, dtype: str) -> OpSpec:
+        """The same op at another dtype (its key changes with it)."""
+        return self if dtype == self.dtype else replace(self, dtype=dtype)
 
     @property
     def is_identity(self) -> bool:

@@ -40,7 +40,7 @@ def family(spec: OpSpec) -> str | None:
 
 def features(space: SearchSpace, rule: PredictionRule, medians: dict[str, float], arch: Sequence[str]) -> np.ndarray:
     x = dict.fromkeys(FAMILIES, 0.0)
-    for spec in space.network_ops(list(arch)):
+    for spec in space.network_ops(list(arch), rule.dtype):
         fam = family(spec)
         if fam is not None:
             x[fam] += rule.in_network_us(spec, medians[spec.key])

@@ -14,14 +14,13 @@ settings (threads, warm-up, rounds). What it reports, per device:
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from search.space.macro import SearchSpace
+from search.tables.client import ServiceClient
 from search.tables.device_matrix import matrix_png
-from search.tables.fidelity import FidelityError, halves, measure_set
-from search.tables.latency import LatencyTable
+from search.tables.fidelity import FidelityError, halves, measure_with_anchors
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def _label(table: dict[str, Any]) -> str:
     return str(table.get("label") or device.get("name") or f"device {device.get('id')}")
 
 
-def measure_on_devices(client: Any, found: dict[str, Any], out: Path,
+def measure_on_devices(client: ServiceClient, found: dict[str, Any], out: Path,
                        devices: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
     """Measure every architecture of `found` (searched_architectures) on each device of its tables (or
     `devices`, on their tables' versions), one device after another; write cross_device.json and .png."""
@@ -114,28 +113,19 @@ def measure_on_devices(client: Any, found: dict[str, Any], out: Path,
         device_id = (prov.get("device") or {}).get("id")
         if not device_id:
             raise FidelityError(f"table of {_label(prov)} was not fetched from a service: no device to measure on")
-        payload = client.json("GET", f"/v1/devices/{device_id}/latency-tables/{prov.get('version') or 'latest'}",
-                              params={"space_hash": space.hash})  # fmt: skip
-        if prov.get("content_sha256") and payload["content_sha256"] != prov["content_sha256"]:
-            raise FidelityError(f"device {device_id}'s table v{payload['version']} is not the one searched against")
-        table = LatencyTable(payload)
-        anchors = [(row["arch"], row["measured_us"]) for row in (payload.get("prediction") or {}).get("anchors", [])]
-        results = measure_set(client, device_id, space, archs + [a for a, _ in anchors], payload["config"])
-        failed = [r for r in results if r["status"] != "done"]
-        if failed:
-            raise FidelityError(f"{len(failed)} network(s) failed on device {device_id}: {failed[0].get('error')}")
-        nets = [r["measurement"] for r in results[: len(archs)]]
-        drift = (statistics.median(r["measurement"]["median_us"] / then
-                                   for r, (_, then) in zip(results[len(archs):], anchors, strict=True))
-                 if anchors else None)  # fmt: skip
+        table = client.table(device_id, str(prov.get("version") or "latest"), space.hash, disk_cache=False)
+        if prov.get("content_sha256") and table.content_sha256 != prov["content_sha256"]:
+            raise FidelityError(f"device {device_id}'s table v{table.version} is not the one searched against")
+        measured_set = measure_with_anchors(client, device_id, table, archs)
+        nets = measured_set.networks
         predicted.append([table.predict_us(a) / 1e3 for a in archs])
         measured.append([m["median_us"] / 1e3 for m in nets])
         split = [halves(m) for m in nets]
         even.append([s[0] / 1e3 if s else None for s in split])
         odd.append([s[1] / 1e3 if s else None for s in split])
-        per_device.append({"label": _label(prov), "device_id": device_id, "table_version": payload["version"],
-                           "table_sha256": payload["content_sha256"], "config": payload["config"],
-                           "drift": drift})  # fmt: skip
+        per_device.append({"label": _label(prov), "device_id": device_id, "table_version": table.version,
+                           "table_sha256": table.content_sha256, "config": table.config,
+                           "drift": measured_set.drift})  # fmt: skip
     labels = [d["label"] for d in per_device]
 
     def by_arch(columns: list[list[Any]]) -> list[list[Any]]:  # device-major -> architecture rows

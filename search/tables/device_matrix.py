@@ -14,24 +14,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search.tables.latency import LatencyLUT, LatencyTable
+from search.tables.latency import LatencyLUT
+from search.tables.schema import PublishedTable
 
 
-def device_labels(tables: Sequence[LatencyTable]) -> list[str]:
+def device_labels(tables: Sequence[PublishedTable]) -> list[str]:
     """A short, unique name per table: the device's name, with its id or the table's position when two
     tables share a name (two tables of one device are also told apart by version)."""
     base = []
     for i, table in enumerate(tables):
-        device = table.payload.get("device") or {}
-        base.append(str(device.get("name") or f"table{i}"))
+        device = table.device_info
+        name = str(device.get("name") or f"table{i}")
+        suffix = "" if table.precision == "fp32" or name.endswith(f"-{table.precision}") else f"-{table.precision}"
+        base.append(name + suffix)  # one device measured at two precisions is two targets
     labels = []
     for i, (table, name) in enumerate(zip(tables, base, strict=True)):
         if base.count(name) == 1:
             labels.append(name)
             continue
-        device = table.payload.get("device") or {}
+        device = table.device_info
         same_id = [t for t, n in zip(tables, base, strict=True) if n == name
-                   and (t.payload.get("device") or {}).get("id") == device.get("id")]  # fmt: skip
+                   and t.device_info.get("id") == device.get("id")]  # fmt: skip
         if device.get("id") is not None and len(same_id) == 1:
             labels.append(f"{name}#{device['id']}")
         else:

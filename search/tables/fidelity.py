@@ -19,6 +19,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from tqdm import tqdm
 
 from search.measurement.rounds import estimate
 from search.space.macro import SearchSpace
+from search.space.quantize import dtype_of
 from search.tables import calibration
-from search.tables.latency import LatencyTable, TableError
+from search.tables.client import ServiceClient
+from search.tables.schema import PublishedTable, TableError
 
 
 class FidelityError(RuntimeError):
@@ -58,12 +61,11 @@ def errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
-def measure_set(client: Any, device_id: int, space: SearchSpace, archs: list[list[str]], config: dict[str, Any],
-                timeout_s: float = 3600) -> list[dict[str, Any]]:  # fmt: skip
+def measure_set(client: ServiceClient, device_id: int, space: SearchSpace, archs: list[list[str]],
+                config: dict[str, Any] | None, timeout_s: float = 3600) -> list[dict[str, Any]]:  # fmt: skip
     """Queue the networks as one set (measured together, in interleaved rounds) and wait for them, with a
     progress bar. Returns each network's status, in the order given."""
-    body = {"space": space.to_dict(), "archs": archs, "config": config}
-    queued = client.json("POST", f"/v1/devices/{device_id}/network-sets", json=body)
+    queued = client.queue_networks(device_id, space, archs, config)
     deadline = time.monotonic() + timeout_s
     status = queued
     with tqdm(total=len(status["networks"]), desc="networks", unit="net") as bar:
@@ -78,9 +80,44 @@ def measure_set(client: Any, device_id: int, space: SearchSpace, archs: list[lis
                     "is an agent serving this device?"
                 )
             time.sleep(0.5)
-            status = client.json("GET", f"/v1/devices/{device_id}/network-sets/{queued['set']}")
+            status = client.network_set(device_id, queued["set"])
     by_key = {n["key"]: n for n in status["networks"]}
-    return [by_key[space.network_key(arch)] for arch in archs]
+    dtype = dtype_of(config.get("precision", "fp32"))  # an int8 set is measured as int8 networks, own keys
+    return [by_key[space.network_key(arch, dtype)] for arch in archs]
+
+
+@dataclass(frozen=True)
+class AnchoredMeasurement:
+    """Networks measured end to end beside the table's anchor networks, in the same interleaved rounds.
+
+    `drift` is the median over anchors of (measured now / when the table was profiled): how far the device
+    moved since (a neighbour on a shared machine, heat on a phone); None when the table has no anchors."""
+
+    networks: list[dict[str, Any]]  # each network's measurement (median_us, round_medians_us, ...), in order
+    anchor_ratios: list[float]
+
+    @property
+    def drift(self) -> float | None:
+        return statistics.median(self.anchor_ratios) if self.anchor_ratios else None
+
+    @property
+    def median_us(self) -> list[float]:
+        return [float(m["median_us"]) for m in self.networks]
+
+
+def measure_with_anchors(client: ServiceClient, device_id: int, table: PublishedTable,
+                         archs: list[list[str]]) -> AnchoredMeasurement:  # fmt: skip
+    """Measure `archs` on the device with the table's anchors, by the table's own settings (threads, warm-up,
+    rounds), as one set; FidelityError if any network failed. The one home of "measure, and say how far the
+    device drifted since the table", which validate, the cross-device check and the quickstart share."""
+    anchors = table.anchors
+    results = measure_set(client, device_id, table.space, [*archs, *(a for a, _ in anchors)], table.config)
+    failed = [r for r in results if r["status"] != "done"]
+    if failed:
+        raise FidelityError(f"{len(failed)} network(s) failed on device {device_id}: {failed[0].get('error')}")
+    now = [r["measurement"] for r in results]
+    ratios = [m["median_us"] / then for m, (_, then) in zip(now[len(archs) :], anchors, strict=True)]
+    return AnchoredMeasurement(networks=now[: len(archs)], anchor_ratios=ratios)
 
 
 def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
@@ -91,40 +128,41 @@ def halves(measurement: dict[str, Any]) -> tuple[float, float] | None:
     return estimate(rounds[0::2]), estimate(rounds[1::2])
 
 
-def validate(client: Any, device_id: int, space: SearchSpace, n: int, out: Path, *, calibrate: bool,
-             seed: int = 0, version: str = "latest") -> dict[str, Any]:  # fmt: skip
-    payload = client.json("GET", f"/v1/devices/{device_id}/latency-tables/{version}", params={"space_hash": space.hash})
-    table = LatencyTable(payload)
+def validate(client: ServiceClient, device_id: int, space: SearchSpace, n: int, out: Path, *, calibrate: bool,
+             seed: int = 0, version: str = "latest", precision: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Sample n networks, measure them whole on the device beside the table's anchors, compare with the table's
+    rule. `precision` picks the table (and so how the networks are exported and measured): asked for int8,
+    it never checks an fp32 table."""
+    try:
+        table = client.table(device_id, version, space.hash, disk_cache=False, precision=precision)
+    except TableError as exc:
+        raise FidelityError(str(exc)) from None
     archs = sample_archs(space, n, seed)
-    anchors = [(row["arch"], row["measured_us"]) for row in (payload.get("prediction") or {}).get("anchors", [])]
-    results = measure_set(client, device_id, space, archs + [a for a, _ in anchors], payload["config"])
-    failed = [r for r in results if r["status"] != "done"]
-    if failed:
-        raise FidelityError(f"{len(failed)} network(s) failed on the device: {failed[0].get('error')}")
-    nets, anchors_now = results[:n], results[n:]
+    measured_set = measure_with_anchors(client, device_id, table, archs)
+    nets = measured_set.networks
     predicted = np.array([table.predict_us(a) for a in archs])
-    measured = np.array([r["measurement"]["median_us"] for r in nets])
+    measured = np.array(measured_set.median_us)
     report: dict[str, Any] = {
         "device_id": device_id,
-        "table_version": payload["version"],
-        "table_sha256": payload["content_sha256"],
-        "prediction_rule": (payload.get("prediction") or {}).get("rule", "sum"),
+        "table_version": table.version,
+        "table_sha256": table.content_sha256,
+        "prediction_rule": table.prediction.rule,
+        "precision": table.precision,
         "space_hash": space.hash,
         "networks": n,
         "seed": seed,
         "raw": errors(predicted, measured),
     }
-    split = [halves(r["measurement"]) for r in nets]
+    split = [halves(m) for m in nets]
     if all(s is not None for s in split):
         even, odd = np.array([s[0] for s in split]), np.array([s[1] for s in split])  # type: ignore[index]
         what = "the networks' even rounds against their odd rounds (two half-length measurements, one session)"
         report["noise_ceiling"] = errors(even, odd) | {"what": what}
     drift = 1.0
-    if anchors:
-        ratios = [r["measurement"]["median_us"] / then for r, (_, then) in zip(anchors_now, anchors, strict=True)]
-        drift = statistics.median(ratios)
+    if measured_set.drift is not None:
+        drift = measured_set.drift
         what = "the table's anchor networks measured now / when the table was profiled"
-        report["drift"] = {"ratio": drift, "anchors": ratios, "what": what}
+        report["drift"] = {"ratio": drift, "anchors": measured_set.anchor_ratios, "what": what}
         report["drift_adjusted"] = errors(predicted * drift, measured)
     calibrated = None
     if calibrate:
@@ -140,7 +178,7 @@ def validate(client: Any, device_id: int, space: SearchSpace, n: int, out: Path,
 MIN_CALIBRATION_NETWORKS = 20  # a 5-parameter fit; fewer networks and the k-fold fits are near-exact
 
 
-def _calibrate(client: Any, device_id: int, space: SearchSpace, table: LatencyTable, archs: list[list[str]],
+def _calibrate(client: ServiceClient, device_id: int, space: SearchSpace, table: PublishedTable, archs: list[list[str]],
                measured: np.ndarray, drift: float, report: dict[str, Any]) -> np.ndarray | None:  # fmt: skip
     """Fit a family calibration on drift-adjusted measurements; report its error held out only (5-fold), and
     store it (for `dnas search` to apply) only if that error beats the table's own rule."""
@@ -165,14 +203,14 @@ def _calibrate(client: Any, device_id: int, space: SearchSpace, table: LatencyTa
     model = calibration.fit(x, measured / drift)
     keys = ("raw", "drift_adjusted", "calibrated_held_out", "calibrated_held_out_drift_adjusted", "noise_ceiling")
     body = {
-        "table_version": table.payload["version"],
+        "table_version": table.version,
         "model": model,
         "metrics": {k: report[k] for k in keys if k in report} | {"n": len(archs), "drift": drift},
         "fitted_on": [
             {"arch": a, "measured_adjusted_us": float(m)} for a, m in zip(archs, measured / drift, strict=True)
         ],
     }
-    stored = client.json("POST", f"/v1/devices/{device_id}/calibrations", json=body)
+    stored = client.store_calibration(device_id, body)
     report["calibration"] = {"stored": True, "version": stored["version"], **model}
     return held_out
 

@@ -1,88 +1,24 @@
-"""Latency tables on the search side: fetch over REST (cached on disk by ETag and content hash, so a second
-run works offline), or read a file; check the table prices the whole space; turn it into a tensor."""
+"""Latency tables on the search side: check a table prices the whole space, turn it into the search's tensor
+(the LUT), and spread a calibration over it. The table itself is search/tables/schema.py's `PublishedTable`
+(fetched by search/tables/client.py, or read from a file); TableError is re-exported here for the callers
+that have always imported it from this module."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
-from platformdirs import user_cache_dir
 
 from search.space.enumerate import enumerate_ops
 from search.space.macro import SearchSpace
 from search.tables import calibration
-from search.tables.predict import PredictionRule
+from search.tables.schema import PublishedTable, TableError
+
+__all__ = ["LatencyLUT", "PublishedTable", "TableError", "apply_calibration", "build_lut"]
 
 log = logging.getLogger("dnas.search")
-
-
-class TableError(ValueError):
-    """The table cannot drive this search; the message names what is missing or wrong."""
-
-
-@dataclass(frozen=True)
-class LatencyTable:
-    payload: dict[str, Any]
-
-    @property
-    def space(self) -> SearchSpace:
-        return SearchSpace.from_dict(self.payload["space"])
-
-    @property
-    def medians(self) -> dict[str, float]:
-        return {e["key"]: float(e["median_us"]) for e in self.payload["entries"]}
-
-    @property
-    def rule(self) -> PredictionRule:
-        """How this table predicts a network (search/tables/predict.py); older tables: the plain sum."""
-        try:
-            return PredictionRule.from_payload(self.payload)
-        except ValueError as exc:
-            raise TableError(str(exc)) from None
-
-    def predict_us(self, arch: list[str]) -> float:
-        """The table's prediction for one architecture of its space, by its own rule."""
-        return self.rule.predict(self.space, arch, self.medians)
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        """What every output records, so an architecture can be traced to the measurements behind it."""
-        p = self.payload
-        return {
-            "device": p.get("device"),
-            "version": p.get("version"),
-            "content_sha256": p.get("content_sha256"),
-            "space_hash": p.get("space_hash"),
-            "config": p.get("config"),
-            "prediction_rule": (p.get("prediction") or {}).get("rule", "sum"),
-            "calibration": p.get("calibration"),  # set by the search when it applied one
-        }
-
-    @property
-    def content_hash(self) -> str:
-        """The table's identity: the service's content hash, or (a hand-made file without one) a sha256 of its
-        space and entries. A resumed search refuses a table with another hash."""
-        sha = self.payload.get("content_sha256")
-        if sha:
-            return str(sha)
-        blob = json.dumps({"space": self.payload["space"], "entries": self.payload["entries"]}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    @classmethod
-    def from_file(cls, path: Path) -> LatencyTable:
-        try:
-            payload = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise TableError(f"cannot read latency table {path}: {exc}") from None
-        if not isinstance(payload, dict) or "entries" not in payload or "space" not in payload:
-            raise TableError(f"{path} is not a latency table (needs 'space' and 'entries', as the service serves)")
-        return cls(payload)
 
 
 @dataclass(frozen=True)
@@ -100,14 +36,12 @@ class LatencyLUT:
         return float(sum(self.table[layer, k] for layer, k in enumerate(indices))) + self.fixed_us
 
 
-def build_lut(space: SearchSpace, table: LatencyTable) -> LatencyLUT:
+def build_lut(space: SearchSpace, table: PublishedTable) -> LatencyLUT:
     """Every (layer, candidate) and fixed layer must be priced; a missing op is named, not guessed."""
-    if table.payload.get("space_hash") and table.payload["space_hash"] != space.hash:
-        log.warning(
-            "table was measured for space %s; searching space %s", table.payload["space_hash"][:12], space.hash[:12]
-        )
+    if table.space_hash and table.space_hash != space.hash:
+        log.warning("table was measured for space %s; searching space %s", table.space_hash[:12], space.hash[:12])
     medians = table.medians
-    en = enumerate_ops(space)
+    en = enumerate_ops(space, table.dtype)
     missing = [k for k in en.ops if k not in medians]
     if missing:
         raise TableError(
@@ -119,52 +53,6 @@ def build_lut(space: SearchSpace, table: LatencyTable) -> LatencyLUT:
     lut = torch.tensor([[cost[k] for k in row] for row in en.layer_keys], dtype=torch.float64)
     fixed = sum(cost[k] for k in en.fixed_keys.values()) + rule.constant_us
     return LatencyLUT(table=lut.float(), fixed_us=fixed)
-
-
-class TableClient:
-    """GET a table version; keep it on disk by content hash and remember the ETag, so repeat fetches are 304s
-    and a search can run with the service unreachable."""
-
-    def __init__(self, server: str, token: str | None, cache_dir: Path | None = None) -> None:
-        self.server = server.rstrip("/")
-        self.token = token
-        key = hashlib.sha256(self.server.encode()).hexdigest()[:16]
-        self.cache = (cache_dir or Path(user_cache_dir("dnas")) / "tables") / key
-
-    def _paths(self, device: int, version: str) -> tuple[Path, Path]:
-        ref = self.cache / f"device-{device}" / f"{version}.ref"
-        return ref, self.cache / "by-hash"
-
-    def fetch(self, device: int, version: str = "latest", space_hash: str | None = None) -> LatencyTable:
-        ref, blobs = self._paths(device, f"{version}-{space_hash or 'any'}")
-        cached = json.loads(ref.read_text()) if ref.exists() else None
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        if cached:
-            headers["If-None-Match"] = cached["etag"]
-        params = {"space_hash": space_hash} if space_hash else {}
-        url = f"{self.server}/v1/devices/{device}/latency-tables/{version}"
-        try:
-            resp = httpx.get(url, headers=headers, params=params, timeout=60)
-        except httpx.TransportError as exc:
-            if cached:
-                log.warning("service unreachable (%s); using cached table %s", exc, cached["sha256"][:12])
-                return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
-            raise TableError(f"cannot reach {self.server} and no cached copy of device {device} {version}") from None
-        if resp.status_code == 304 and cached:
-            return LatencyTable(json.loads((blobs / f"{cached['sha256']}.json").read_text()))
-        if resp.status_code != 200:
-            try:
-                detail = resp.json().get("detail")
-            except ValueError:
-                detail = resp.text
-            raise TableError(f"GET {url} -> HTTP {resp.status_code}: {detail}")
-        payload = resp.json()
-        sha = payload["content_sha256"]
-        blobs.mkdir(parents=True, exist_ok=True)
-        (blobs / f"{sha}.json").write_text(json.dumps(payload))
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(json.dumps({"etag": resp.headers.get("etag", f'"{sha}"'), "sha256": sha}))
-        return LatencyTable(payload)
 
 
 def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace | None = None) -> LatencyLUT:
@@ -192,12 +80,3 @@ def apply_calibration(lut: LatencyLUT, model: dict[str, Any], space: SearchSpace
     if not 0 < scale < 100:
         raise TableError(f"calibration scale {scale} is not plausible")
     return LatencyLUT(table=lut.table * scale, fixed_us=lut.fixed_us * scale + offset)
-
-
-def fetch_calibration(server: str, token: str | None, device: int, space_hash: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = httpx.get(f"{server.rstrip('/')}/v1/devices/{device}/calibrations/latest", headers=headers,
-                     params={"space_hash": space_hash}, timeout=60)  # fmt: skip
-    if resp.status_code != 200:
-        raise TableError(f"no calibration for device {device}: HTTP {resp.status_code} {resp.text[:200]}")
-    return resp.json()

@@ -33,9 +33,11 @@ from typing import Any
 from search.space.cost import op_cost
 from search.space.macro import SearchSpace
 from search.space.opspec import OpSpec
+from search.space.quantize import dtype_of
 
 RULE = "overhead-v1"
 PLAIN = "sum"
+PLAIN_DESCRIPTION = "plain sum of the ops' medians"
 N_ANCHORS = 8
 DESCRIPTION = (
     "predict(arch) = sum over the network's ops of max(median_us - overhead_us[probe at the op's input], 0)"
@@ -75,6 +77,8 @@ class PredictionRule:
     kind: str = PLAIN
     overhead_us: dict[str, float] = field(default_factory=dict)  # probe key -> microseconds
     constant_us: float = 0.0
+    # The dtype of the table's ops (its config's precision): an int8 table prices a network by its int8 keys.
+    dtype: str = "float32"
 
     def overhead(self, spec: OpSpec) -> float:
         if self.kind == PLAIN:
@@ -86,7 +90,8 @@ class PredictionRule:
         return max(median_us - self.overhead(spec), 0.0)
 
     def core_us(self, space: SearchSpace, arch: Sequence[str], medians: dict[str, float]) -> float:
-        return sum(self.in_network_us(spec, medians[spec.key]) for spec in space.network_ops(list(arch)))
+        ops = space.network_ops(list(arch), self.dtype)
+        return sum(self.in_network_us(spec, medians[spec.key]) for spec in ops)
 
     def predict(self, space: SearchSpace, arch: Sequence[str], medians: dict[str, float]) -> float:
         return self.core_us(space, arch, medians) + self.constant_us
@@ -97,13 +102,18 @@ class PredictionRule:
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> PredictionRule:
         """The rule of a table as served; a table without one predicts with the plain sum."""
-        pred = payload.get("prediction")
+        dtype = dtype_of((payload.get("config") or {}).get("precision", "fp32"))
+        return cls.from_published(payload.get("prediction"), dtype)
+
+    @classmethod
+    def from_published(cls, pred: dict[str, Any] | None, dtype: str = "float32") -> PredictionRule:
+        """The rule from a table's `prediction` section, for ops of `dtype` (the table's precision)."""
         if not pred:
-            return cls()
+            return cls(dtype=dtype)
         if pred.get("rule") not in (RULE, PLAIN):
             raise ValueError(f"unknown prediction rule {pred.get('rule')!r}; upgrade dnas to read this table")
         return cls(pred["rule"], {k: float(v) for k, v in pred.get("overhead_us", {}).items()},
-                   float(pred.get("constant_us", 0.0)))  # fmt: skip
+                   float(pred.get("constant_us", 0.0)), dtype)  # fmt: skip
 
 
 def fit_rule(
@@ -111,12 +121,21 @@ def fit_rule(
     medians: dict[str, float],
     probes_us: dict[str, float],
     anchors: Sequence[tuple[Sequence[str], float]],
+    dtype: str = "float32",
 ) -> tuple[PredictionRule, dict[str, Any]]:
     """The rule and what it was fitted from, as published in a table's `prediction` section. Without anchors
-    the constant is one network call (the probe at the network's input); without probes, the plain sum."""
+    the constant is one network call (the probe at the network's input); without probes, the plain sum.
+
+    int8 tables use the same rule, measured rather than assumed (issue 24): inside an int8 network onnxruntime
+    fuses every Q/DQ pair between ops and keeps the NHWC layout across them, so an op alone pays a boundary
+    (its input's Q and layout transpose, its output's transpose and DQ) that the network does not. In the FBNet
+    spaces every candidate of a layer but the identity skip pays the same boundary, so the anchors' constant
+    absorbs it (it comes out negative when the boundaries outweigh the call), as it absorbs the call overhead.
+    A probe that pays the int8 boundary itself (a quantized 1x1 depthwise conv) predicted worse (4.3% against
+    2.0% MAPE at 32 px): it over-subtracts its own work. The recipe leaves a lone ReLU probe in float."""
     if not probes_us:
-        return PredictionRule(), {"rule": PLAIN, "description": "plain sum of the ops' medians"}
-    base = PredictionRule(RULE, dict(probes_us), 0.0)
+        return PredictionRule(dtype=dtype), {"rule": PLAIN, "description": PLAIN_DESCRIPTION}
+    base = PredictionRule(RULE, dict(probes_us), 0.0, dtype)
     call_us = min(probes_us.values())  # the smallest shape's probe: the call itself, no data worth the name
     rows = [
         {"arch": list(arch), "measured_us": float(measured), "sum_in_network_us": base.core_us(space, arch, medians)}
@@ -130,7 +149,7 @@ def fit_rule(
             spread = 1.4826 * statistics.median(abs(r - constant) for r in residuals)
     else:
         constant, source = call_us, "call overhead only (no anchors measured)"
-    rule = PredictionRule(RULE, dict(probes_us), float(constant))
+    rule = PredictionRule(RULE, dict(probes_us), float(constant), dtype)
     published = rule.to_dict() | {
         "description": DESCRIPTION,
         "constant_from": source,

@@ -11,6 +11,7 @@ struct DnasAgentApp: App {
     }
 }
 
+@MainActor  // View is main-actor isolated from the iOS 18 SDK on; said here for older SDKs
 struct ContentView: View {
     @StateObject private var agent = AgentLoop()
     @Environment(\.scenePhase) private var scenePhase
@@ -36,20 +37,28 @@ struct ContentView: View {
                     LabeledContent("Status", value: agent.status)
                     LabeledContent("Done", value: "\(agent.done)")
                     LabeledContent("Failed", value: "\(agent.failed)")
+                    if agent.savedBatches > 0 { LabeledContent("Saved batches to post", value: "\(agent.savedBatches)") }
                     if !agent.lastBatch.isEmpty { Text(agent.lastBatch).font(.caption.monospaced()) }
                     if agent.running {
                         Button("Stop after this batch") { agent.stopAfterThisBatch() }.disabled(agent.stopAfterBatch)
                         Button("Stop now (give the batch back)", role: .destructive) { agent.stopNow() }
                     } else {
                         Button("Start") {
-                            if let url = URL(string: server), !token.isEmpty {
+                            do {
+                                let url = try ServerURL(server)
+                                guard !token.isEmpty else { agent.status = "no agent token"; return }
                                 agent.start(server: url, token: token, options: MeasureOptions(coreML: coreML))
+                            } catch {
+                                agent.status = error.localizedDescription
                             }
                         }
                     }
                 }
             }
             .navigationTitle("dnas agent")
+        }
+        .task {  // at launch: post the batches an earlier run saved and could not post (it may have been killed)
+            if let url = try? ServerURL(server), !token.isEmpty { agent.deliverSaved(server: url, token: token) }
         }
         .onOpenURL { url in  // the registration link: fill in the form; the person taps Start
             guard url.scheme == "dnas-agent", url.host == "register",

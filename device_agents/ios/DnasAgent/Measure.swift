@@ -9,7 +9,16 @@ func sha256Hex(_ data: Data) -> String {
     SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
 }
 
-/// ORTVersion() is declared `NSString*` (nonnull in recent headers, nullable in older ones): either way a String.
+/// A model's bytes if they are the ones the service announced: a cut-off or corrupted download is never measured.
+func verifiedModel(_ data: Data, for job: BatchJob) throws -> Data {
+    let digest = sha256Hex(data)
+    guard digest == job.model_sha256 else {
+        throw ProtocolError.corruptModel("model for job \(job.job_id) is corrupt: sha256 \(digest.prefix(12))")
+    }
+    return data
+}
+
+/// ORTVersion() is declared `NSString* _Nullable` (objectivec/include/ort_env.h of the Swift package): a `String?`.
 func ortVersionString() -> String {
     let version: String? = ORTVersion()
     return version ?? "unknown"
@@ -28,9 +37,26 @@ enum MeasureError: Error, LocalizedError {
 }
 
 /// What shapes the numbers, chosen in the app and recorded in every result's context.
-struct MeasureOptions {
+struct MeasureOptions: Sendable {
     var coreML = false  // the CoreML execution provider (CPU still runs what CoreML does not take)
     var coreMLOnlyWithANE = false
+}
+
+/// Why this app, as set up, cannot measure a batch of this precision; nil if it can. int8 models are QDQ
+/// (QuantizeLinear/DequantizeLinear around the ops): the CPU execution provider runs them as int8 kernels, but
+/// the CoreML execution provider cannot take QDQ, so with CoreML on an int8 time would not be one. Nothing is
+/// measured, and the jobs fail with this reason: nothing is stored under the wrong precision.
+func precisionRefusal(_ precision: String, options: MeasureOptions) -> String? {
+    switch precision {
+    case "fp32":
+        return nil
+    case "int8":
+        return options.coreML
+            ? "precision int8: the CoreML execution provider cannot take QDQ (int8) models; turn CoreML off in the app to measure int8 on the CPU execution provider"
+            : nil
+    default:
+        return "precision \(precision): this app measures fp32 and int8 only"
+    }
 }
 
 /// One model, open and ready: its session and a fixed random input of its shape.
@@ -65,21 +91,37 @@ private func openModel(env: ORTEnv, path: URL, inputShape: [Int], threads: Int, 
     return OpenModel(session: session, inputs: [inputName: input], outputs: Set(try session.outputNames()))
 }
 
-struct BatchModel {
+struct BatchModel: Sendable {
     let key: String  // the job id
     let path: URL
     let inputShape: [Int]
 }
 
-enum BatchOutcome {
+enum BatchOutcome: Sendable {
     case measured(RoundStats)
     case failed(String)
 }
 
-/// Waits while iOS reports the device above nominal thermal state (its own throttling signal), up to maxWait.
+/// The thermal state at or above which a batch waits before it starts. `.fair` is common while charging and
+/// throttles little; `.serious` is where iOS says performance is reduced (ProcessInfo.ThermalState's
+/// documentation), so only from there does waiting buy comparable numbers.
+let thermalWaitFrom = ProcessInfo.ThermalState.serious
+
+/// A thermal state as the context records it.
+func thermalName(_ state: ProcessInfo.ThermalState) -> String {
+    switch state {
+    case .nominal: return "nominal"
+    case .fair: return "fair"
+    case .serious: return "serious"
+    case .critical: return "critical"
+    @unknown default: return "unknown(\(state.rawValue))"
+    }
+}
+
+/// Waits while iOS reports the device at `thermalWaitFrom` or hotter (its own throttling signal), up to maxWait.
 func waitUntilCool(maxWait: TimeInterval, shouldStop: () -> String?) throws -> TimeInterval {
     let start = Date()
-    while ProcessInfo.processInfo.thermalState.rawValue > ProcessInfo.ThermalState.nominal.rawValue,
+    while ProcessInfo.processInfo.thermalState.rawValue >= thermalWaitFrom.rawValue,
           Date().timeIntervalSince(start) < maxWait {
         if let why = shouldStop() { throw MeasureError.stopped(why) }
         Thread.sleep(forTimeInterval: 5)
@@ -93,8 +135,9 @@ func measureBatch(_ models: [BatchModel], config: MeasureConfig, seed: UInt64, o
     -> (outcomes: [String: BatchOutcome], context: [String: JSONValue])
 {
     guard Rounds.selfCheck() else { throw MeasureError.badModel("visit orders differ from rounds.py: app is broken") }
-    let thermalBefore = ProcessInfo.processInfo.thermalState.rawValue
+    let thermalBefore = ProcessInfo.processInfo.thermalState
     let waited = try waitUntilCool(maxWait: 600, shouldStop: shouldStop)
+    let thermalAtStart = ProcessInfo.processInfo.thermalState
     let env = try ORTEnv(loggingLevel: .warning)
     var outcomes: [String: BatchOutcome] = [:]
     var opened: [(key: String, model: OpenModel)] = []
@@ -135,6 +178,7 @@ func measureBatch(_ models: [BatchModel], config: MeasureConfig, seed: UInt64, o
         "backend": .string("ios"),
         "runtime": .string("onnxruntime-objc"),
         "runtime_version": .string(ortVersionString()),
+        "precision": .string(config.precisionName),
         "threads": .number(Double(config.threads)),
         "method": .string("interleaved"),
         "estimator": .string(Rounds.estimator),
@@ -146,8 +190,10 @@ func measureBatch(_ models: [BatchModel], config: MeasureConfig, seed: UInt64, o
         "execution_provider": .string(options.coreML ? "coreml+cpu" : "cpu"),
         "coreml_only_with_ane": .bool(options.coreMLOnlyWithANE),
         "spinning": .string("stopped between runs"),
-        "thermal_state_before": .number(Double(thermalBefore)),
-        "thermal_state_after": .number(Double(info.thermalState.rawValue)),
+        "thermal_state_before": .string(thermalName(thermalBefore)),  // when the batch arrived
+        "thermal_state_at_start": .string(thermalName(thermalAtStart)),  // after any wait, as measuring began
+        "thermal_state_after": .string(thermalName(info.thermalState)),
+        "thermal_wait_from": .string(thermalName(thermalWaitFrom)),
         "thermal_wait_s": .number(waited.rounded()),
         "low_power_mode": .bool(info.isLowPowerModeEnabled),
     ]

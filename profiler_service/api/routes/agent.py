@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
 from db.models import KEY_LEN, Device, Job, Operator
-from profiler_service.api.deps import AgentDep, Id, SessionDep
-from profiler_service.api.strict_json import StrictJsonRoute
-from profiler_service.errors import NotFound
+from db.states import JobStatus
+from profiler_service.api.deps import AgentDep, Id, PollingAgentDep, SessionDep, agent_device
+from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
+from profiler_service.errors import ApiError, NotFound
+from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
 from profiler_service.queue import (
@@ -29,6 +31,7 @@ from profiler_service.queue import (
 )
 from profiler_service.schemas import (
     Ack,
+    AgentStatusIn,
     BatchAck,
     BatchHeartbeat,
     BatchResultsIn,
@@ -40,13 +43,12 @@ from profiler_service.schemas import (
     LeaseRequest,
     ResultIn,
 )
-from profiler_service.tables import publish_complete_runs
-from profiler_service.timeutil import as_utc
+from profiler_service.timeutil import as_utc, utcnow
+from profiler_service.wakeups import Wakeups
 from search.space.opspec import OpSpec, OpSpecError
 
 router = APIRouter(prefix="/agent", tags=["agent"], route_class=StrictJsonRoute)
 
-POLL_INTERVAL_S = 0.25
 log = logging.getLogger("dnas.service.agent")
 
 
@@ -54,7 +56,23 @@ log = logging.getLogger("dnas.service.agent")
 def report_fingerprint(body: Fingerprint, device: AgentDep, session: SessionDep) -> Response:
     """What the agent found the device to be (model, SoC, OS, runtime); stamped on every table it publishes."""
     device.fingerprint = body.model_dump()
+    device.agent_problem = None  # the agent (re)started with its device: a problem it reported is over
     session.merge(device)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.put("/status", status_code=204)
+def report_status(body: AgentStatusIn, device: AgentDep, session: SessionDep) -> Response:
+    """Why the agent cannot work now (its phone unplugged, a call refused), while it retries: a worker that
+    keeps failing is otherwise only "not connected" on the dashboard. Its next fingerprint (a start that got as
+    far as its device) clears it, as `problem: null` does."""
+    now = utcnow()
+    retry_at = None if body.retry_in_s is None else (now + timedelta(seconds=body.retry_in_s)).isoformat()
+    problem = {"problem": body.problem, "reported_at": now.isoformat(), "retry_at": retry_at}
+    session.execute(
+        update(Device).where(Device.id == device.id).values(agent_problem=problem if body.problem else None)
+    )
     session.commit()
     return Response(status_code=204)
 
@@ -84,6 +102,9 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
 def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
     first = jobs[0]
     token = first.lease_token or ""
+    # One SELECT for the batch's operators: loaded one by one they were a fifth of a lease's time (py-spy).
+    keys = {job.op_key for job in jobs}
+    ops = {op.key: op for op in session.scalars(select(Operator).where(Operator.key.in_(keys)))}
     return LeasedBatch(
         lease_token=token,
         lease_expires_at=as_utc(first.lease_expires_at),
@@ -92,7 +113,7 @@ def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> Lease
         seed=int(hashlib.sha256(token.encode()).hexdigest()[:8], 16),  # no part of the token leaks into results
         group_jobs=group_jobs,
         config=first.config,
-        jobs=[_leased(job, session.get(Operator, job.op_key), request) for job in jobs],
+        jobs=[_leased(job, ops.get(job.op_key), request) for job in jobs],
     )
 
 
@@ -101,38 +122,57 @@ def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> Lease
     response_model=LeasedJob | LeasedBatch,
     responses={204: {"description": "No job within the wait."}},
 )
-async def lease(body: LeaseRequest, device: AgentDep, request: Request) -> LeasedJob | LeasedBatch | Response:
+async def lease(body: LeaseRequest, agent: PollingAgentDep, request: Request) -> LeasedJob | LeasedBatch | Response:
     """Long poll: answers as soon as work is runnable for this device, or 204 after the wait. Without
-    `max_jobs`, one job (protocol 1); with it, a batch of jobs of one group under one token (protocol 2)."""
+    `max_jobs`, one job (protocol 1); with it, a batch of jobs of one group under one token (protocol 2).
+    On PostgreSQL a waiting call is woken by the notification of the transaction that queued its work and
+    queries nothing while it waits; on SQLite it claims every `lease_poll_seconds` (profiler_service/wakeups.py)."""
     state = request.app.state
+    wakeups: Wakeups = state.wakeups
     wait = min(body.wait_seconds, state.settings.long_poll_seconds)
     deadline = time.monotonic() + wait
 
+    checked = not agent.remembered  # looked up by this call, just now
+
     def attempt() -> LeasedJob | LeasedBatch | None:
         with state.sessionmaker() as session:
+            if not checked:  # remembered, or woken after a wait: the token is checked before any claim
+                agent_device(session, agent.digest)
             seconds = state.settings.lease_seconds
             if body.max_jobs is None:
-                job = claim_next(session, device_id=device.id, lease_seconds=seconds)
+                job = claim_next(session, device_id=agent.id, lease_seconds=seconds)
                 return None if job is None else _leased(job, session.get(Operator, job.op_key), request)
-            jobs, group_jobs = claim_batch(session, device_id=device.id, lease_seconds=seconds, max_jobs=body.max_jobs)
+            jobs, group_jobs = claim_batch(session, device_id=agent.id, lease_seconds=seconds, max_jobs=body.max_jobs)
             return _batch(jobs, group_jobs, session, request) if jobs else None
 
-    if device.agent_protocol != body.version:  # recorded once per change, not on every poll
+    if agent.agent_protocol != body.version:  # recorded once per change, not on every poll
 
         def record_protocol() -> None:
             with state.sessionmaker() as session:
-                session.execute(update(Device).where(Device.id == device.id).values(agent_protocol=body.version))
+                session.execute(update(Device).where(Device.id == agent.id).values(agent_protocol=body.version))
                 session.commit()
 
         await run_in_threadpool(record_protocol)
+        wakeups.protocol_recorded(agent.digest, body.version)
 
     while True:
-        leased = await run_in_threadpool(attempt)
-        if leased is not None:
-            return leased
-        if time.monotonic() >= deadline or await request.is_disconnected():
+        mark = wakeups.mark(agent.id)
+        if not wakeups.known_idle(agent.id):
+            try:
+                leased = await run_in_threadpool(attempt)
+            except ApiError:  # the remembered token was rotated or its device retired
+                wakeups.forget(agent.digest)
+                raise
+            if leased is not None:
+                return leased
+            wakeups.note_idle(agent.id, mark)
+            # Woken calls are few where notifications wake them: each checks its token again (it may have been
+            # rotated while it waited). Polling calls (SQLite) check it once, as every call did before.
+            checked = checked and not wakeups.live
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
             return Response(status_code=204)
-        await asyncio.sleep(POLL_INTERVAL_S)
+        await wakeups.wait(agent.id, mark, remaining)
 
 
 MODEL_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such model."}}
@@ -177,10 +217,13 @@ def batch_heartbeat(body: LeaseProof, device: AgentDep, session: SessionDep, req
 
 
 @router.post("/results", response_model=BatchAck)
+@bulk_body
 def batch_results(body: BatchResultsIn, device: AgentDep, session: SessionDep) -> BatchAck:
     """A batch's results in one call; each is acknowledged on its own (done, replayed, conflict, not_found)."""
     acks = record_results(session, device_id=device.id, body=body)
-    configs = {job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == "done") if job}
+    configs = {
+        job.config_hash for job in (session.get(Job, a.job_id) for a in acks if a.status == JobStatus.DONE) if job
+    }
     for config_hash in configs:
         _publish_now(session, device.id, config_hash)
     return BatchAck(acks=acks)
@@ -197,6 +240,7 @@ def _publish_now(session, device_id: int, config_hash: str) -> None:  # type: ig
 
 
 @router.post("/jobs/{job_id}/result", response_model=Ack)
+@bulk_body
 def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep) -> Ack:
     """Store the statistics once; a replayed POST is answered 200 with `replayed: true`."""
     ack = record_result(session, device_id=device.id, job_id=job_id, body=body)
@@ -209,4 +253,7 @@ def job_result(job_id: Id, body: ResultIn, device: AgentDep, session: SessionDep
 @router.post("/jobs/{job_id}/failure", response_model=Ack)
 def job_failure(job_id: Id, body: FailureIn, device: AgentDep, session: SessionDep) -> Ack:
     """Give the job back with a reason: requeued while attempts remain, failed after."""
-    return record_failure(session, device_id=device.id, job_id=job_id, body=body)
+    ack = record_failure(session, device_id=device.id, job_id=job_id, body=body)
+    if ack.status == JobStatus.FAILED:  # its run may now be unable to finish: store that now, not at the next sweep
+        settle_failed_runs(session, device_id=device.id)
+    return ack

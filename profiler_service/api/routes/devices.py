@@ -5,12 +5,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Device
+from profiler_service import notify
 from profiler_service.api.deps import AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Conflict, NotFound
 from profiler_service.imports import refuse_if_imported
-from profiler_service.runs import cancel_device_work
+from profiler_service.lifecycle import cancel_device_work
 from profiler_service.schemas import DeviceCreate, DeviceCreated, DevicePublic, DeviceUpdate
 from profiler_service.security import hash_token, new_token
 from profiler_service.timeutil import utcnow
@@ -85,6 +86,7 @@ def rotate_token(device_id: Id, session: SessionDep) -> DeviceCreated:
     refuse_if_imported(device, "be given an agent token")
     token = new_token("dnas_agent")
     device.token_hash = hash_token(token)
+    notify.device_changed(session, device.id)  # workers forget the old token at the commit
     session.commit()
     return DeviceCreated(**public(device).model_dump(), agent_token=token)
 
@@ -97,5 +99,6 @@ def retire(device_id: Id, session: SessionDep) -> DevicePublic:
     if device.retired_at is None:
         device.retired_at = utcnow()
         cancel_device_work(session, device.id, reason=f"device {device.id} ({device.name}) retired")
+        notify.device_changed(session, device.id)
         session.commit()
     return public(device)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from profiler_service.api.deps import MAX_ID, AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.routes.devices import get_device
-from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
 from profiler_service.fidelity import (
     get_calibration,
     get_validation,
@@ -86,6 +86,7 @@ def calibration(device_id: Id, version: Id, session: SessionDep) -> dict:
 
 
 @router.post("/validations", status_code=201, dependencies=[AdminDep])
+@bulk_body  # a report may be up to 2 MiB (refused above that with 422, naming the limit)
 def store(device_id: Id, body: ValidationIn, session: SessionDep) -> dict:
     """Keep a `dnas validate` report beside the table version it checked (`dnas validate` uploads it)."""
     get_device(session, device_id)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db.models import Device
 from profiler_service.api.deps import AdminDep, SessionDep
-from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
 from profiler_service.errors import ApiError, Invalid
 from profiler_service.imports import import_table
 from profiler_service.schemas import TableSummary
@@ -64,6 +64,7 @@ DeviceName = Query(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-
 
 @router.post("/latency-tables/import", status_code=201, response_model=ImportedPublic, dependencies=[AdminDep],
              responses=RESPONSES)  # fmt: skip
+@bulk_body  # a published table file is megabytes
 async def import_hwnasbench(
     request: Request,
     response: Response,

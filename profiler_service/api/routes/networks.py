@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AfterValidator, Field
@@ -22,7 +22,9 @@ from profiler_service.networks import (
 )
 from profiler_service.runs import resolve_space
 from profiler_service.schemas import JsonObject, KiB, MeasureConfig, SpaceObject, Strict, at_most
+from profiler_service.tables import of_precision
 from profiler_service.timeutil import as_utc
+from search.space.quantize import dtype_of
 
 router = APIRouter(prefix="/devices/{device_id}", tags=["networks"], route_class=StrictJsonRoute)
 
@@ -58,7 +60,7 @@ def measure_network(device_id: Id, body: NetworkRequest, session: SessionDep, re
     device = get_device(session, device_id)
     session.commit()  # release the connection (device stays loaded) while the network exports
     settings = request.app.state.settings
-    net = prepare_network(settings.artifact_dir, resolve_space(body.space), body.arch)
+    net = prepare_network(settings.artifact_dir, resolve_space(body.space), body.arch, dtype_of(body.config.precision))
     op = register_network(session, net)
     return request_measurement(session, device=device, op=op, config=body.config, max_attempts=settings.max_attempts)
 
@@ -78,7 +80,8 @@ def measure_network_set(device_id: Id, body: NetworkSetRequest, session: Session
     session.commit()  # release the connection (device stays loaded) while the networks export
     settings = request.app.state.settings
     space = resolve_space(body.space)
-    nets = [prepare_network(settings.artifact_dir, space, arch) for arch in body.archs]
+    dtype = dtype_of(body.config.precision)
+    nets = [prepare_network(settings.artifact_dir, space, arch, dtype) for arch in body.archs]
     ops = [register_network(session, net) for net in nets]
     set_id = request_set(session, device=device, ops=ops, config=body.config, max_attempts=settings.max_attempts)
     return set_status(session, device_id=device.id, set_id=set_id)
@@ -117,15 +120,21 @@ def store_calibration(device_id: Id, body: CalibrationCreate, session: SessionDe
 
 @router.get("/calibrations/latest", dependencies=[ReaderDep])
 def latest_calibration(device_id: Id, session: SessionDep,
-                       space_hash: str | None = Query(default=None, pattern=r"^[0-9a-f]{6,64}$")) -> dict:  # fmt: skip
+                       space_hash: str | None = Query(default=None, pattern=r"^[0-9a-f]{6,64}$"),
+                       precision: Literal["fp32", "int8"] | None = None) -> dict:  # fmt: skip
+    """The newest calibration (of a space, of tables at a precision): an fp32 calibration never corrects an
+    int8 table."""
     get_device(session, device_id)
     query = select(Calibration, LatencyTable.version).join(LatencyTable, LatencyTable.id == Calibration.table_id)
     query = query.where(Calibration.device_id == device_id)
     if space_hash:
         query = query.where(Calibration.space_hash == space_hash)
+    if precision:
+        query = query.where(of_precision(precision))
     found = session.execute(query.order_by(Calibration.version.desc()).limit(1)).first()
     if found is None:
-        raise NotFound(f"device {device_id} has no calibration" + (f" for space {space_hash}" if space_hash else ""))
+        scope = (f" for space {space_hash}" if space_hash else "") + (f" at precision {precision}" if precision else "")
+        raise NotFound(f"device {device_id} has no calibration{scope}")
     return _public(found[0], found[1])
 
 

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from db.states import RunStatus
 from profiler_service.api.deps import MAX_ID, AdminDep, Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
-from profiler_service.runs import cancel_run, create_run, list_runs, run_status
+from profiler_service.lifecycle import cancel_run
+from profiler_service.runs import create_run, list_runs, run_status
 from profiler_service.schemas import RunCreate, RunPublic
 
 router = APIRouter(prefix="/profiling-runs", tags=["profiling-runs"], route_class=StrictJsonRoute)
@@ -34,7 +34,7 @@ def runs(
     request: Request,
     response: Response,
     device_id: int | None = Query(default=None, ge=1, le=MAX_ID, description="Only this device's runs."),
-    status: Literal["running", "published", "failed", "cancelled"] | None = Query(default=None),
+    status: RunStatus | None = Query(default=None),
     after: After = 0,
     limit: Limit = 50,
 ) -> list[RunPublic]:
@@ -53,4 +53,5 @@ async def status(run_id: Id, session: SessionDep) -> RunPublic:
 def cancel(run_id: Id, session: SessionDep) -> RunPublic:
     """Stop a running run: it never publishes, and its jobs no other running run needs are cancelled (an
     agent measuring them is told to stop). Measurements already stored stay. Cancelling twice is a no-op."""
-    return cancel_run(session, run_id)
+    cancel_run(session, run_id)
+    return run_status(session, run_id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,12 +12,11 @@ from profiler_service.api.deps import Id, ReaderDep, SessionDep
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.routes.devices import get_device
 from profiler_service.api.strict_json import StrictJsonRoute
+from profiler_service.compare import by_layer, compare, compare_png
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.schemas import TableSummary
 from profiler_service.table_cache import CachedTable, Representation, accepts_gzip
 from profiler_service.tables import (
-    compare,
-    compare_png,
     find_table_id,
     list_tables,
     parse_version,
@@ -25,10 +24,12 @@ from profiler_service.tables import (
     table_csv,
 )
 from profiler_service.timeutil import as_utc
+from search.tables.schema import PublishedTable
 
 router = APIRouter(tags=["latency-tables"], dependencies=[ReaderDep], route_class=StrictJsonRoute)
 
 SpaceHash = Query(default=None, pattern=r"^[0-9a-f]{6,64}$", description="Only tables of this space.")
+Precision = Query(default=None, description="Only tables measured at this precision (fp32 or int8).")
 
 
 @router.get("/devices/{device_id}/latency-tables", response_model=list[TableSummary])
@@ -38,6 +39,7 @@ def versions(
     request: Request,
     response: Response,
     space_hash: str | None = SpaceHash,
+    precision: Literal["fp32", "int8"] | None = Precision,
     after: After = 0,
     limit: Limit = 100,
 ) -> list[TableSummary]:
@@ -50,13 +52,14 @@ def versions(
             version=t.version,
             space_hash=t.space_hash,
             config_hash=t.config_hash,
+            precision=t.config.get("precision", "fp32"),
             content_sha256=t.content_sha256,
             etag=t.payload_sha256,
             run_id=t.run_id,
             created_at=as_utc(t.created_at),
             entries=n,
         )
-        for t, n in list_tables(session, device_id, space_hash, after=after, limit=limit)
+        for t, n in list_tables(session, device_id, space_hash, after=after, limit=limit, precision=precision)
     ]
     return paginated(rows, request, response, limit, cursor=lambda t: t.version)
 
@@ -83,21 +86,25 @@ TABLE_RESPONSES = {
 }
 
 
-@router.get("/devices/{device_id}/latency-tables/{version}", responses=TABLE_RESPONSES)
+# The response model documents the served JSON (and is what clients parse it into); the bytes themselves are the
+# ones stored at publication, sent as they are, so they are not validated or re-serialised on the way out.
+@router.get("/devices/{device_id}/latency-tables/{version}", response_model=PublishedTable, responses=TABLE_RESPONSES)
 def get_table(
     device_id: Id,
     version: str,
     request: Request,
     session: SessionDep,
     space_hash: str | None = SpaceHash,
+    precision: Literal["fp32", "int8"] | None = Precision,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     """One version ('latest' or a number). A version's bytes are fixed when it is published (the device's
     name as it was then included), so its ETag, the SHA-256 of those bytes, never changes; `If-None-Match`
-    answers 304. Sent gzip-compressed (weak ETag) when the client accepts it."""
+    answers 304. Sent gzip-compressed (weak ETag) when the client accepts it. With `precision`, 'latest' is
+    the newest table of that precision, and a numbered version of another precision is a 404."""
     number = parse_version(version)
     try:
-        table_id, table_version = find_table_id(session, device_id, version, space_hash)
+        table_id, table_version = find_table_id(session, device_id, version, space_hash, precision)
     except NotFound:
         get_device(session, device_id)  # the better message when the device itself does not exist
         raise
@@ -119,36 +126,46 @@ def get_table(
     return Response(rep.body, media_type=media, headers=headers)
 
 
-REF = re.compile(r"([0-9]{1,10}):(latest|[0-9]{1,10})")
+REF = re.compile(r"([0-9]{1,10}):(latest|[0-9]{1,10})(?::(fp32|int8))?")
 
 
-def _ref(text: str) -> tuple[int, str]:
+def _ref(text: str) -> tuple[int, str, str | None]:
     found = REF.fullmatch(text)
     if not found or not 1 <= int(found[1]) <= 2**31 - 1:
-        raise Invalid(f"table reference {text[:40]!r} must look like DEVICE_ID:VERSION (e.g. 3:latest)")
+        raise Invalid(
+            f"table reference {text[:40]!r} must look like DEVICE_ID:VERSION[:PRECISION] (e.g. 3:latest:int8)"
+        )
     parse_version(found[2])
-    return int(found[1]), found[2]
+    return int(found[1]), found[2], found[3]
+
+
+def compared_tables(session: SessionDep, request: Request, a: str, b: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two published tables a comparison names, through the table cache (the dashboard reads them too)."""
+    tables = []
+    for ref in (a, b):
+        device_id, version, precision = _ref(ref)
+        get_device(session, device_id)
+        table_id, _ = find_table_id(session, device_id, version, precision=precision)
+        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
+        tables.append(json.loads(cached.json.body))
+    session.rollback()
+    return tables[0], tables[1]
 
 
 @router.get("/latency-tables/compare")
 def compare_tables(
     session: SessionDep,
     request: Request,
-    a: str = Query(description="DEVICE_ID:VERSION", max_length=32),
-    b: str = Query(description="DEVICE_ID:VERSION", max_length=32),
+    a: str = Query(description="DEVICE_ID:VERSION[:PRECISION]", max_length=40),
+    b: str = Query(description="DEVICE_ID:VERSION[:PRECISION]", max_length=40),
     format: Literal["json", "png"] = "json",
     top: int = Query(default=20, ge=1, le=200),
 ) -> Response:
-    """Two tables side by side: per-op latency ratio b/a, the ops that differ most first."""
-    tables = []
-    for ref in (a, b):
-        device_id, version = _ref(ref)
-        get_device(session, device_id)
-        table_id, _ = find_table_id(session, device_id, version)
-        cached = request.app.state.table_cache.get_or_build(table_id, lambda t=table_id: cached_table(session, t))
-        tables.append(json.loads(cached.json.body))
-    session.rollback()
-    result = compare(*tables)
+    """Two tables side by side: per-op latency ratio b/a, the ops that differ most first. One device's fp32
+    and int8 tables (`3:latest:fp32` against `3:latest:int8`) are matched op by op. The PNG adds, for tables
+    of one space, the ratio per layer and block family."""
+    table_a, table_b = compared_tables(session, request, a, b)
+    result = compare(table_a, table_b)
     if format == "png":
-        return Response(compare_png(result, top), media_type="image/png")
+        return Response(compare_png(result, top, by_layer(result, table_a)), media_type="image/png")
     return JSONResponse(result)

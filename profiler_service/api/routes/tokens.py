@@ -1,18 +1,38 @@
+"""Reader tokens (mint, list, revoke) and the admin token's rotation."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from db.models import ApiToken
-from profiler_service.api.deps import AdminDep, Id, SessionDep
+from profiler_service.api.deps import AdminDep, Credentials, Id, SessionDep, SettingsDep, token_from
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
-from profiler_service.errors import NotFound
-from profiler_service.schemas import TokenCreate, TokenCreated, TokenPublic
-from profiler_service.security import hash_token, new_token
+from profiler_service.errors import Conflict, NotFound
+from profiler_service.provision import write_secret
+from profiler_service.schemas import AdminTokenRotated, TokenCreate, TokenCreated, TokenPublic
+from profiler_service.security import hash_token, new_token, rotate_admin_token
 from profiler_service.timeutil import utcnow
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], route_class=StrictJsonRoute, dependencies=[AdminDep])
+admin_router = APIRouter(prefix="/admin-token", tags=["tokens"], route_class=StrictJsonRoute, dependencies=[AdminDep])
+
+
+@admin_router.post("/rotate", response_model=AdminTokenRotated)
+def rotate_admin(session: SessionDep, settings: SettingsDep, creds: Credentials) -> AdminTokenRotated:
+    """Revoke the admin token that calls and issue a new one, shown once. The old one is refused at once by every
+    worker (each reads the admin hash from the database, never from a cache), its dashboard sessions end, and it
+    is remembered as revoked: a service started again with it configured refuses to start. When the service
+    keeps its admin token in a file (`ADMIN_TOKEN_FILE`, no `ADMIN_TOKEN`), the new one is written there too."""
+    token = rotate_admin_token(session, hash_token(token_from(creds, "admin")))
+    if token is None:
+        raise Conflict("the admin token changed while this call ran (another rotation?): nothing was changed")
+    written = None
+    if settings.admin_token is None and settings.admin_token_file is not None:
+        write_secret(settings.admin_token_file, token)
+        written = str(settings.admin_token_file)
+    return AdminTokenRotated(token=token, written_to=written)
 
 
 @router.post("", status_code=201, response_model=TokenCreated)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +14,7 @@ from profiler_service.api.deps import Id, SessionDep
 from profiler_service.api.routes import devices as devices_api
 from profiler_service.api.routes import runs as runs_api
 from profiler_service.errors import ApiError
+from profiler_service.public_url import server_url
 from profiler_service.schemas import DeviceCreate, RunCreate
 from profiler_service.ui import views
 from profiler_service.ui.auth import AdminCallerDep, CallerDep, first, read_form
@@ -63,24 +64,37 @@ async def register(request: Request, caller: AdminCallerDep, session: SessionDep
         return page(
             request, "device_new.html", status, platforms=PLATFORMS, error=_refusal(exc), name=name, platform=platform
         )
-    server = str(request.base_url).rstrip("/")
-    return page(request, "device_created.html", 201, device=created, server=server)
+    return page(request, "device_created.html", 201, device=created, server=server_url(request))
 
 
 @router.get("/devices/{device_id}", include_in_schema=False)
-def device_page(request: Request, device_id: Id, caller: CallerDep, session: SessionDep) -> Response:
-    return page(request, "device.html", **_device_context(request, session, device_id))
+def device_page(
+    request: Request,
+    device_id: Id,
+    caller: CallerDep,
+    session: SessionDep,
+    precision: str = Query(default="", max_length=20, description="Only tables of this precision: fp32 or int8."),
+) -> Response:
+    return page(request, "device.html", **_device_context(request, session, device_id, precision=precision))
 
 
-def _device_context(request: Request, session: Any, device_id: int, **extra: Any) -> dict[str, Any]:
+def _device_context(
+    request: Request, session: Any, device_id: int, precision: str = "", **extra: Any
+) -> dict[str, Any]:
     settings = request.app.state.settings
     device = devices_api.get_device(session, device_id)
     row = views.device_row(device, views.held_jobs(session, [device_id]).get(device_id, []), settings)
+    every = views.device_tables(session, device_id)
+    shown = views.precision_filter(precision)
     return {
         "row": row,
         "device": row["device"],
         "runs": views.recent_runs(session, device_id=device_id, limit=50),
-        "tables": views.device_tables(session, device_id),
+        "tables": views.device_tables(session, device_id, shown) if shown else every,
+        "table_count": len(every),
+        "precision": shown or "",
+        "precisions": views.PRECISIONS,
+        "pair": views.precision_pair(every),
         "candidates": views.CANDIDATES,
         "form": extra.pop("form", views.RUN_DEFAULTS | {"candidates": list(views.CANDIDATES)}),
         "run_error": extra.pop("run_error", None),
@@ -117,6 +131,7 @@ def _run_body(device_id: int, form: dict[str, Any]) -> RunCreate:
             "warmup": int(form["warmup"]),
             "rounds": int(form["rounds"]),
             "runs_per_round": int(form["runs_per_round"]),
+            "precision": form["precision"],
         }
         anchors = int(form["anchors"])
     except ValueError as exc:

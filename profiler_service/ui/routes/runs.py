@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from db.states import RunStatus
 from profiler_service.api.deps import MAX_ID, Id, SessionDep
 from profiler_service.api.routes import runs as runs_api
 from profiler_service.runs import run_status
@@ -17,19 +16,17 @@ from profiler_service.ui.render import UiRoute, page
 
 router = APIRouter(route_class=UiRoute)
 
-Status = Literal["running", "published", "failed", "cancelled"]
-
 
 @router.get("/runs", include_in_schema=False)
 def runs_page(
     request: Request,
     caller: CallerDep,
     session: SessionDep,
-    status: Status | None = None,
+    status: RunStatus | None = None,
     device_id: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> Response:
     runs = views.recent_runs(session, device_id=device_id, status=status, limit=200)
-    progress = {r.id: views.run_progress(session, r.id) for r in runs if r.status == "running"}
+    progress = {r.id: views.run_progress(session, r.id) for r in runs if r.status == RunStatus.RUNNING}
     return page(
         request,
         "runs.html",
@@ -38,7 +35,7 @@ def runs_page(
         names=views.device_names(session),
         status=status,
         device_id=device_id,
-        statuses=("running", "published", "failed", "cancelled"),
+        statuses=tuple(RunStatus),
     )
 
 

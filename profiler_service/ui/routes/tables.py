@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Query, Request, Response
 
 from profiler_service.api.deps import Id, SessionDep
 from profiler_service.api.routes import devices as devices_api
 from profiler_service.api.routes import tables as tables_api
+from profiler_service.compare import compare
 from profiler_service.tables import find_table_id
 from profiler_service.ui import views
 from profiler_service.ui.auth import CallerDep
@@ -66,13 +65,15 @@ def compare_page(
     a: str = Query(default="", max_length=32),
     b: str = Query(default="", max_length=32),
 ) -> Response:
-    """Two tables side by side: the API's comparison (per-op ratio b / a), drawn as an interactive chart."""
+    """Two tables side by side: the API's comparison (per-op ratio b / a) drawn as an interactive chart and,
+    for tables of one space (one device's fp32 and int8 tables), as a map of the ratio per layer and family."""
     choices = views.all_tables(session)
-    result = None
+    result, extra = None, {}
     if a and b:
-        answer = tables_api.compare_tables(session, request, a=a, b=b, format="json", top=20)
-        result = json.loads(answer.body)
+        table_a, table_b = tables_api.compared_tables(session, request, a, b)
+        result = compare(table_a, table_b)
+        extra = views.comparison(result, table_a)
     elif len(choices) >= 2 and not a and not b:
         a, b = choices[1]["ref"], choices[0]["ref"]
     chart = [r for r in result["ops"] if r["ratio"]] if result else []  # an op priced 0 has no ratio to draw
-    return page(request, "compare.html", choices=choices, a=a, b=b, result=result, chart_data=chart)
+    return page(request, "compare.html", choices=choices, a=a, b=b, result=result, chart_data=chart, view=extra)

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from profiler_service.api.deps import Id, SessionDep
 from profiler_service.api.routes import tokens as tokens_api
+from profiler_service.public_url import server_url
 from profiler_service.schemas import TokenCreate
 from profiler_service.ui.auth import AdminCallerDep, first, read_form
 from profiler_service.ui.render import UiRoute, page
@@ -35,7 +36,7 @@ async def mint(request: Request, caller: AdminCallerDep, session: SessionDep) ->
         error = "; ".join(e["msg"] for e in exc.errors())
         tokens = await run_in_threadpool(_tokens, request, session)
         return page(request, "tokens.html", 422, tokens=tokens, error=f"name: {error}", name=name)
-    return page(request, "token_created.html", 201, token=created, server=str(request.base_url).rstrip("/"))
+    return page(request, "token_created.html", 201, token=created, server=server_url(request))
 
 
 @router.post("/tokens/{token_id}/revoke", include_in_schema=False)

@@ -4,11 +4,13 @@
 // Mersenne Twister (MT19937, seeded by init_by_array with the seed's 32-bit words) and `shuffle` is
 // Fisher-Yates drawing `randbelow(i + 1)` from `getrandbits(k)` with rejection. Both are reproduced below,
 // and `Rounds.selfCheck()` compares them with orders rounds.py printed (tests/test_ios_sources.py checks
-// that these vectors are what rounds.py prints today). Estimator: median over rounds of each round's median.
+// that these vectors are what rounds.py prints today; spec/visit_orders.json holds more, seeds past 2^32 and
+// sizes past powers of two, checked here by `swift test` and against rounds.py by tests/test_ios_specs.py).
+// Estimator: median over rounds of each round's median.
 import Foundation
 
 /// CPython's `random.Random(seed)`, as far as `shuffle` needs it.
-struct PythonRandom {
+struct PythonRandom: Sendable {
     private var mt = [UInt32](repeating: 0, count: 624)
     private var index = 624
 
@@ -119,7 +121,7 @@ enum Rounds {
     }
 }
 
-struct RoundStats {
+struct RoundStats: Sendable {
     let median, mean, p10, p90, std: Double
     let n: Int
     let roundMedians: [Double]
