@@ -67,10 +67,13 @@ def sqlite_url(tmp_path) -> str:
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup` (make test), the tests that share a module-scoped fixture (a running service,
     a finished search) go to one worker, so that fixture is built once rather than once per worker. The other
-    tests are spread one by one."""
+    tests are spread one by one. Without xdist (`make test`'s serial part runs `-p no:xdist`) the group marker
+    is not registered, and --strict-markers would refuse it."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is not None and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
