@@ -46,7 +46,7 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(MAKE) docs
 	status=0; \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not serial" || status=$$?; \
 	$(BIN)/python -m pytest -p no:xdist -m serial || status=$$?; \
 	exit $$status
 
