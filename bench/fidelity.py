@@ -10,12 +10,17 @@ Every figure comes with its noise from the same run: the networks' even rounds a
 
 With `--precision int8` every op, probe, anchor and sampled network is quantized by the one recipe
 (search/space/quantize.py) and measured as int8; the table's rule is checked against int8 networks.
+
+`--skip-heavy N` also measures N networks with 70% identity skips (where a search under a tight budget lands;
+uniform samples have 1 in 9), in their own set beside the anchors, and reports the rule on them apart
+(`skip_heavy`): the int8 rule over-predicted them before the per-op term (docs/concepts/int8.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import tempfile
 import threading
@@ -28,7 +33,9 @@ from device_agents.loop import Agent
 from profiler_service.local_server import running_service
 from search.space.macro import get_space
 from search.tables.client import ServiceClient
-from search.tables.fidelity import validate
+from search.tables.fidelity import errors, halves, measure_with_anchors, validate
+from search.tables.predict import skip_heavy_arch
+from search.tables.schema import PublishedTable
 
 KEYS = ("within_5_pct", "within_10_pct", "mape_pct", "worst_error_pct", "mean_signed_error_pct", "kendall_tau")
 
@@ -49,6 +56,7 @@ def main() -> None:
     parser.add_argument("--cpus", default=None, help="pin the measuring agent, e.g. '0'")
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--png", type=Path, default=None, help="copy the scatter plot here")
+    parser.add_argument("--skip-heavy", type=int, default=0, help="also check N networks with 70%% identity skips")
     args = parser.parse_args()
     space = get_space(resolution=args.resolution, width=args.width, num_classes=args.classes)
     config = {"threads": 1, "warmup": 10, "rounds": args.rounds, "runs_per_round": args.runs_per_round,
@@ -74,6 +82,7 @@ def main() -> None:
                                   seed=args.seed, precision=args.precision)  # fmt: skip
                 table = admin.json("GET", f"/v1/devices/{device['id']}/latency-tables/latest",
                                    params={"precision": args.precision})  # fmt: skip
+                skip_heavy = skip_heavy_report(admin, device["id"], table, args.skip_heavy, args.seed)
                 validate_s = time.perf_counter() - t1
                 if args.png:
                     shutil.copy(work / "out" / "fidelity.png", args.png)
@@ -89,7 +98,8 @@ def main() -> None:
         "precision": report["precision"],
         "config": config,
         "rule": {k: table["prediction"].get(k) for k in ("rule", "constant_us", "constant_spread_us",
-                                                          "call_overhead_us", "same_rounds", "measured_as")},
+                                                          "call_overhead_us", "per_op_us", "per_op",
+                                                          "same_rounds", "measured_as")},
         "cpus": cpus,
         "measured_ms_range": [round(min(r["measured_us"] for r in rows) / 1e3, 3),
                               round(max(r["measured_us"] for r in rows) / 1e3, 3)],
@@ -101,9 +111,40 @@ def main() -> None:
         "calibrated_held_out_drift_adjusted": _short(report.get("calibrated_held_out_drift_adjusted")),
         "noise_ceiling": _short(report.get("noise_ceiling")),
         "calibration": {k: v for k, v in report.get("calibration", {}).items() if k != "version"},
+        "skip_heavy": skip_heavy,
         "profile_s": round(profile_s, 1),
         "validate_s": round(validate_s, 1),
     }, indent=2))  # fmt: skip
+
+
+SKIP_SHARE = 0.7
+
+
+def skip_heavy_report(client: ServiceClient, device_id: int, payload: dict, n: int, seed: int) -> dict | None:
+    """The rule on n skip-heavy networks, measured as their own set beside the table's anchors: raw,
+    drift-adjusted and the noise ceiling (even against odd rounds), as for the uniform sample."""
+    if n <= 0:
+        return None
+    table = PublishedTable.parse(payload)
+    rng = random.Random(f"skip-heavy:{seed}")
+    archs = [skip_heavy_arch(table.space, SKIP_SHARE, rng) for _ in range(n)]
+    measured_set = measure_with_anchors(client, device_id, table, archs)
+    predicted = [table.predict_us(a) for a in archs]
+    measured = measured_set.median_us
+    split = [halves(m) for m in measured_set.networks]
+    drift = measured_set.drift or 1.0
+    return {
+        "networks": n,
+        "skip_share": SKIP_SHARE,
+        "skips": [a.count("skip") for a in archs],
+        "measured_ms_range": [round(min(measured) / 1e3, 3), round(max(measured) / 1e3, 3)],
+        "table_rule": _short(errors(predicted, measured)),
+        "drift": round(drift, 4),
+        "drift_adjusted": _short(errors([p * drift for p in predicted], measured)),
+        "noise_ceiling": _short(errors([s[0] for s in split], [s[1] for s in split]))
+        if all(s is not None for s in split)
+        else None,
+    }
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The cost of one request: table fetches and agent protocol calls on 2 uvicorn workers (`dnas serve`) with
 PostgreSQL on loopback, driven by `wrk` (C), beside nginx serving the same table bytes in the same run. Prints
-JSON: requests/s, p50/p99, the service/nginx ratio, and the machine's conditions (load average at start and
-end), so a figure from a shared machine is read as one.
+JSON: requests/s, p50/p99, the CPU the service's workers and PostgreSQL spent per request (which a shared
+machine's load changes far less than requests/s), the service/nginx ratio, and the machine's conditions (load
+average at start and end), so a figure from a shared machine is read as one.
 
     python -m bench.load [--seconds 5] [--connections 16,64,200] [--compare /path/to/other/tree]
                          [--py-spy DIR]
@@ -23,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -33,7 +36,9 @@ from sqlalchemy import text
 from bench.wrk import nginx_serving, run_wrk
 from db.engine import make_engine
 from profiler_service.local_server import Service, free_port, register, running_service, start_run, wait_for_run
+from profiler_service.notify import JOBS_CHANNEL
 
+ROOT = Path(__file__).resolve().parents[1]  # the source tree this bench is part of
 SPACE = {"resolution": 224, "width": 1.0}  # its table: 36 KB of JSON, 2.3 KB gzipped
 STATS = {"median_us": 100.0, "mean_us": 101.0, "p10_us": 95.0, "p90_us": 110.0, "std_us": 4.0, "n": 10}
 
@@ -74,7 +79,9 @@ def publish_table(svc: Service, name: str) -> tuple[dict, int]:
 def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
     """Copies of the run's jobs as new generations, each generation its own batch group: work for the agent
     load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
-    run's ops are unique per generation."""
+    run's ops are unique per generation. Announced in the same transaction, as the API's queueing does
+    (profiler_service/notify.py): the worker that answered publish_table's last lease 204 has the device recorded
+    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run."""
     engine = make_engine(db_url)
     with engine.begin() as conn:
         per_gen = conn.scalar(text("SELECT count(*) FROM jobs WHERE run_id = :r"), {"r": run_id})
@@ -88,6 +95,8 @@ def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
             ),
             {"n": generations, "r": run_id},
         )
+        device_id = conn.scalar(text("SELECT device_id FROM profiling_runs WHERE id = :r"), {"r": run_id})
+        conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": JOBS_CHANNEL, "device": str(device_id)})
     engine.dispose()
     return generations * per_gen
 
@@ -143,19 +152,67 @@ def start_profile(svc: Service, seconds: float, out_dir: Path, label: str) -> su
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[int] | None:
+    """utime, stime, cutime, cstime of a process in clock ticks (fields 14-17 of /proc/PID/stat), None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return [int(f) for f in fields[11:15]]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU these processes have used so far, 0 for one that is gone."""
+    return sum(sum(st[:2]) for pid in pids if (st := _stat(pid)) is not None) / CLOCK_TICKS
+
+
+def postgres_cpu_seconds(data_dir: Path) -> float:
+    """CPU the whole cluster has used so far: the postmaster, its live children (read now: a backend opened by a
+    pool meanwhile counts too), and the children it has reaped (cutime, cstime: a backend that exited)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    own = _stat(postmaster) or [0, 0, 0, 0]
+    return (sum(own) / CLOCK_TICKS) + cpu_seconds([int(c) for c in children])
+
+
+def with_cpu(run: Callable[[], dict], service: list[int], pg_data: Path) -> dict:
+    """`run`'s wrk result with the CPU the service's workers and PostgreSQL spent per request in it: a cost that
+    a shared machine's load does not change the way it changes requests/s (time waiting for a CPU is not CPU)."""
+    before = cpu_seconds(service), postgres_cpu_seconds(pg_data)
+    result = run()
+    after = cpu_seconds(service), postgres_cpu_seconds(pg_data)
+    n = max(result["requests"], 1)
+    result["service_cpu_ms_per_request"] = round((after[0] - before[0]) * 1e3 / n, 3)
+    result["postgres_cpu_ms_per_request"] = round((after[1] - before[1]) * 1e3 / n, 3)
+    return result
+
+
 def ratio(a: float, b: float, digits: int = 3) -> float | None:
     """a / b, or None when nothing was measured for b (a run where no request finished)."""
     return round(a / b, digits) if b else None
 
 
-def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> dict:  # type: ignore[valid-type]
+def run_bench(
+    args: argparse.Namespace,
+    cluster_url: callable,
+    work: Path,  # type: ignore[valid-type]
+    pg_data: Path,
+) -> dict:
     trees = [("this", None)] + ([("compare", args.compare)] if args.compare else [])
     start = conditions()
     with ExitStack() as stack:
         targets = []
         for name, tree in trees:
             db_url = cluster_url(f"load_{name}")
-            env = {"DNAS_SERVICE_LONG_POLL_SECONDS": "0"} | ({"PYTHONPATH": str(Path(tree).resolve())} if tree else {})
+            # Each service imports its own tree: PYTHONPATH names it, and PYTHONSAFEPATH keeps `python -m dnas` from
+            # putting the working directory first (it did: both sides of every A/B pair ran the tree the bench was
+            # started in). Extra entries of the caller's PYTHONPATH stay behind it.
+            source = str(Path(tree).resolve() if tree else ROOT)
+            path = os.pathsep.join([source, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+            env = {"DNAS_SERVICE_LONG_POLL_SECONDS": "0", "PYTHONSAFEPATH": "1", "PYTHONPATH": path}
             service = running_service(db_url, work / name, workers=args.workers, lease_seconds=300, **env)
             svc = stack.enter_context(service)
             log(f"{name}: service up")
@@ -173,9 +230,15 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
                 if args.py_spy and connections == 64 and t is targets[0]:
                     profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "fetch")
                 log(f"{t.name}: fetches at {connections} connections")
-                fetches[t.name].append(run_wrk(t.svc.url + t.table_path, connections=connections, seconds=args.seconds,
-                                               headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
-                                               workdir=work))  # fmt: skip
+                fetch = partial(
+                    run_wrk,
+                    t.svc.url + t.table_path,
+                    connections=connections,
+                    seconds=args.seconds,
+                    headers=gzip_header | {"Authorization": f"Bearer {t.reader_token}"},
+                    workdir=work,
+                )
+                fetches[t.name].append(with_cpu(fetch, worker_pids(t.svc), pg_data))
                 log(json.dumps(fetches[t.name][-1]))
             fetches["nginx"].append(run_wrk(nginx_url, connections=connections, seconds=args.seconds,
                                             headers=gzip_header, workdir=work))  # fmt: skip
@@ -189,9 +252,10 @@ def run_bench(args: argparse.Namespace, cluster_url: callable, work: Path) -> di
             log(f"{t.name}: {queued} jobs queued; agent calls")
             if args.py_spy and t is targets[0]:
                 profile = start_profile(t.svc, args.seconds, Path(args.py_spy), "agent")
-            agents[t.name] = run_wrk(t.svc.url + "/v1/agent/lease", connections=args.agent_connections,
-                                     seconds=args.seconds, script="agent", workdir=work,
-                                     env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
+            calls = partial(run_wrk, t.svc.url + "/v1/agent/lease", connections=args.agent_connections,
+                            seconds=args.seconds, script="agent", workdir=work,
+                            env={"AGENT_TOKEN": t.agent_token, "MAX_JOBS": str(args.max_jobs)})  # fmt: skip
+            agents[t.name] = with_cpu(calls, worker_pids(t.svc), pg_data)
             agents[t.name]["jobs_queued"] = queued
             log(json.dumps(agents[t.name]))
             if profile and t is targets[0]:
@@ -243,7 +307,7 @@ def main() -> None:
     from tests.postgres import postgres_cluster
 
     with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as cluster:
-        result = run_bench(args, cluster.create_database, Path(tmp))
+        result = run_bench(args, cluster.create_database, Path(tmp), cluster.data)
     print(json.dumps({"bench": "load", **result}, indent=2))
 
 

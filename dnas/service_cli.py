@@ -12,6 +12,7 @@ import typer
 from dnas.errors import UserError
 from dnas.options import SPACE, Candidates, Classes, HeadC, Resolution, SpaceName, Width, space_options
 from search.tables.client import ServiceClient, ServiceError, not_published
+from search.tables.predict import N_ANCHORS
 
 Server = Annotated[str, typer.Option("--server", envvar="DNAS_SERVER", help="Service URL.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="DNAS_TOKEN", help="Admin or reader token.")]
@@ -185,7 +186,9 @@ def profile(
     runs: Annotated[
         int | None, typer.Option(help="Timed runs per op in all, spread over min(20, runs) rounds.")
     ] = None,
-    anchors: Annotated[int, typer.Option(help="Whole networks measured with the ops to fit the table's rule.")] = 8,
+    anchors: Annotated[
+        int, typer.Option(help="Whole networks measured with the ops to fit the table's rule (some skip-heavy).")
+    ] = N_ANCHORS,
     precision: Precision = "fp32",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the table, with a progress bar.")] = False,
     server: Server = DEFAULT_SERVER,

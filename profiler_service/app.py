@@ -21,15 +21,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
-from profiler_service import api_docs, http_log, metrics, request_id
+from profiler_service import api_docs, http_log, metrics, notify, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
 from profiler_service.provision import ensure_admin_token_file, provision_device
 from profiler_service.query_scrub import QueryScrubMiddleware
+from profiler_service.reader_tokens import ReaderTokens
 from profiler_service.security import ensure_admin_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.sweep import run_sweeps
 from profiler_service.table_cache import TableCache
+from profiler_service.table_versions import TableVersions
 from profiler_service.ui import install as install_dashboard
 from profiler_service.wakeups import Wakeups, libpq_url
 from search.space.export import ExportCache
@@ -133,12 +135,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
-    # Token checks are one SELECT each: read outside a transaction, they cost one round trip, not three (psycopg
-    # sends BEGIN and ROLLBACK on their own), and still see every revocation committed before them.
+    # Token checks not answered from memory (profiler_service/reader_tokens.py) are one SELECT each: read outside
+    # a transaction, they cost one round trip, not three (psycopg sends BEGIN and ROLLBACK on their own), and
+    # still see every revocation committed before them.
     app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
-    app.state.wakeups = Wakeups(app.state.sessionmaker, settings)  # listens only once the lifespan starts it
+    # Remembered while the worker's listener hears what would change them: reader tokens checked once, and
+    # which table a fetch names.
+    app.state.readers = ReaderTokens()
+    app.state.table_versions = TableVersions()
+    subscribers = {notify.TOKENS_CHANNEL: app.state.readers, notify.TABLES_CHANNEL: app.state.table_versions}
+    app.state.wakeups = Wakeups(app.state.sessionmaker, settings, subscribers)  # listens once started
     app.include_router(api_router)
     install_dashboard(app)  # /ui: the dashboard, on the same data functions and permission checks
     api_docs.install(app)  # /docs: Swagger UI from this origin, under the dashboard's CSP

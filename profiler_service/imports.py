@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator
 from db.states import JobStatus
+from profiler_service import notify
 from profiler_service.errors import Conflict
 from profiler_service.operators import insert_ignore
 from profiler_service.security import hash_token, new_token
@@ -148,6 +149,7 @@ def _publish(session: Session, device: Device, table: ImportedTable, config: dic
                              prediction=prediction, content_sha256=digest)  # fmt: skip
     session.add(published)
     session.flush()
+    notify.table_published(session, device.id)  # every worker's `latest` of the device moves at commit
     session.add_all(LatencyTableEntry(table_id=published.id, op_key=m.op_key, measurement_id=m.id)
                     for m in measurements)  # fmt: skip
     session.flush()

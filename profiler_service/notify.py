@@ -13,11 +13,13 @@ from sqlalchemy.orm import Session
 
 JOBS_CHANNEL = "dnas_jobs"  # payload: the device id whose jobs became runnable
 DEVICES_CHANNEL = "dnas_devices"  # payload: the device id whose token or retirement changed
+TABLES_CHANNEL = "dnas_tables"  # payload: the device id that published a table (profiler_service/table_versions.py)
+TOKENS_CHANNEL = "dnas_tokens"  # payload: "revoked"; a reader token was revoked (profiler_service/reader_tokens.py)
 
 
-def _notify(session: Session, channel: str, device_id: int) -> None:
+def _notify(session: Session, channel: str, payload: int | str) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(channel, str(device_id))))
+        session.execute(select(func.pg_notify(channel, str(payload))))
 
 
 def jobs_runnable(session: Session, device_id: int) -> None:
@@ -29,3 +31,13 @@ def device_changed(session: Session, device_id: int) -> None:
     """This device's token or retirement changed in the caller's transaction: workers forget what they
     remembered of it, and its waiting long polls look again (and are refused)."""
     _notify(session, DEVICES_CHANNEL, device_id)
+
+
+def tokens_changed(session: Session) -> None:
+    """A reader token was revoked in the caller's transaction: every worker forgets the readers it remembered."""
+    _notify(session, TOKENS_CHANNEL, "revoked")
+
+
+def table_published(session: Session, device_id: int) -> None:
+    """The device published a table in the caller's transaction: every worker forgets which is its latest."""
+    _notify(session, TABLES_CHANNEL, device_id)

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_seriali
 from db.states import RunStatus
 from search.space import quantize
 from search.space.options import SpaceOptions
+from search.tables.predict import N_ANCHORS
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
@@ -188,7 +189,10 @@ class RunCreate(Strict):
     space: SpaceObject = Field(description="SpaceRequest fields, or a full space with 'stages'.")
     config: MeasureConfig = Field(default_factory=MeasureConfig)
     anchors: int = Field(
-        default=8, ge=0, le=20, description="Whole networks of the space measured with the ops to fit the table's rule."
+        default=N_ANCHORS,
+        ge=0,
+        le=20,
+        description="Whole networks of the space measured with the ops to fit the table's rule.",
     )
 
 

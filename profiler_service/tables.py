@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Device, Job, LatencyTable, LatencyTableEntry, Measurement, Operator, ProfilingRun, RunOperator
+from profiler_service import notify
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.timeutil import as_utc
 from search.space.macro import SearchSpace
@@ -122,6 +123,7 @@ def build_table(session: Session, run: ProfilingRun) -> LatencyTable | None:
     )
     session.add(table)
     session.flush()
+    notify.table_published(session, run.device_id)  # every worker's `latest` of the device moves at commit
     session.add_all(LatencyTableEntry(table_id=table.id, op_key=m.op_key, measurement_id=m.id) for m in measurements)
     session.flush()
     table.payload, table.payload_sha256 = serialise(table_payload(session, table))

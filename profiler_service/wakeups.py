@@ -20,6 +20,11 @@ its own token lookup. So on PostgreSQL:
   never gets a job. Rotation and retirement notify too, and the recheck reads the remembered devices again.
   Remembered devices' `last_seen_at` is written in one statement per worker every `LAST_SEEN_EVERY_S`.
 
+The same listening connection carries the channels of the worker's other memories (`subscribers`: reader
+tokens, profiler_service/reader_tokens.py; which table a fetch names, profiler_service/table_versions.py):
+each hears its channel's notifications and when the listener comes or goes. A database restart or a closed
+connection is seen at once; one dropped silently on the way (a NAT) only when the recheck's `SELECT 1` fails.
+
 An idle fleet then costs each worker a few queries per recheck, whatever its size. On SQLite there is nothing
 to listen to: every waiting call claims every `lease_poll_seconds`, as before.
 """
@@ -30,7 +35,9 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import URL
@@ -49,6 +56,15 @@ log = logging.getLogger("dnas.service.wakeups")
 LAST_SEEN_EVERY_S = 30.0  # as api/deps.py: an agent's calls move its device's last_seen_at at most this often
 MAX_REMEMBERED = 100_000  # agent tokens remembered per worker; past it, the others are looked up per call
 Mark = tuple[int, int]  # (listener epoch, device tick) as a call read it before claiming
+
+
+class Subscriber(Protocol):
+    """A worker's memory that is right only while it hears its channel (profiler_service/reader_tokens.py,
+    profiler_service/table_versions.py)."""
+
+    def heard(self, payload: str) -> None: ...
+
+    def set_live(self, live: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,13 @@ class Wakeups:
     """One worker's (one app's) listener, its idle records and its waiting lease calls. All state is touched on
     the event loop only; the database is read in the thread pool."""
 
-    def __init__(self, sessions: sessionmaker, settings: ServiceSettings) -> None:
+    def __init__(
+        self, sessions: sessionmaker, settings: ServiceSettings, subscribers: Mapping[str, Subscriber] | None = None
+    ) -> None:
         self.sessions = sessions
+        # What else this worker remembers while it can hear changes (channel -> memory): told of each
+        # notification on its channel, and of the listener coming and going.
+        self.subscribers = dict(subscribers or {})
         self.poll_seconds = settings.lease_poll_seconds
         self.recheck_seconds = settings.wake_recheck_seconds
         self.live = False
@@ -168,9 +189,14 @@ class Wakeups:
         if live != self.live:
             LEASE_LISTENERS.inc() if live else LEASE_LISTENERS.dec()
         self.live = live
+        for subscriber in self.subscribers.values():
+            subscriber.set_live(live)
         self._wake_all()
 
     def heard(self, channel: str, payload: str) -> None:
+        if channel in self.subscribers:
+            self.subscribers[channel].heard(payload)
+            return
         try:
             device_id = int(payload)
         except ValueError:
@@ -193,6 +219,8 @@ class Wakeups:
                 async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
+                    for channel in self.subscribers:
+                        await conn.execute(f"LISTEN {channel}")
                     self._set_live(True)
                     backoff = 1.0
                     await self._listen(conn)

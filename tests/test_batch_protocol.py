@@ -65,7 +65,7 @@ def test_a_run_is_leased_as_one_batch_and_reported_in_one_call(svc):
             published = admin.get(f"/v1/profiling-runs/{run_a['id']}").json()
             assert published["status"] == "published" and published["done"] == run_a["total"]
             table = admin.get(f"/v1/devices/{device['id']}/latency-tables/latest").json()
-            assert table["prediction"]["rule"] == "overhead-v1" and len(table["prediction"]["anchors"]) == N_ANCHORS
+            assert table["prediction"]["rule"] == "overhead-v2" and len(table["prediction"]["anchors"]) == N_ANCHORS
 
             # The next batch is the second run; nothing held under the finished token any more.
             nxt = agent.post("/v1/agent/lease", json={"wait_seconds": 0, "max_jobs": 500, "protocol": 2}).json()

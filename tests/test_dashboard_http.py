@@ -271,6 +271,9 @@ def test_the_table_page_and_download_match_the_api(site: Site) -> None:
         api = reader.get(f"/v1/devices/{d}/latency-tables/1")
         page = reader.get(f"/ui/devices/{d}/tables/1").text
         assert page.count('<g class="cell') == 22 * len(SPACE["candidates"])
+        # The rule's per-op term and why it is what it is: two anchors cannot support a slope, so 0.
+        assert api.json()["prediction"]["per_op_us"] == 0.0
+        assert '<dd id="per-op"><strong>0.00 us</strong>' in page and "needs 4+ anchors" in page
         for entry in api.json()["entries"]:
             assert entry["key"] in page
         download = reader.get(f"/ui/devices/{d}/tables/1/download", params={"format": "json"})

@@ -91,7 +91,7 @@ def test_a_device_holds_fp32_and_int8_tables_and_each_is_selected_by_precision(t
         }
         # Probes and anchors were quantized too (their own keys), and the rule was fitted on them.
         pred = int8["prediction"]
-        assert pred["rule"] == "overhead-v1" and all(k.endswith("-int8") for k in pred["overhead_us"])
+        assert pred["rule"] == "overhead-v2" and all(k.endswith("-int8") for k in pred["overhead_us"])
         assert len(pred["anchors"]) == 2 and not set(a["key"] for a in pred["anchors"]) & {
             a["key"] for a in fp32["prediction"]["anchors"]
         }

@@ -52,7 +52,7 @@ def test_register_profile_wait_get_compare(tmp_path):
         table = json.loads(target.read_text())
         # Every op priced; the run also measured a probe per input shape and the anchors behind the rule.
         n_ops = len(enumerate_ops(get_space(resolution=32, width=0.25, num_classes=10)))
-        assert len(table["entries"]) == n_ops < run["total"] and table["prediction"]["rule"] == "overhead-v1"
+        assert len(table["entries"]) == n_ops < run["total"] and table["prediction"]["rule"] == "overhead-v2"
         csv = dnas(svc, "table", "get", "--device", str(device["id"]), "--csv").stdout
         assert csv.startswith("key,median_us")
 

@@ -46,9 +46,13 @@ def test_profile_publish_fetch_end_to_end(db_url, tmp_path):
         assert {e["context"]["method"] for e in table["entries"]} == {"interleaved"}
         assert {e["context"]["batch"]["jobs"] for e in table["entries"]} == {expected_jobs}
         prediction = table["prediction"]
-        assert prediction["rule"] == "overhead-v1" and prediction["constant_from"] == "anchors"
+        assert prediction["rule"] == "overhead-v2" and prediction["constant_from"] == "anchors"
         assert set(prediction["overhead_us"]) == set(probes) and len(prediction["anchors"]) == N_ANCHORS
         assert all(a["measured_us"] > 0 for a in prediction["anchors"])
+        # The per-op term, fitted on anchors that compute different numbers of ops, and what decided it.
+        assert len({a["computing_ops"] for a in prediction["anchors"]}) > 3
+        assert set(prediction["per_op"]["loo_error_pct"]) == {"with_per_op", "constant_only"}
+        assert prediction["per_op_us"] == (prediction["per_op"]["fitted_us"] if prediction["per_op"]["kept"] else 0)
         # The ETag identifies the bytes sent (gzip-compressed here, so the weak form of the identity's hash).
         etag = resp.headers["etag"]
         assert resp.headers["content-encoding"] == "gzip"

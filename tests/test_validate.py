@@ -16,12 +16,14 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from bench.fidelity import skip_heavy_report
 from db.engine import make_engine, make_sessionmaker
 from db.models import LatencyTable as TableRow
 from profiler_service.tables import serialise, table_payload
 from search.dnas.run import newest_calibration
 from search.space.macro import fbnet_space
 from search.tables import calibration
+from search.tables.client import ServiceClient
 from search.tables.fidelity import errors
 from search.tables.latency import LatencyLUT, PublishedTable, TableError, apply_calibration, build_lut
 from search.tables.predict import N_ANCHORS
@@ -82,7 +84,7 @@ def test_validate_measures_networks_and_stores_no_calibration_from_six(lab: Lab)
     for line in ("table rule", "noise ceiling", "drift since profiling", "calibration not stored: needs at least 20"):
         assert line in stdout, stdout
     assert report["networks"] == 6 and len(report["rows"]) == 6
-    assert report["prediction_rule"] == "overhead-v1"
+    assert report["prediction_rule"] == "overhead-v2"
     assert all(r["measured_us"] > 0 and r["predicted_us"] > 0 for r in report["rows"])
     # The noise ceiling compares two halves of the same interleaved measurement of the same six networks.
     assert report["noise_ceiling"]["n"] == 6 and report["noise_ceiling"]["mape_pct"] > 0
@@ -93,6 +95,19 @@ def test_validate_measures_networks_and_stores_no_calibration_from_six(lab: Lab)
     assert (lab.work / "fid" / "fidelity.png").read_bytes().startswith(b"\x89PNG")
     # Raw stays raw: checking a table leaves its bytes as they were.
     assert after.content == before.content and after.headers["etag"] == before.headers["etag"]
+
+
+def test_bench_fidelity_checks_the_rule_on_skip_heavy_networks_apart(lab: Lab):
+    """`bench.fidelity --skip-heavy N`: N networks with 70% skips, measured beside the anchors, reported apart."""
+    with lab.svc.client() as admin:
+        payload = admin.get(f"/v1/devices/{lab.device['id']}/latency-tables/1").raise_for_status().json()
+    client = ServiceClient(lab.svc.url, lab.svc.admin_token, timeout=600)
+    report = skip_heavy_report(client, lab.device["id"], payload, 3, seed=0)
+    assert report is not None and report["networks"] == 3 and report["skip_share"] == 0.7
+    assert sum(report["skips"]) / 3 >= 0.5 * 22  # skip-heavy indeed: a uniform sample here has a quarter
+    assert report["table_rule"]["mape_pct"] >= 0 and report["noise_ceiling"]["mape_pct"] >= 0
+    assert report["drift"] > 0
+    assert skip_heavy_report(client, lab.device["id"], payload, 0, seed=0) is None  # the default: not measured
 
 
 def _table_that_no_longer_fits(lab: Lab) -> int:

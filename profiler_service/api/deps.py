@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from db.models import ApiToken, Device, ServiceSetting
 from profiler_service.errors import Forbidden, Unauthorized
+from profiler_service.reader_tokens import ReaderTokens
 from profiler_service.security import ADMIN_SETTING, hash_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
@@ -55,9 +56,10 @@ def token_from(creds: HTTPAuthorizationCredentials | None, role: str) -> str:
 def role_of(session: Session, digest: str) -> Role | None:
     """Which kind of token this digest is (None: never issued, revoked or rotated), in one indexed query.
 
-    Read from the database on every call, never cached: a replaced or rotated admin token stops working at once
+    Read from the database, never from a timed cache: a replaced or rotated admin token stops working at once
     on every worker and every service sharing the database (a worker's cached hash kept it for 30 s), and a
-    refused token costs one query, not three."""
+    refused token costs one query, not three. Only reader tokens are remembered, and only while revocations
+    are heard (profiler_service/reader_tokens.py)."""
     admin = select(literal("admin").label("role")).where(
         ServiceSetting.name == ADMIN_SETTING, ServiceSetting.value == digest
     )
@@ -78,13 +80,20 @@ ALLOWED: dict[str, tuple[Role, ...]] = {"admin": ("admin",), "reader": ("admin",
 
 async def authorise(request: Request, digest: str, need: Literal["admin", "reader"]) -> None:
     """The one permission check, by the token's SHA-256: the API's dependencies and the dashboard (whose
-    session names the digest it signed in with) both decide through it. Raises 401 or 403.
+    session names the digest it signed in with) both decide through it. Raises 401 or 403. A reader token
+    is looked up once per worker while revocations can be heard (profiler_service/reader_tokens.py); the
+    admin token every time.
 
     A grant is remembered in the request's scope: the route class checks before reading the body
     (api/gate.py) and the dependency then asks again without another query."""
     if request.scope.get(AUTHORISED) == (digest, need):
         return
-    await run_in_threadpool(_check, request.app.state.read_sessions, digest, need)
+    readers: ReaderTokens = request.app.state.readers
+    if need != "reader" or not readers.holds(digest):  # a remembered reader costs no query
+        stamp = readers.stamp()
+        role = await run_in_threadpool(_check, request.app.state.read_sessions, digest, need)
+        if role == "reader":
+            readers.remember(digest, stamp)
     request.scope[AUTHORISED] = (digest, need)
 
 
@@ -103,12 +112,13 @@ async def require_admin(request: Request, creds: Credentials) -> None:
     await authorise(request, hash_token(token_from(creds, "admin")), "admin")
 
 
-def _check(sessions: sessionmaker, digest: str, need: Literal["admin", "reader"]) -> None:
+def _check(sessions: sessionmaker, digest: str, need: Literal["admin", "reader"]) -> Role:
+    """The token's role when it may make this call; else raises 401 or 403."""
     with sessions() as session:
         role = role_of(session, digest)
         session.rollback()  # end the read: no connection is held while the request waits for its next thread
     if role in ALLOWED[need]:
-        return
+        return role  # type: ignore[return-value]
     if role is None:
         raise _unknown("admin" if need == "admin" else "reader or admin")
     if need == "admin":

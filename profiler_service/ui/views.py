@@ -304,6 +304,7 @@ def _prediction_view(pred: dict[str, Any]) -> dict[str, Any]:
                 "arch": a.get("arch", []),
                 "measured_us": measured,
                 "sum_in_network_us": a.get("sum_in_network_us"),
+                "computing_ops": a.get("computing_ops"),
                 "predicted_us": predicted,
                 "error_pct": (predicted - measured) / measured * 100 if measured else None,
             }
@@ -317,6 +318,8 @@ def _prediction_view(pred: dict[str, Any]) -> dict[str, Any]:
         "constant_spread_us": pred.get("constant_spread_us"),
         "constant_se_us": pred.get("constant_se_us"),
         "call_overhead_us": pred.get("call_overhead_us"),
+        "per_op_us": pred.get("per_op_us"),  # overhead-v2 only: already inside every in-network cost above
+        "per_op": pred.get("per_op") or {},
         "measured_as": pred.get("measured_as"),
         "same_rounds": pred.get("same_rounds"),
         "sessions": pred.get("sessions"),

@@ -30,6 +30,7 @@ from search.dnas.run import run_search
 from search.space.cost import network_cost
 from search.tables.client import ServiceClient, not_published
 from search.tables.fidelity import measure_with_anchors
+from search.tables.predict import N_ANCHORS
 
 SPACE = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
 MEASURE = {"threads": 1}  # the service's defaults otherwise: 20 interleaved rounds of 3 timed runs per op
@@ -163,7 +164,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             clock.step(
                 3,
                 f"profiling the FBNet space at {SPACE['resolution']} px, width {SPACE['width']} on this host in "
-                f"{precision} (every op, a call-overhead probe per input shape and 8 anchor networks, in "
+                f"{precision} (every op, a call-overhead probe per input shape and {N_ANCHORS} anchor networks, in "
                 "interleaved rounds)",
             )
             config = MEASURE | {"precision": precision}
@@ -176,9 +177,11 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
             with ServiceClient(svc.url, admin.reader_token("quickstart"), cache_dir=out / "table-cache") as reader:
                 table = reader.table(device["id"], precision=precision)
             space, rule = table.space, table.prediction
+            per_op = table.rule.per_op_us  # already in each op's in-network time, as the search's LUT has it
             echo(f"    table v{table.version}: {len(table.entries)} ops; a network costs the sum "
                  f"of its ops' in-network times + {rule.constant_us:.1f} us (call overhead "
-                 f"{rule.call_overhead_us:.1f} us; fitted on {len(rule.anchors)} anchor networks)")  # fmt: skip
+                 f"{rule.call_overhead_us:.1f} us; {per_op:+.2f} us per computing op; fitted on "
+                 f"{len(rule.anchors)} anchor networks)")  # fmt: skip
             baseline_arch = [BASELINE] * len(space.slots)
             target_ms = target_fraction * table.predict_us(baseline_arch) / 1e3
 
@@ -232,7 +235,7 @@ def run_quickstart(out: Path, *, search_epochs: int = 4, train_epochs: int = 8,
     result = QuickstartResult(
         out=out,
         device=table.device_info,
-        table=table.provenance | {"prediction_constant_us": rule.constant_us},
+        table=table.provenance | {"prediction_constant_us": rule.constant_us, "prediction_per_op_us": per_op},
         space={k: space.to_dict()[k] for k in ("resolution", "width", "num_classes", "hash")},
         search={"epochs": search_epochs, "target_latency_ms": target_ms, "theta_max_prob_mean": confidence,
                 "expected_latency_ms": summary["expected_latency_ms"], "target": summary.get("target")},

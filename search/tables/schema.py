@@ -50,11 +50,13 @@ class TableDevice(_Part):
 
 
 class Anchor(_Part):
-    """A whole network measured with the ops, to fit the rule's constant (search/tables/predict.py)."""
+    """A whole network measured with the ops, to fit the rule's constant and per-op term
+    (search/tables/predict.py)."""
 
     arch: list[str]
     measured_us: Number
     sum_in_network_us: Number | None = None
+    computing_ops: int | None = None  # its ops but identity skips (overhead-v2): what the per-op term counts
     key: str | None = None
 
 
@@ -65,11 +67,13 @@ class Prediction(_Part):
     rule: str = PLAIN
     overhead_us: dict[str, Number] | None = None
     constant_us: Number | None = None
+    per_op_us: Number | None = None  # overhead-v2: added to every op that computes; 0 when not supported
     description: str | None = None
     constant_from: str | None = None
     constant_spread_us: Number | None = None
     constant_se_us: Number | None = None
     call_overhead_us: Number | None = None
+    per_op: dict[str, Any] | None = None  # how per_op_us was fitted and whether the anchors supported it
     anchors: list[Anchor] = Field(default_factory=list)
     measured_as: str | None = None
     same_rounds: bool | None = None

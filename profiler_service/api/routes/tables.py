@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from db.models import LatencyTable
 from profiler_service.api.deps import Id, ReaderDep, SessionDep
@@ -16,6 +17,7 @@ from profiler_service.compare import by_layer, compare, compare_png
 from profiler_service.errors import Invalid, NotFound
 from profiler_service.schemas import TableSummary
 from profiler_service.table_cache import CachedTable, Representation, accepts_gzip
+from profiler_service.table_versions import Found, Name
 from profiler_service.tables import (
     find_table_id,
     list_tables,
@@ -86,14 +88,27 @@ TABLE_RESPONSES = {
 }
 
 
+def _look_up(state, name: Name, version: str) -> tuple[Found, CachedTable]:  # type: ignore[no-untyped-def]
+    """Which table `name` is, and its served forms: the database part of a fetch, in the thread pool."""
+    device_id, _, space_hash, precision = name
+    with state.sessionmaker() as session:
+        try:
+            found = find_table_id(session, device_id, version, space_hash, precision)
+        except NotFound:
+            get_device(session, device_id)  # the better message when the device itself does not exist
+            raise
+        cached = state.table_cache.get_or_build(found[0], lambda: cached_table(session, found[0]))
+        session.rollback()  # nothing more to read: the connection goes back to the pool before the body is sent
+    return found, cached
+
+
 # The response model documents the served JSON (and is what clients parse it into); the bytes themselves are the
 # ones stored at publication, sent as they are, so they are not validated or re-serialised on the way out.
 @router.get("/devices/{device_id}/latency-tables/{version}", response_model=PublishedTable, responses=TABLE_RESPONSES)
-def get_table(
+async def get_table(
     device_id: Id,
     version: str,
     request: Request,
-    session: SessionDep,
     space_hash: str | None = SpaceHash,
     precision: Literal["fp32", "int8"] | None = Precision,
     format: Literal["json", "csv"] = "json",
@@ -101,15 +116,21 @@ def get_table(
     """One version ('latest' or a number). A version's bytes are fixed when it is published (the device's
     name as it was then included), so its ETag, the SHA-256 of those bytes, never changes; `If-None-Match`
     answers 304. Sent gzip-compressed (weak ETag) when the client accepts it. With `precision`, 'latest' is
-    the newest table of that precision, and a numbered version of another precision is a 404."""
+    the newest table of that precision, and a numbered version of another precision is a 404.
+
+    A fetch this worker answered before is answered from its memory, on the event loop: which table the
+    request names (profiler_service/table_versions.py) and the table's bytes (profiler_service/table_cache.py).
+    Only a miss reads the database, in the thread pool."""
     number = parse_version(version)
-    try:
-        table_id, table_version = find_table_id(session, device_id, version, space_hash, precision)
-    except NotFound:
-        get_device(session, device_id)  # the better message when the device itself does not exist
-        raise
-    cached = request.app.state.table_cache.get_or_build(table_id, lambda: cached_table(session, table_id))
-    session.rollback()  # nothing more to read: the connection goes back to the pool before the body is sent
+    state = request.app.state
+    name: Name = (device_id, number, space_hash, precision)
+    found = state.table_versions.get(name)
+    cached = state.table_cache.get(found[0]) if found is not None else None
+    if found is None or cached is None:
+        stamp = state.table_versions.stamp()
+        found, cached = await run_in_threadpool(_look_up, state, name, version)
+        state.table_versions.remember(name, found, stamp)
+    table_version = found[1]
     rep = cached.csv if format == "csv" else cached.json
     gz = accepts_gzip(request.headers.get("accept-encoding"))
     headers = {

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from db.models import ApiToken
+from profiler_service import notify
 from profiler_service.api.deps import AdminDep, Credentials, Id, SessionDep, SettingsDep, token_from
 from profiler_service.api.pagination import After, Limit, paginated
 from profiler_service.api.strict_json import StrictJsonRoute
 from profiler_service.errors import Conflict, NotFound
 from profiler_service.provision import write_secret
+from profiler_service.reader_tokens import ReaderTokens
 from profiler_service.schemas import AdminTokenRotated, TokenCreate, TokenCreated, TokenPublic
 from profiler_service.security import hash_token, new_token, rotate_admin_token
 from profiler_service.timeutil import utcnow
@@ -56,13 +60,36 @@ def list_tokens(session: SessionDep, request: Request, response: Response, inclu
     return paginated(rows, request, response, limit, cursor=lambda t: t.id)
 
 
-@router.post("/{token_id}/revoke", response_model=TokenPublic)
-def revoke(token_id: Id, session: SessionDep) -> TokenPublic:
-    """The token stops working at once (401). Revoking twice is a no-op."""
+REVOKE_ECHO_S = 2.0  # longest wait for this worker's listener to hear the revocation it announced
+
+
+def _revoke(session: Session, token_id: int, readers: ReaderTokens) -> tuple[TokenPublic, bool]:
+    """The token as revoked, and whether this call revoked it (else it was already)."""
     row = session.get(ApiToken, token_id)
     if row is None:
         raise NotFound(f"token {token_id} does not exist")
-    if row.revoked_at is None:
+    revoking = row.revoked_at is None
+    if revoking:
         row.revoked_at = utcnow()
+        notify.tokens_changed(session)  # every worker forgets the readers it remembered, when this commits
         session.commit()
-    return TokenPublic.model_validate(row, from_attributes=True)
+        readers.forget_all()  # this worker at once, before its listener hears it
+    return TokenPublic.model_validate(row, from_attributes=True), revoking
+
+
+async def revoke_token(request: Request, token_id: int, session: Session) -> TokenPublic:
+    """Revoke, then answer once this worker's listener heard the revocation: PostgreSQL sends the notification
+    to every listener at the same commit, so by then the other workers have it too (profiler_service/
+    reader_tokens.py). Also what the dashboard's revoke button calls."""
+    readers: ReaderTokens = request.app.state.readers
+    heard = readers.heard_count()
+    revoked, revoking = await run_in_threadpool(_revoke, session, token_id, readers)
+    if revoking:
+        await readers.wait_heard(heard, timeout=REVOKE_ECHO_S)
+    return revoked
+
+
+@router.post("/{token_id}/revoke", response_model=TokenPublic)
+async def revoke(token_id: Id, session: SessionDep, request: Request) -> TokenPublic:
+    """The token stops working at once (401), on every worker. Revoking twice is a no-op."""
+    return await revoke_token(request, token_id, session)

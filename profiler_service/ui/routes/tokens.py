@@ -42,5 +42,5 @@ async def mint(request: Request, caller: AdminCallerDep, session: SessionDep) ->
 @router.post("/tokens/{token_id}/revoke", include_in_schema=False)
 async def revoke(request: Request, token_id: Id, caller: AdminCallerDep, session: SessionDep) -> Response:
     await read_form(request, caller.csrf)
-    await run_in_threadpool(tokens_api.revoke, token_id, session)
+    await tokens_api.revoke_token(request, token_id, session)
     return RedirectResponse("/ui/tokens", status_code=303)
