@@ -36,10 +36,19 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/dnas quickstart
 
+# The suite in two parts (docs/testing.md). First every test that times nothing, spread over TEST_WORKERS
+# processes (pytest-xdist; tests sharing a module's service or search stay on one worker); then the tests
+# marked `serial`, which measure latency on this host and so run with nothing of ours beside them. Both parts
+# always run; either failing fails the target.
+TEST_WORKERS ?= auto
+
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(MAKE) docs
-	$(BIN)/python -m pytest
+	status=0; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -p no:xdist -m serial || status=$$?; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

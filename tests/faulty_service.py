@@ -14,6 +14,7 @@ import httpx
 
 from profiler_service.app import create_app, prepare
 from profiler_service.settings import ServiceSettings
+from tests import artifact_cache
 from tests.service_harness import serve_app
 
 ADMIN = "admin-of-the-faulty-service-" + "f" * 24
@@ -54,16 +55,21 @@ class FirstCallFault:
 
 @contextmanager
 def serving(root: Path, path: str, fault: str, **settings: Any) -> Iterator[tuple[str, FirstCallFault]]:
-    """The service on its own SQLite file, behind the fault; yields its URL and the fault (admin: ADMIN)."""
+    """The service on its own SQLite file, behind the fault; yields its URL and the fault (admin: ADMIN). Its
+    artifact folder shares the run's exports, as running_service's does (tests/artifact_cache.py)."""
     config = ServiceSettings(database_url=f"sqlite:///{root / 'service.db'}", admin_token=ADMIN,
                              artifact_dir=root / "artifacts", **settings)  # fmt: skip
+    artifact_cache.seed(config.artifact_dir)
     prepare(config)
     app = FirstCallFault(create_app(config), path, fault)
-    with serve_app(app) as base:
-        try:
-            yield base, app
-        finally:
-            app.release.set()  # a stalled call ends before the server is asked to stop
+    try:
+        with serve_app(app) as base:
+            try:
+                yield base, app
+            finally:
+                app.release.set()  # a stalled call ends before the server is asked to stop
+    finally:
+        artifact_cache.harvest(config.artifact_dir)
 
 
 def admin_client(base: str) -> httpx.Client:

@@ -14,12 +14,30 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from profiler_service.local_server import Service, free_port, register, running_service, wait_for_run
+from profiler_service import local_server
+from profiler_service.local_server import Service, free_port, register, wait_for_run
 from profiler_service.local_server import start_run as _start_run
+from tests import artifact_cache
 from tests.waiting import wait_until
 
 __all__ = ["AgentProcess", "Service", "free_port", "register", "running_service", "serve_app", "start_agent",
            "start_run", "wait_for_run"]  # fmt: skip
+
+
+@contextmanager
+def running_service(db_url: str, workdir: Path, **kwargs) -> Iterator[Service]:  # type: ignore[no-untyped-def]
+    """profiler_service.local_server.running_service, its artifact folder seeded with the ops and networks
+    this test run has exported so far, and what it exports kept for the next (tests/artifact_cache.py)."""
+    shared = "DNAS_SERVICE_ARTIFACT_DIR" not in kwargs
+    artifacts = workdir / "artifacts"  # where local_server puts them
+    if shared:
+        artifact_cache.seed(artifacts)
+    try:
+        with local_server.running_service(db_url, workdir, **kwargs) as service:
+            yield service
+    finally:
+        if shared:
+            artifact_cache.harvest(artifacts)
 
 
 class AgentProcess(subprocess.Popen):

@@ -10,6 +10,7 @@ from device_agents.stats import summarise
 from search.space.enumerate import enumerate_ops
 from search.space.export import ExportCache
 from search.space.macro import SearchSpace, Stage
+from tests import artifact_cache
 
 MINI = SearchSpace(
     name="mini",
@@ -25,7 +26,7 @@ MINI = SearchSpace(
 
 def measured_table(space: SearchSpace, workdir: Path, runs: int = 30) -> Path:
     """A table file in the service's format, from real measurements (1 thread)."""
-    cache = ExportCache(workdir / "onnx")
+    cache = ExportCache(artifact_cache.onnx_dir(workdir / "onnx"))
     entries = []
     for key, spec in enumerate_ops(space).ops.items():
         stats = summarise(measure(str(cache.get(spec)), threads=1, warmup=3, runs=runs)["samples_us"])

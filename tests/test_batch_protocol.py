@@ -115,12 +115,16 @@ def test_single_job_agents_keep_protocol_1(svc):
         assert admin.get(f"/v1/profiling-runs/{run['id']}").json()["done"] == 1
 
 
-def test_a_model_the_agent_cannot_fetch_fails_alone(svc, tmp_path):
-    with svc.client() as admin:
+def test_a_model_the_agent_cannot_fetch_fails_alone(tmp_path):
+    # An artifact folder of its own, seeded with nothing (tests/artifact_cache.py): a shared one also holds other
+    # tests' networks, and deleting one of those left this run whole (seen under pytest-xdist).
+    own = tmp_path / "own-artifacts"
+    with running_service(f"sqlite:///{tmp_path / 's.db'}", tmp_path, lease_seconds=30,
+                         DNAS_SERVICE_ARTIFACT_DIR=str(own)) as svc, svc.client() as admin:  # fmt: skip
         device = register(admin, "missing-model")
         run = start_run(admin, device["id"], SPACE_A, CONFIG)
         # An anchor network's file vanishes from the service's artifacts: its download answers 404.
-        victim = next((tmp_path / "artifacts" / "networks").glob("net-*.onnx"))
+        victim = next((own / "networks").glob("net-*.onnx"))
         victim.unlink()
         agent = start_agent(svc, device["agent_token"], tmp_path, "--exit-when-idle", "--wait", "1")
         assert agent.wait(timeout=300) == 0

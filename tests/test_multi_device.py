@@ -11,7 +11,7 @@ from search.dnas.decode import decode_budgets
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, per_sample_loss
 from search.tables.latency import LatencyLUT, PublishedTable, TableError, build_lut
-from tests.tables import MINI, measured_table
+from tests.tables import MINI
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1, "threads": 2,
         "samples": 1, "workers": 0, "tensorboard": False, "validate": False, "steps_per_epoch": 12}  # fmt: skip
@@ -88,8 +88,8 @@ def test_budgets_one_per_device_or_one_for_all():
 
 # ---- searches on measured tables --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory):
-    return PublishedTable.from_file(measured_table(MINI, tmp_path_factory.mktemp("table"), runs=10))
+def measured(mini_table):
+    return PublishedTable.from_file(mini_table)
 
 
 def _device(table: PublishedTable, name: str, dear: int, factor: float) -> PublishedTable:

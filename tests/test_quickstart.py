@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+# Measures the searched and baseline networks on this host and checks the speed-up and the prediction
+# error: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 
 @pytest.mark.timeout(1260)  # the whole job; its own subprocess timeout (1200 s) fires first, with the output
 def test_quickstart_end_to_end(tmp_path):

@@ -12,6 +12,9 @@ from search.measurement import rounds
 from search.space.export import ExportCache
 from search.space.opspec import OpSpec
 
+# The local backend's timings are compared with each other: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 
 def test_every_round_visits_every_model_once_in_a_fresh_order():
     orders = list(rounds.visit_orders(6, 20, seed=3))

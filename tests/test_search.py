@@ -10,15 +10,15 @@ from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, gumbel_softmax
 from search.tables.latency import PublishedTable, TableError, build_lut
-from tests.tables import MINI, measured_table
+from tests.tables import MINI
 
 FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.05, "lr_w": 0.1, "threads": 2,
         "samples": 2}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def table_file(tmp_path_factory):
-    return measured_table(MINI, tmp_path_factory.mktemp("table"))
+def table_file(mini_table):
+    return mini_table
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from search.dnas.supernet import SuperNet
 from search.tables.client import ServiceClient
 from search.tables.latency import PublishedTable, TableError, build_lut
 from tests.service_harness import free_port, register, running_service, start_agent, start_run, wait_for_run
-from tests.tables import MINI, measured_table
+from tests.tables import MINI
 
 
 def _statuses(log: str, path: str) -> list[int]:
@@ -56,8 +56,8 @@ def test_search_against_a_table_fetched_over_rest_then_offline(tmp_path):
         ServiceClient(svc.url, reader, cache_dir=cache).table(device["id"], version="7")
 
 
-def test_ddp_two_processes_keep_theta_identical(tmp_path):
-    table = measured_table(MINI, tmp_path)
+def test_ddp_two_processes_keep_theta_identical(tmp_path, mini_table):
+    table = mini_table
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "search.run", "--table", str(table), "--out", str(tmp_path / "ddp"), "--epochs", "1",
            "--warmup-epochs", "0", "--batch-size", "32", "--threads", "1", "--samples", "1"]  # fmt: skip
@@ -81,8 +81,8 @@ def test_ddp_two_processes_keep_theta_identical(tmp_path):
     assert summary["expected_latency_ms"] > 0
 
 
-def test_cli_search_then_train(tmp_path):
-    table = measured_table(MINI, tmp_path)
+def test_cli_search_then_train(tmp_path, mini_table):
+    table = mini_table
     out = tmp_path / "cli"
     search = subprocess.run(
         [sys.executable, "-m", "dnas", "search", "--table", str(table), "--out", str(out), "--epochs", "2",

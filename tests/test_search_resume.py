@@ -10,15 +10,14 @@ from search.dnas.config import SearchConfig
 from search.dnas.run import run_search
 from search.dnas.trainer import Searcher
 from search.tables.latency import PublishedTable, TableError
-from tests.tables import MINI, measured_table
 
 BASE = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "mode": "hard", "steps_per_epoch": 6, "threads": 1,
         "samples": 1, "checkpoint_every": 4, "lr_theta": 0.05, "workers": 0}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    return PublishedTable.from_file(measured_table(MINI, tmp_path_factory.mktemp("table"), runs=10))
+def table(mini_table):
+    return PublishedTable.from_file(mini_table)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ from search.tables.latency import LatencyLUT, PublishedTable, TableError, apply_
 from search.tables.predict import N_ANCHORS
 from tests.service_harness import Service, register, running_service, start_agent, start_run, wait_for_run
 
+# Measures networks against the table (drift, noise ceiling, held-out error): run alone, after the parallel
+# part of `make test`.
+pytestmark = pytest.mark.serial
+
 CANDIDATES = ("ir_k3_e1", "ir_k3_e3", "ir_k3_e6", "skip")  # one block of every calibration family
 SPACE = {"resolution": 32, "width": 0.25, "num_classes": 10, "candidates": list(CANDIDATES)}
 CONFIG = {"warmup": 2, "rounds": 6, "runs_per_round": 1}
