@@ -253,15 +253,26 @@ class Wakeups:
     async def _listen(self, conn) -> None:  # type: ignore[no-untyped-def]
         next_check = time.monotonic()  # at once: every device and token, learnt before the first call needs them
         while True:
-            async for note in conn.notifies(timeout=max(0.0, next_check - time.monotonic())):
+            # stop_after=1: back here after each packet, to wait again with a deadline a device change may have
+            # moved. Never `break` out of notifies(): psycopg reads a packet's notifications as one list and
+            # yields them one by one, so leaving early drops the rest of the packet for good (a revocation
+            # sent in the same transaction as a device change was never heard).
+            async for note in conn.notifies(timeout=max(0.0, next_check - time.monotonic()), stop_after=1):
                 self.heard(note.channel, note.payload)
                 if note.channel == DEVICES_CHANNEL:  # registered, rotated or retired: learn it soon, not in 5 s
                     next_check = min(next_check, time.monotonic() + LEARN_AFTER_CHANGE_S)
-                    break  # a burst of registrations is learnt by one read, once it pauses
             if time.monotonic() >= next_check:
                 await conn.execute("SELECT 1")  # a listener whose connection died silently would hear nothing
+                self._refresh_subscribers()
                 await self.recheck()
                 next_check = time.monotonic() + self.recheck_seconds
+
+    def _refresh_subscribers(self) -> None:
+        """What the other memories hold is forgotten at every recheck, as the devices are read again: a change
+        no notification announced (written by hand, by a service of an older version, or missed behind a pooler
+        that drops LISTEN) is then served for at most `wake_recheck_seconds`, not for good."""
+        for subscriber in self.subscribers.values():
+            subscriber.set_live(True)
 
     async def recheck(self) -> None:
         """One read of every active device, whatever the fleet's size: wake the watched devices that have work no

@@ -15,6 +15,7 @@ import pytest
 
 from tests.service_harness import register, running_service, start_run, wait_for_run
 from tests.test_admin_token import one_client_per_worker, status
+from tests.waiting import wait_until
 
 
 @pytest.mark.postgres
@@ -69,3 +70,49 @@ def test_latest_moves_at_once_on_every_worker_that_answered_it_from_memory(tmp_p
         assert [latest(w) for w in workers] == ["2", "2"], "a worker still served the old latest"
         one = workers[0].get(f"/v1/devices/{device['id']}/latency-tables/1", headers=auth)
         assert one.headers["x-table-version"] == "1"  # a numbered version still names its own table
+
+
+def _revoke_by_hand(pg_url: str, token_id: int, *notifications: tuple[str, str]) -> None:
+    """Revoke in SQL, with exactly these notifications sent by the same transaction (PostgreSQL delivers them
+    to a listener together, in one packet) or none."""
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=False) as conn:
+        conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s", (token_id,))
+        for channel, payload in notifications:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        conn.commit()
+
+
+@pytest.mark.postgres
+def test_a_revocation_announced_with_a_device_change_is_heard(tmp_path, pg_url) -> None:
+    """The listener used to leave psycopg's notifies() after a device notification, which dropped the rest of
+    the packet: a revocation committed with a device change was never heard, and the worker let the revoked
+    token in for good (failed before: 200 after the deadline). Rechecks are an hour apart here."""
+    from profiler_service.notify import DEVICES_CHANNEL, TOKENS_CHANNEL
+
+    with running_service(pg_url, tmp_path, DNAS_SERVICE_WAKE_RECHECK_SECONDS="3600") as svc, svc.client() as admin:
+        device = register(admin, "rotating")
+        reader = admin.post("/v1/tokens", json={"name": "search"}).raise_for_status().json()
+        with httpx.Client(base_url=svc.url, timeout=60) as client:
+            for _ in range(2):  # looked up, then answered from the worker's memory
+                assert status(client, reader["token"], "/v1/devices") == 200
+            _revoke_by_hand(pg_url, reader["id"], (DEVICES_CHANNEL, str(device["id"])), (TOKENS_CHANNEL, "revoked"))
+            wait_until(lambda: status(client, reader["token"], "/v1/devices") == 401,
+                       what="the revoked token refused", timeout_s=20)  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_a_revocation_no_notification_announced_is_refused_by_the_next_recheck(tmp_path, pg_url) -> None:
+    """A revocation written by hand (or by an older service, or missed behind a pooler) sends nothing: the
+    worker's memory is dropped at every recheck, so the token stops working within one recheck, not never
+    (failed before: still 200)."""
+    quick = {"DNAS_SERVICE_WAKE_RECHECK_SECONDS": "0.5"}
+    with running_service(pg_url, tmp_path, **quick) as svc, svc.client() as admin:
+        reader = admin.post("/v1/tokens", json={"name": "search"}).raise_for_status().json()
+        with httpx.Client(base_url=svc.url, timeout=60) as client:
+            for _ in range(2):
+                assert status(client, reader["token"], "/v1/devices") == 200
+            _revoke_by_hand(pg_url, reader["id"])
+            wait_until(lambda: status(client, reader["token"], "/v1/devices") == 401,
+                       what="the revoked token refused", timeout_s=20)  # fmt: skip
