@@ -48,7 +48,9 @@ def prediction_of(run: ProfilingRun, measurements: list[Measurement], specs: dic
     space = SearchSpace.from_dict(run.space)
     medians = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "op"}
     probes = {m.op_key: m.median_us for m in measurements if _role(specs[m.op_key]) == "probe"}
-    anchor_rows = [m for m in measurements if _role(specs[m.op_key]) == "anchor"]
+    # By key: the rows come in whatever order the database returned them, and a table republished from the
+    # same measurements must list (and sum) its anchors the same way.
+    anchor_rows = sorted((m for m in measurements if _role(specs[m.op_key]) == "anchor"), key=lambda m: m.op_key)
     anchors = [(specs[m.op_key]["arch"], m.median_us) for m in anchor_rows]
     _, published = fit_rule(space, medians, probes, anchors, dtype_of(run.config.get("precision", "fp32")))
     for row, m in zip(published.get("anchors", []), anchor_rows, strict=True):
