@@ -1,4 +1,4 @@
-"""The README's main job, at reduced epochs: every stage runs for real, the report and pictures are written."""
+"""The README's main job, with fewer search epochs: every stage runs for real, the report and pictures are written."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.serial
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(
-        [sys.executable, "-m", "dnas", "quickstart", "--out", str(out), "--search-epochs", "2", "--train-epochs", "3"],
+        [sys.executable, "-m", "dnas", "quickstart", "--out", str(out), "--search-epochs", "2", "--train-epochs", "8"],
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,7 +40,9 @@ def test_quickstart_end_to_end(tmp_path):
     assert all(abs(r["prediction_error_drift_adjusted_pct"]) < 20 for r in report["networks"]), report["networks"]
     assert 0.5 < report["drift_since_profiling"] < 2
     assert searched["flops"] < baseline["flops"]
-    # Both networks learnt the digits (10 classes: a guess scores 0.1), even in three epochs.
+    # Both networks learnt the digits (10 classes: a guess scores 0.1) in the quickstart's own 8 retraining epochs.
+    # Not in 3: a searched network scored 0.206 in one clean-clone run and 0.919 in the next (another table,
+    # another architecture), and the baseline 0.543 to 0.905 with the same seed on other thread counts.
     assert searched["val_accuracy"] > 0.5 and baseline["val_accuracy"] > 0.5, report["networks"]
     assert report["table"]["device"]["name"] == "this-host"
     for picture in ("theta.png", "accuracy_vs_latency.png"):
