@@ -64,7 +64,7 @@ from profiler_service.timeutil import as_utc, utcnow
 
 log = logging.getLogger("dnas.service.wakeups")
 
-LAST_SEEN_EVERY_S = 30.0  # as api/deps.py: an agent's calls move its device's last_seen_at at most this often
+LAST_SEEN_EVERY_S = 30.0  # an agent's calls move its device's last_seen_at at most this often (here and api/deps.py)
 MAX_REMEMBERED = 100_000  # agent tokens remembered per worker; past it, the others are looked up per call
 LEARN_AFTER_CHANGE_S = 0.2  # a device registered, rotated or retired is read this long after its notification
 Mark = tuple[int, int]  # (listener epoch, device tick) as a call read it before claiming

@@ -22,7 +22,7 @@ from profiler_service.reader_tokens import ReaderTokens
 from profiler_service.security import ADMIN_SETTING, hash_token
 from profiler_service.settings import ServiceSettings
 from profiler_service.timeutil import as_utc, utcnow
-from profiler_service.wakeups import PollingAgent
+from profiler_service.wakeups import LAST_SEEN_EVERY_S, PollingAgent
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
@@ -130,9 +130,6 @@ def _check(sessions: sessionmaker, digest: str, need: Literal["admin", "reader"]
 async def require_reader(request: Request, creds: Credentials) -> None:
     """Reading devices, runs and tables: the admin token or a reader token (`POST /v1/tokens`)."""
     await authorise(request, hash_token(token_from(creds, "reader or admin")), "reader")
-
-
-LAST_SEEN_EVERY_S = 30  # an agent's calls move its device's last_seen_at at most this often
 
 
 def _refuse_agent(session: Session, digest: str, device: Device | None) -> None:
