@@ -11,9 +11,10 @@ from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, gumbel_softmax
 from search.tables.latency import PublishedTable, TableError, build_lut
 from tests.tables import MINI
+from tests.threads import torch_threads
 
-FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.05, "lr_w": 0.1, "threads": 2,
-        "samples": 2}  # fmt: skip
+FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.05, "lr_w": 0.1,
+        "threads": torch_threads(), "samples": 2}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
