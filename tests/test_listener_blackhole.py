@@ -95,7 +95,7 @@ def listening(
     pg_url: str, scenario: Callable[[Worker], Coroutine[Any, Any, None]], *, timeout_s: float = TIMEOUT_S,
     answer_new: bool = True,
 ) -> None:  # fmt: skip
-    """Run `scenario` beside one worker's listener, which reaches the database only through the proxy."""
+    """Run `scenario` beside one worker's listener, which reaches the database only through the two proxies."""
     upgrade(pg_url)
     settings = ServiceSettings(database_url=pg_url, wake_recheck_seconds=RECHECK_S, listener_timeout_seconds=timeout_s)
     url = make_url(pg_url)
