@@ -79,7 +79,7 @@ def publish_table(svc: Service, name: str) -> tuple[dict, int]:
 def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
     """Copies of the run's jobs as new generations, each generation its own batch group: work for the agent
     load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
-    run's ops are unique per generation. Announced in the same transaction, as the API's queueing does
+    run's ops are unique per generation; then analysed, as autovacuum would be a minute later. Announced in the same transaction, as the API's queueing does
     (profiler_service/notify.py): the worker that answered publish_table's last lease 204 has the device recorded
     idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run."""
     engine = make_engine(db_url)
@@ -97,6 +97,11 @@ def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
         )
         device_id = conn.scalar(text("SELECT device_id FROM profiling_runs WHERE id = :r"), {"r": run_id})
         conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": JOBS_CHANNEL, "device": str(device_id)})
+    # The statistics autovacuum takes within a minute of such an insert. Before it, the planner still believes
+    # the jobs it saw last, all done: the partial indexes over pending jobs look empty, and the claim counts its
+    # group through every pending job of the device (docs/benchmarks.md, "the claim's plans").
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE jobs"))
     engine.dispose()
     return generations * per_gen
 
