@@ -79,9 +79,10 @@ def publish_table(svc: Service, name: str) -> tuple[dict, int]:
 def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
     """Copies of the run's jobs as new generations, each generation its own batch group: work for the agent
     load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
-    run's ops are unique per generation; then analysed, as autovacuum would be a minute later. Announced in the same transaction, as the API's queueing does
+    run's ops are unique per generation. Announced in the same transaction, as the API's queueing does
     (profiler_service/notify.py): the worker that answered publish_table's last lease 204 has the device recorded
-    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run."""
+    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run. Then
+    analysed, as autovacuum would be a minute later."""
     engine = make_engine(db_url)
     with engine.begin() as conn:
         per_gen = conn.scalar(text("SELECT count(*) FROM jobs WHERE run_id = :r"), {"r": run_id})
