@@ -165,7 +165,7 @@ def _stat(pid: int) -> list[int] | None:
     """utime, stime, cutime, cstime of a process in clock ticks (fields 14-17 of /proc/PID/stat), None if gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between the open and the read
         return None
     return [int(f) for f in fields[11:15]]
 
