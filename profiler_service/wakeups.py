@@ -32,7 +32,10 @@ its own token lookup. So on PostgreSQL:
 The same listening connection carries the channels of the worker's other memories (`subscribers`: reader
 tokens, profiler_service/reader_tokens.py; which table a fetch names, profiler_service/table_versions.py):
 each hears its channel's notifications and when the listener comes or goes. A database restart or a closed
-connection is seen at once; one dropped silently on the way (a NAT) only when the recheck's `SELECT 1` fails.
+connection is seen at once. One dropped or black-holed on the way (a NAT, a proxy or pooler that hangs) fails
+nothing, so every step on it has a deadline (`listener_timeout_seconds`, profiler_service/listener_conn.py):
+the connect, the `LISTEN`s, the recheck's `SELECT 1` on it and the recheck's read. Past it the listener is lost
+as in a restart, within `wake_recheck_seconds` plus that deadline, and reconnects.
 
 An idle fleet then costs each worker one read per recheck (and the sweep's), whatever its size and however its
 calls move between workers; a renewal of an idle call costs no statement. On SQLite there is nothing to listen
@@ -45,17 +48,18 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio.to_thread
 from sqlalchemy import select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from db.models import Device
+from profiler_service.listener_conn import connect, listener_conninfo, within
 from profiler_service.metrics import LEASE_KNOWN_AGENTS, LEASE_LISTENERS, LEASE_WAITING
 from profiler_service.notify import DEVICES_CHANNEL, JOBS_CHANNEL
 from profiler_service.queue import has_runnable_job
@@ -68,6 +72,7 @@ LAST_SEEN_EVERY_S = 30.0  # an agent's calls move its device's last_seen_at at m
 MAX_REMEMBERED = 100_000  # agent tokens remembered per worker; past it, the others are looked up per call
 LEARN_AFTER_CHANGE_S = 0.2  # a device registered, rotated or retired is read this long after its notification
 Mark = tuple[int, int]  # (listener epoch, device tick) as a call read it before claiming
+T = TypeVar("T")
 
 
 class Subscriber(Protocol):
@@ -108,6 +113,7 @@ class Wakeups:
         self.subscribers = dict(subscribers or {})
         self.poll_seconds = settings.lease_poll_seconds
         self.recheck_seconds = settings.wake_recheck_seconds
+        self.timeout = settings.listener_timeout_seconds  # each step on the listening connection, and the recheck
         self.live = False
         self._epoch = 0
         self._device_changes = 0
@@ -226,20 +232,19 @@ class Wakeups:
     # ---- the listener -------------------------------------------------------------------------------------
     async def run(self, url: str) -> None:
         """Hold this worker's listening connection for good: reconnect after any failure, with backoff. Until
-        it is back, the waiting calls poll."""
-        import psycopg
-
+        it is back, the waiting calls poll. Every step on it has a deadline (profiler_service/listener_conn.py):
+        a connection black-holed on the way is given up like a closed one."""
+        conninfo = listener_conninfo(url, self.timeout)
         backoff = 1.0
         while True:
+            conn = None
             try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                    await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
-                    for channel in self.subscribers:
-                        await conn.execute(f"LISTEN {channel}")
-                    self._set_live(True)
-                    backoff = 1.0
-                    await self._listen(conn)
+                conn = await connect(conninfo, self.timeout)
+                for channel in (JOBS_CHANNEL, DEVICES_CHANNEL, *self.subscribers):
+                    await within(conn, conn.execute(f"LISTEN {channel}"), self.timeout, "LISTEN")
+                self._set_live(True)
+                backoff = 1.0
+                await self._listen(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database restarted, the network broke: poll until it is back
@@ -247,6 +252,8 @@ class Wakeups:
             finally:
                 if self.live:
                     self._set_live(False)
+                if conn is not None:
+                    await conn.close()  # PQfinish: no round trip, so a dead connection cannot hold it up
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -262,9 +269,13 @@ class Wakeups:
                 if note.channel == DEVICES_CHANNEL:  # registered, rotated or retired: learn it soon, not in 5 s
                     next_check = min(next_check, time.monotonic() + LEARN_AFTER_CHANGE_S)
             if time.monotonic() >= next_check:
-                await conn.execute("SELECT 1")  # a listener whose connection died silently would hear nothing
+                # A connection that died silently would hear nothing, and one black-holed on the way would not
+                # even fail: the check has a deadline, past which the listener is lost (memories dropped).
+                await within(conn, conn.execute("SELECT 1"), self.timeout, "the liveness check")
                 self._refresh_subscribers()
-                await self.recheck()
+                # Bounded too: while the recheck runs nothing is heard, so one stuck on a black-holed pooled
+                # connection would leave this worker trusting memories no notification can correct.
+                await within(conn, self.recheck(), self.timeout, "the recheck's read")
                 next_check = time.monotonic() + self.recheck_seconds
 
     def _refresh_subscribers(self) -> None:
@@ -281,7 +292,7 @@ class Wakeups:
         notification is handled meanwhile: one that arrives during the read moves a tick after it."""
         marks = {device_id: self.mark(device_id) for device_id in self._ticks}
         epoch, before = self._epoch, dict(self._agents)
-        devices = await run_in_threadpool(self._read)
+        devices = await _in_thread(self._read)
         now = utcnow()
         if epoch != self._epoch:  # the listener went and came back: what was read may predate a lost notification
             return
@@ -305,7 +316,7 @@ class Wakeups:
         if last_id is None:
             self._seen &= {row.id for row in devices}  # retired meanwhile: nothing to write
         if due:
-            await run_in_threadpool(self._write_seen, due)
+            await _in_thread(self._write_seen, due)
 
     def _know(self, row: Any) -> None:
         """Remember the device of this row's token, with its protocol as stored."""
@@ -329,6 +340,12 @@ class Wakeups:
         with self.sessions() as session:
             session.execute(update(Device).where(Device.id.in_(sorted(device_ids))).values(last_seen_at=utcnow()))
             session.commit()
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn` in the thread pool, left to finish alone if the recheck is given up: a read stuck on a black-holed
+    pooled connection must not hold the listener (starlette's run_in_threadpool waits for the thread)."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
 
 def _stale(last_seen_at: datetime | None, now: datetime) -> bool:

@@ -2,14 +2,25 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import artifact_cache, postgres
+from tests.threads import torch_threads
 
 _db_counter = itertools.count()
+
+# Under pytest-xdist, a worker's share of the cores for torch and OpenMP (tests/threads.py), set before any test
+# module imports torch, and inherited by every subprocess a test starts. Never without xdist: the serial part
+# of `make test` measures latency and must run as a user's process would.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(torch_threads())
+    if "torch" in sys.modules:  # a plugin imported it first: its pool has read the environment already
+        sys.modules["torch"].set_num_threads(torch_threads())
 
 
 def require_postgres() -> None:

@@ -12,9 +12,11 @@ from search.dnas.run import run_search
 from search.dnas.supernet import SuperNet, fbnet_loss, per_sample_loss
 from search.tables.latency import LatencyLUT, PublishedTable, TableError, build_lut
 from tests.tables import MINI
+from tests.threads import torch_threads
 
-FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1, "threads": 2,
-        "samples": 1, "workers": 0, "tensorboard": False, "validate": False, "steps_per_epoch": 12}  # fmt: skip
+FAST = {"warmup_epochs": 1, "batch_size": 32, "mode": "soft", "lr_theta": 0.1, "lr_w": 0.1,
+        "threads": torch_threads(), "samples": 1, "workers": 0, "tensorboard": False, "validate": False,
+        "steps_per_epoch": 12}  # fmt: skip
 
 
 # ---- units --------------------------------------------------------------------------------------------------
