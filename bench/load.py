@@ -81,7 +81,8 @@ def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
     load that never runs out mid-run and needs no onnx export. Inserted in SQL: the API queues runs, and a
     run's ops are unique per generation. Announced in the same transaction, as the API's queueing does
     (profiler_service/notify.py): the worker that answered publish_table's last lease 204 has the device recorded
-    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run."""
+    idle, and without the notification it answered every lease 204 until its recheck, a whole 5 s run. Then
+    analysed, as autovacuum would be a minute later."""
     engine = make_engine(db_url)
     with engine.begin() as conn:
         per_gen = conn.scalar(text("SELECT count(*) FROM jobs WHERE run_id = :r"), {"r": run_id})
@@ -97,6 +98,11 @@ def queue_load_jobs(db_url: str, run_id: int, jobs: int) -> int:
         )
         device_id = conn.scalar(text("SELECT device_id FROM profiling_runs WHERE id = :r"), {"r": run_id})
         conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": JOBS_CHANNEL, "device": str(device_id)})
+    # The statistics autovacuum takes within a minute of such an insert. Before it, the planner still believes
+    # the jobs it saw last, all done: the partial indexes over pending jobs look empty, and the claim counts its
+    # group through every pending job of the device (docs/benchmarks.md, "the claim's plans").
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE jobs"))
     engine.dispose()
     return generations * per_gen
 
@@ -159,7 +165,7 @@ def _stat(pid: int) -> list[int] | None:
     """utime, stime, cutime, cstime of a process in clock ticks (fields 14-17 of /proc/PID/stat), None if gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between the open and the read
         return None
     return [int(f) for f in fields[11:15]]
 

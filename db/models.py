@@ -20,10 +20,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from db.states import JobStatus, RunStatus
+from db.states import JOB_PENDING, JobStatus, RunStatus
 
 # Deterministic constraint names, so migrations can drop and alter them on every backend.
 NAMING = {
@@ -33,6 +34,13 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# The rows of the claim's partial indexes: jobs still pending. A query is served by them only where its WHERE
+# carries this same term with these literals (profiler_service/queue.py `pending()`): SQLite matches the term as
+# written, and PostgreSQL cannot prove the predicate from bound parameters once psycopg prepares the statement.
+PENDING_STATUSES = tuple(sorted(s.value for s in JOB_PENDING))
+PENDING_WHERE = "status IN (" + ", ".join(f"'{s}'" for s in PENDING_STATUSES) + ")"
+_PENDING_ONLY = {"postgresql_where": text(PENDING_WHERE), "sqlite_where": text(PENDING_WHERE)}
 
 KEY_LEN = 200  # op keys are readable strings, well under this
 HASH_LEN = 64  # sha256 hex
@@ -147,6 +155,10 @@ class Job(Base):
         Index("ix_jobs_claim", "device_id", "status", "lease_expires_at"),
         Index("ix_jobs_batch", "device_id", "batch_group"),
         Index("ix_jobs_expiry", "status", "lease_expires_at"),  # the sweep's dead-lease scan, across devices
+        # The claim (profiler_service/queue.py): a device's oldest pending job, and its group's pending jobs in
+        # id order, without visiting the done ones (migration 0009 says why).
+        Index("ix_jobs_pending", "device_id", "id", **_PENDING_ONLY),
+        Index("ix_jobs_pending_group", "batch_group", "device_id", "id", **_PENDING_ONLY),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))

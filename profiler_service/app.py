@@ -24,6 +24,7 @@ from db.engine import make_engine, make_sessionmaker
 from profiler_service import api_docs, http_log, metrics, notify, request_id
 from profiler_service.api.main import api_router
 from profiler_service.errors import ApiError
+from profiler_service.lease_ops import LeaseOps
 from profiler_service.provision import ensure_admin_token_file, provision_device
 from profiler_service.query_scrub import QueryScrubMiddleware
 from profiler_service.reader_tokens import ReaderTokens
@@ -141,6 +142,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.read_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.cache = ExportCache(settings.artifact_dir / "onnx")
     app.state.table_cache = TableCache(64)
+    app.state.lease_ops = LeaseOps()  # operators as leases describe them (profiler_service/lease_ops.py)
     # Remembered while the worker's listener hears what would change them: reader tokens checked once, and
     # which table a fetch names.
     app.state.readers = ReaderTokens()

@@ -21,10 +21,23 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    ScalarSelect,
+    String,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from db.models import Job, Measurement
+from db.models import PENDING_STATUSES, Job, Measurement
 from db.states import JOB_PENDING, JobStatus
 from profiler_service import notify
 from profiler_service.errors import Conflict, Invalid, NotFound
@@ -34,7 +47,6 @@ from profiler_service.security import same
 from profiler_service.timeutil import utcnow
 from search.space.quantize import dtype_of
 
-CLAIM_RETRIES = 8
 EXHAUSTED = "lease expired on the last attempt (agent lost?)"
 
 
@@ -118,74 +130,108 @@ def claim_next(session: Session, *, device_id: int, lease_seconds: float) -> Job
     return jobs[0] if jobs else None
 
 
+def pending() -> ColumnElement[bool]:
+    """The partial indexes' predicate (db/models.py PENDING_WHERE), its literals written into the SQL: SQLite
+    uses a partial index only for a query carrying the same term, and PostgreSQL's generic plan of a statement
+    psycopg prepared (from its sixth execution on) cannot prove the predicate from bound parameters."""
+    return Job.status.in_([literal(s, String, literal_execute=True) for s in PENDING_STATUSES])
+
+
 def claim_batch(
     session: Session, *, device_id: int, lease_seconds: float, max_jobs: int, count_group: bool = True
 ) -> tuple[list[Job], int]:
     """Lease up to `max_jobs` runnable jobs of one group (the oldest runnable job's run or network set) and
     one config, under one token: an agent measures them together, in the same interleaved rounds. Also returns
     how many jobs of the group were runnable, so a split group is visible to the agent; protocol 1 has no
-    use for that count and skips its query (`count_group=False`), one SELECT less per single-job lease.
+    use for that count and skips it (`count_group=False`).
 
-    On PostgreSQL the oldest job is looked for past the rows concurrent claims hold (SKIP LOCKED), and locked
-    by this claim. Read without the lock, every concurrent claim of a device aimed at the same group, found its
-    rows taken, looked again at the same uncommitted rows and after CLAIM_RETRIES answered "nothing" with
-    50,000 jobs queued (bench.load: 1,136 of 1,290 leases empty at 64 connections); and a claim that found
-    nothing lets its worker record the device idle (profiler_service/wakeups.py), so its next calls were
-    empty too."""
+    One UPDATE ... RETURNING (`_claim_statement`) finds, locks, leases and returns the jobs, so a claim is one
+    round trip and one commit (it was five statements, the last reading the jobs back by their token, which
+    no index serves); the partial indexes over pending jobs (migration 0009) serve it.
+    On PostgreSQL the oldest job is looked for past the rows concurrent claims hold (SKIP LOCKED): their group
+    is theirs, the next one is this claim's. Read without the lock, every concurrent claim of a device aimed at
+    the same group and answered "nothing" with 50,000 jobs queued (bench.load: 1,136 of 1,290 leases empty at
+    64 connections), and a claim that finds nothing lets its worker record the device idle
+    (profiler_service/wakeups.py), so its next calls were empty too. On SQLite the statement is one write
+    transaction, which the database runs alone; a claim there reads first, so an idle poll never takes the
+    write lock."""
     now = utcnow()
+    claimable = and_(_claimable(device_id, now), pending())
     postgres = session.get_bind().dialect.name == "postgresql"
-    for _ in range(CLAIM_RETRIES):
-        oldest = select(Job.id, Job.batch_group, Job.config_hash).where(_claimable(device_id, now)).order_by(Job.id)
-        if postgres:  # past the jobs concurrent claims hold: their group is theirs, the next one is this claim's
-            oldest = oldest.with_for_update(skip_locked=True)
-        first = session.execute(oldest.limit(1)).first()
-        if first is None:
-            session.rollback()
-            return [], 0
-        same_group = Job.batch_group == first.batch_group if first.batch_group is not None else Job.id == first.id
-        query = (
-            select(Job.id)
-            .where(_claimable(device_id, now), Job.config_hash == first.config_hash, same_group)
-            .order_by(Job.id)
-            .limit(max_jobs)
-        )
-        if postgres:
-            query = query.with_for_update(skip_locked=True)
-        ids = list(session.scalars(query))
-        if not ids:
-            session.rollback()
-            continue
-        group_jobs = (
-            session.scalar(
-                select(func.count(Job.id)).where(
-                    _claimable(device_id, now), Job.config_hash == first.config_hash, same_group
-                )
-            )
-            if count_group
-            else None
-        )
-        token = secrets.token_hex(24)
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(ids), _claimable(device_id, now))  # on SQLite, a concurrent claim may win some
-            .values(
-                status=JobStatus.LEASED,
-                lease_token=token,
-                attempts=Job.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                heartbeat_at=now,
-            )
-        )
-        won = list(
-            session.scalars(
-                select(Job).where(Job.lease_token == token).order_by(Job.id).execution_options(populate_existing=True)
-            )
-        )
-        if won:
-            session.commit()
-            return won, max(group_jobs or 0, len(won))
+    if not postgres and session.scalar(select(Job.id).where(claimable).limit(1)) is None:
         session.rollback()
-    return [], 0
+        return [], 0
+    token = secrets.token_hex(24)
+    ids, group_count = _claim_statement(device_id, now, max_jobs)
+    leased = (
+        update(Job)
+        .where(Job.id.in_(ids))
+        .values(
+            status=JobStatus.LEASED,
+            lease_token=token,
+            attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+        )
+        # PostgreSQL counts over the statement's snapshot, before its own changes; SQLite would count while
+        # it updates, so it counts apart, below.
+        .returning(Job, group_count if postgres and count_group else literal(0))
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    rows = session.execute(leased).all()
+    if not rows:
+        session.rollback()
+        return [], 0
+    won = sorted((job for job, _ in rows), key=lambda job: job.id)
+    group_jobs = rows[0][1]
+    if not postgres and count_group and won[0].batch_group is not None:  # the group's runnable jobs left, + these
+        left = and_(claimable, Job.config_hash == won[0].config_hash, Job.batch_group == won[0].batch_group)
+        group_jobs = session.scalar(select(func.count()).select_from(Job).where(left)) + len(won)
+    session.commit()
+    return won, max(group_jobs, len(won))
+
+
+def _claim_statement(device_id: int, now: datetime, max_jobs: int) -> tuple[CompoundSelect, ScalarSelect]:
+    """The ids a claim leases, and the count of its group's runnable jobs, in SQL over two CTEs, each one scan
+    run once (MATERIALIZED):
+    - `first`: the oldest runnable job not held by a concurrent claim, locked, read from ix_jobs_pending;
+    - `picked`: its group's oldest runnable jobs of its config not held by another claim, locked. `first` is
+      among them unless another claim gave rows back between the two scans: older ones are taken then, and
+      `first` stays unleased.
+    A job of no group (a single network) is a batch of its own: `picked` finds nothing, and `first` is taken.
+
+    `first` names its device by a range and orders by (device_id, id), which only ix_jobs_pending gives. With
+    `device_id = d` PostgreSQL takes the device as a constant, the primary key then gives `ORDER BY id` too,
+    and on fresh statistics it chose that: a walk past every done job before the first pending one (2.6 ms
+    with 20,000 done, per claim; EXPLAIN in docs/benchmarks.md)."""
+    claimable = and_(_claimable(device_id, now), pending())
+    first = (
+        select(Job.id, Job.batch_group, Job.config_hash)
+        .where(Job.device_id.between(device_id, device_id), _runnable(now), pending())
+        .order_by(Job.device_id, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("first")
+        .prefix_with("MATERIALIZED")
+    )
+    in_group = and_(
+        claimable,
+        Job.config_hash == select(first.c.config_hash).scalar_subquery(),
+        Job.batch_group == select(first.c.batch_group).scalar_subquery(),
+    )
+    picked = (
+        select(Job.id)
+        .where(in_group)
+        .order_by(Job.id)
+        .limit(max_jobs)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
+    )
+    ids = union_all(select(picked.c.id), select(first.c.id).where(first.c.batch_group.is_(None)))
+    # Over the jobs as the statement began, not the row being updated: never correlated to it.
+    group_count = select(func.count()).select_from(Job).where(in_group).correlate(None).scalar_subquery()
+    return ids, group_count
 
 
 def _job_of(session: Session, device_id: int, job_id: int) -> Job:

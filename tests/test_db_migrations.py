@@ -247,3 +247,41 @@ def test_sqlite_upgrade_ends_signed_cookies(sqlite_url):
 @pytest.mark.postgres
 def test_postgres_upgrade_ends_signed_cookies(pg_url):
     _upgrade_ends_signed_cookies(pg_url)
+
+
+# ---- 0009: partial indexes over pending jobs, for the claim ----------------------------------------------------
+def _pending_indexes(engine) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The claim's partial indexes on jobs as the database states them: name -> definition."""
+    query = (
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs'"
+        if engine.dialect.name == "postgresql"
+        else "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
+    )
+    with engine.connect() as c:
+        return {name: sql for name, sql in c.exec_driver_sql(query) if name.startswith("ix_jobs_pending")}
+
+
+def _upgrade_adds_claim_indexes(url: str) -> None:
+    """The upgrade builds both indexes over pending jobs only (a done job is never in them), and the downgrade
+    drops them."""
+    migrate.upgrade(url, "0008")
+    engine = make_engine(url)
+    assert _pending_indexes(engine) == {}
+    migrate.upgrade(url)
+    indexes = _pending_indexes(engine)
+    assert set(indexes) == {"ix_jobs_pending", "ix_jobs_pending_group"}
+    for sql in indexes.values():
+        assert "leased" in sql and "queued" in sql and "done" not in sql, sql
+        assert "WHERE" in sql.upper(), sql
+    migrate.downgrade(url, "0008")
+    assert _pending_indexes(engine) == {}
+    engine.dispose()
+
+
+def test_sqlite_upgrade_adds_claim_indexes(sqlite_url):
+    _upgrade_adds_claim_indexes(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_adds_claim_indexes(pg_url):
+    _upgrade_adds_claim_indexes(pg_url)

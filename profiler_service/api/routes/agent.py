@@ -17,6 +17,7 @@ from db.states import JobStatus
 from profiler_service.api.deps import AgentDep, Id, PollingAgentDep, SessionDep, agent_device
 from profiler_service.api.strict_json import StrictJsonRoute, bulk_body
 from profiler_service.errors import ApiError, NotFound
+from profiler_service.lease_ops import LeaseOp
 from profiler_service.lifecycle import publish_complete_runs, settle_failed_runs
 from profiler_service.networks import NETWORK_KEY, network_path
 from profiler_service.operators import model_path
@@ -77,10 +78,8 @@ def report_status(body: AgentStatusIn, device: AgentDep, session: SessionDep) ->
     return Response(status_code=204)
 
 
-def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
+def _leased(job: Job, op: LeaseOp, request: Request) -> LeasedJob:
     settings = request.app.state.settings
-    is_network = op.spec.get("kind") == "network"
-    input_shape = op.spec["input_shape"] if is_network else list(OpSpec.from_dict(op.spec).input_shape)
     return LeasedJob(
         job_id=job.id,
         lease_token=job.lease_token or "",
@@ -92,9 +91,9 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
         # A path, resolved by the agent against the server it was configured with: never a URL built from
         # this request's Host header (behind a TLS proxy that would be an http:// URL the token is sent to).
         model_url=str(request.app.url_path_for("download_model", op_key=job.op_key)),
-        model_sha256=op.onnx_sha256 or "",
-        model_bytes=op.onnx_bytes or 0,
-        input_shape=input_shape,
+        model_sha256=op.sha256,
+        model_bytes=op.bytes,
+        input_shape=op.input_shape,
         config=job.config,
     )
 
@@ -102,9 +101,9 @@ def _leased(job: Job, op: Operator, request: Request) -> LeasedJob:
 def _batch(jobs: list[Job], group_jobs: int, session, request: Request) -> LeasedBatch:  # type: ignore[no-untyped-def]
     first = jobs[0]
     token = first.lease_token or ""
-    # One SELECT for the batch's operators: loaded one by one they were a fifth of a lease's time (py-spy).
-    keys = {job.op_key for job in jobs}
-    ops = {op.key: op for op in session.scalars(select(Operator).where(Operator.key.in_(keys)))}
+    # The batch's operators from the worker's memory, or one SELECT: loaded one by one they were a fifth of a
+    # lease's time (py-spy), and read after every claim three of its round trips (profiler_service/lease_ops.py).
+    ops = request.app.state.lease_ops.get(session, {job.op_key for job in jobs})
     return LeasedBatch(
         lease_token=token,
         lease_expires_at=as_utc(first.lease_expires_at),
@@ -141,7 +140,9 @@ async def lease(body: LeaseRequest, agent: PollingAgentDep, request: Request) ->
             seconds = state.settings.lease_seconds
             if body.max_jobs is None:
                 job = claim_next(session, device_id=agent.id, lease_seconds=seconds)
-                return None if job is None else _leased(job, session.get(Operator, job.op_key), request)
+                if job is None:
+                    return None
+                return _leased(job, state.lease_ops.get(session, [job.op_key])[job.op_key], request)
             jobs, group_jobs = claim_batch(session, device_id=agent.id, lease_seconds=seconds, max_jobs=body.max_jobs)
             return _batch(jobs, group_jobs, session, request) if jobs else None
 
