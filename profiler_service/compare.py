@@ -13,8 +13,7 @@ from typing import Any
 
 from search.space.enumerate import enumerate_ops
 from search.space.opspec import OpSpecError
-from search.tables.latency import TableError
-from search.tables.schema import PublishedTable
+from search.tables.schema import PublishedTable, TableError
 
 
 def _op_of(key: str) -> str:

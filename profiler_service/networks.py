@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,7 +24,6 @@ from profiler_service.queue import add_jobs, latest_jobs, next_generation, set_g
 from profiler_service.schemas import MeasureConfig
 from search.space.export import atomic_write, export_network, sha256_file
 from search.space.macro import SearchSpace
-from search.space.model import build_model
 from search.space.opspec import OpSpecError
 from search.space.quantize import dtype_of
 
@@ -62,6 +60,10 @@ def prepare_network(artifact_dir: Path, space: SearchSpace, arch: list[str], dty
     key = network_key(space, names, dtype)
     path = network_path(artifact_dir, key)
     if not path.exists():
+        import torch  # here, not with the module: a service whose networks are exported needs no torch
+
+        from search.space.model import build_model
+
         state = torch.random.get_rng_state()
         torch.manual_seed(0)  # weights do not change latency; fixing them makes the file reproducible
         model = build_model(space, names)

@@ -27,8 +27,7 @@ from search.space.enumerate import enumerate_ops
 from search.space.macro import FBNET_CANDIDATES, SearchSpace
 from search.space.opspec import OpSpec, OpSpecError
 from search.space.quantize import DTYPE_OF
-from search.tables.latency import TableError, build_lut
-from search.tables.schema import PublishedTable
+from search.tables.schema import PublishedTable, TableError
 
 
 # ---- devices ---------------------------------------------------------------------------------------------
@@ -268,6 +267,8 @@ def table_view(payload: dict[str, Any]) -> dict[str, Any]:
         out["space"] = space
         out["slots"] = space.slots
         try:
+            from search.tables.latency import build_lut  # torch: only for a table page with its space's heatmap
+
             lut = build_lut(space, table)
             en = enumerate_ops(space, table.dtype)
             values = [[float(v) for v in row] for row in lut.table.tolist()]

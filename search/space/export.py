@@ -3,6 +3,10 @@
 Uses the TorchScript exporter (`dynamo=False`): 0.2 s per operator against 3.6 s for the dynamo exporter on
 this kind of machine, and both produce graphs onnxruntime runs. Weights are seeded from the op key, so the
 same op exports to the same bytes on every machine and the cache can be content-addressed.
+
+torch and onnx are imported where an export runs, not with the module: the profiler service imports
+`ExportCache` and `sha256_file`, and a service whose ops are all exported already (the test suite's shared
+folder, or a restart) never needs them; importing them took about 2 s of every service's start.
 """
 
 from __future__ import annotations
@@ -13,15 +17,14 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
-import torch
-from torch import nn
-
-from search.space.blocks import build_op
 from search.space.opspec import OpSpec
 from search.space.quantize import quantize_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -34,6 +37,8 @@ def _seed_for(text: str) -> int:
 
 def _randomise_bn(module: nn.Module) -> None:
     """Fresh BN statistics are 0/1; give them plausible values so folding and accuracy checks are not trivial."""
+    from torch import nn
+
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -44,6 +49,9 @@ def _randomise_bn(module: nn.Module) -> None:
 
 def module_to_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
     """Serialise an eval-mode module; BN is folded into the preceding conv, as deployment runtimes see it."""
+    import onnx
+    import torch
+
     module.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -66,6 +74,10 @@ def module_to_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
 def op_module(spec: OpSpec) -> nn.Module:
     """The module for `spec` with weights that depend only on its key (deterministic export). An int8 op has
     its fp32 twin's weights: it is that op, quantized."""
+    import torch
+
+    from search.space.blocks import build_op
+
     fp32 = spec.with_dtype("float32")
     gen_state = torch.random.get_rng_state()
     try:
@@ -79,6 +91,8 @@ def op_module(spec: OpSpec) -> nn.Module:
 
 
 def example_input(spec: OpSpec) -> torch.Tensor:
+    import torch
+
     gen = torch.Generator().manual_seed(_seed_for("input:" + spec.with_dtype("float32").key))
     return torch.randn(spec.input_shape, generator=gen)
 
@@ -137,6 +151,8 @@ def export_network(
 ) -> bytes:
     """A whole architecture, exported the same way as its operators so the two measure alike: at int8, by the
     same recipe, calibrated on inputs seeded from `key` (its network key) unless `calibration` gives images."""
+    import torch
+
     gen = torch.Generator().manual_seed(0)
     fp32 = module_to_onnx(model, torch.randn(input_shape, generator=gen))
     if dtype == "float32":
