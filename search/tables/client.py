@@ -34,6 +34,12 @@ log = logging.getLogger("dnas.search")
 # Creating a run exports every new op to ONNX before it answers: seconds on a quiet machine, but 3.5 minutes were
 # measured for the 32 px quickstart space on a 2-core machine at load 24, where a 60-120 s timeout gave up.
 RUN_CREATE_TIMEOUT_S = 900.0
+# How long a wait for a run keeps polling a service it cannot reach, or that answers 502/503/504: a worker
+# replaced after a crash, a restart or a deploy drops the connections it held and refuses new ones for
+# seconds, and a wait of hours should not end on that (a reused keep-alive connection to a killed worker is
+# reset, which httpx does not retry).
+UNREACHABLE_GRACE_S = 120.0
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
 
 
 class ServiceError(RuntimeError):
@@ -150,7 +156,7 @@ class ServiceClient:
         """The run once it has finished (published, failed or cancelled), or as it stands at the timeout;
         `not_published(run)` says why there is no table. `progress`: a bar of jobs measured."""
         deadline = time.monotonic() + timeout_s
-        run = self.run(run_id)
+        run = self._run_despite_blips(run_id, poll_s)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -165,10 +171,23 @@ class ServiceClient:
                 if run["status"] in RUN_FINAL or time.monotonic() > deadline:
                     return run
                 time.sleep(poll_s)
-                run = self.run(run_id)
+                run = self._run_despite_blips(run_id, poll_s)
         finally:
             if bar is not None:
                 bar.close()
+
+    def _run_despite_blips(self, run_id: int, poll_s: float) -> dict[str, Any]:
+        """The run, asked again while the service is unreachable or says it is (502/503/504), for at most
+        UNREACHABLE_GRACE_S; past it, or on any other refusal, the ServiceError."""
+        give_up = time.monotonic() + UNREACHABLE_GRACE_S
+        while True:
+            try:
+                return self.run(run_id)
+            except ServiceError as exc:
+                if (exc.status is not None and exc.status not in TRANSIENT_STATUSES) or time.monotonic() > give_up:
+                    raise
+                log.warning("%s; asking again for %.0fs more", exc, give_up - time.monotonic())
+            time.sleep(poll_s)
 
     # ---- tables --------------------------------------------------------------------------------------------
     def table(self, device: int, version: str = "latest", space_hash: str | None = None, *,
