@@ -71,6 +71,7 @@ log = logging.getLogger("dnas.service.wakeups")
 LAST_SEEN_EVERY_S = 30.0  # an agent's calls move its device's last_seen_at at most this often (here and api/deps.py)
 MAX_REMEMBERED = 100_000  # agent tokens remembered per worker; past it, the others are looked up per call
 LEARN_AFTER_CHANGE_S = 0.2  # a device registered, rotated or retired is read this long after its notification
+RECHECK_TIMEOUTS = 4  # the recheck's deadline, in listener timeouts (40 s by default: past the pool's 30 s wait)
 Mark = tuple[int, int]  # (listener epoch, device tick) as a call read it before claiming
 T = TypeVar("T")
 
@@ -114,6 +115,7 @@ class Wakeups:
         self.poll_seconds = settings.lease_poll_seconds
         self.recheck_seconds = settings.wake_recheck_seconds
         self.timeout = settings.listener_timeout_seconds  # each step on the listening connection, and the recheck
+        self._rechecked = False  # a recheck completed on the current listening connection
         self.live = False
         self._epoch = 0
         self._device_changes = 0
@@ -237,17 +239,18 @@ class Wakeups:
         conninfo = listener_conninfo(url, self.timeout)
         backoff = 1.0
         while True:
-            conn = None
+            conn, self._rechecked = None, False
             try:
                 conn = await connect(conninfo, self.timeout)
                 for channel in (JOBS_CHANNEL, DEVICES_CHANNEL, *self.subscribers):
                     await within(conn, conn.execute(f"LISTEN {channel}"), self.timeout, "LISTEN")
                 self._set_live(True)
-                backoff = 1.0
                 await self._listen(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database restarted, the network broke: poll until it is back
+                if self._rechecked:  # it had worked: a new failure. Not after LISTEN alone, or a listener lost at
+                    backoff = 1.0  # every first recheck would reconnect every second for good
                 log.warning("listener for queued jobs lost (lease calls poll; retrying in %.0fs): %s", backoff, exc)
             finally:
                 if self.live:
@@ -275,7 +278,11 @@ class Wakeups:
                 self._refresh_subscribers()
                 # Bounded too: while the recheck runs nothing is heard, so one stuck on a black-holed pooled
                 # connection would leave this worker trusting memories no notification can correct.
-                await within(conn, self.recheck(), self.timeout, "the recheck's read")
+                # Its deadline is RECHECK_TIMEOUTS x the step's: the read also waits for a thread and a pooled
+                # connection (the pool waits up to 30 s), and a pool busy for 10 s must not pass for a dead
+                # listener, which would drop every memory and make each agent call look its token up again.
+                await within(conn, self.recheck(), RECHECK_TIMEOUTS * self.timeout, "the recheck's read")
+                self._rechecked = True
                 next_check = time.monotonic() + self.recheck_seconds
 
     def _refresh_subscribers(self) -> None:

@@ -79,3 +79,13 @@ def test_a_service_gone_for_longer_than_the_grace_ends_the_wait(monkeypatch: pyt
     ):
         client.wait_for_run(1, poll_s=0.01)
     assert len(seen) > 1  # asked again within the grace, then gave up
+
+
+@pytest.mark.timeout(30)  # the 120 s grace would hold it past this
+def test_the_grace_never_outlasts_the_wait_s_own_timeout() -> None:
+    with (
+        serving(["reset"]) as (url, _),
+        ServiceClient(url, "t") as client,
+        pytest.raises(ServiceError, match="cannot reach the service"),
+    ):
+        client.wait_for_run(1, timeout_s=0.3, poll_s=0.01)

@@ -20,6 +20,6 @@ MOST = 2
 def torch_threads() -> int:
     """This process's share of the cores it may run on: all of them (at most MOST) without xdist, else a
     worker's share (PYTEST_XDIST_WORKER_COUNT workers), never less than one."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) if os.environ.get("PYTEST_XDIST_WORKER") else 1
     return max(1, min(MOST, cores // workers))

@@ -156,7 +156,7 @@ class ServiceClient:
         """The run once it has finished (published, failed or cancelled), or as it stands at the timeout;
         `not_published(run)` says why there is no table. `progress`: a bar of jobs measured."""
         deadline = time.monotonic() + timeout_s
-        run = self._run_despite_blips(run_id, poll_s)
+        run = self._run_despite_blips(run_id, poll_s, deadline)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -171,15 +171,16 @@ class ServiceClient:
                 if run["status"] in RUN_FINAL or time.monotonic() > deadline:
                     return run
                 time.sleep(poll_s)
-                run = self._run_despite_blips(run_id, poll_s)
+                run = self._run_despite_blips(run_id, poll_s, deadline)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _run_despite_blips(self, run_id: int, poll_s: float) -> dict[str, Any]:
+    def _run_despite_blips(self, run_id: int, poll_s: float, deadline: float) -> dict[str, Any]:
         """The run, asked again while the service is unreachable or says it is (502/503/504), for at most
-        UNREACHABLE_GRACE_S; past it, or on any other refusal, the ServiceError."""
-        give_up = time.monotonic() + UNREACHABLE_GRACE_S
+        UNREACHABLE_GRACE_S and never past the wait's own deadline; then, or on any other refusal, the
+        ServiceError."""
+        give_up = min(time.monotonic() + UNREACHABLE_GRACE_S, deadline)
         while True:
             try:
                 return self.run(run_id)
