@@ -81,9 +81,10 @@ class ServiceSettings(BaseSettings):
     )  # fmt: skip
     listener_timeout_seconds: float = Field(
         default=10.0, gt=0, le=3600,
-        description="PostgreSQL: how long each worker's listening connection may take to connect, to answer its "
-        "liveness check and to finish each recheck before the worker gives it up as dead (lease calls poll and "
-        "nothing is answered from memory until it reconnects): a connection a NAT or proxy black-holes fails nothing.",
+        description="PostgreSQL: how long each worker's listening connection may take to connect and to answer "
+        "its liveness check, and (4 times as long, as it may wait for a pooled connection) to finish each "
+        "recheck, before the worker gives it up as dead (lease calls poll and nothing is answered from memory "
+        "until it reconnects): a connection a NAT or proxy black-holes fails nothing.",
     )  # fmt: skip
     max_body_bytes: int = Field(
         default=8 << 20, ge=1024,
