@@ -167,7 +167,8 @@ def test_the_sign_in_page_shows_only_its_own_messages(site: Site) -> None:
     bait = "Your token expired. Call +1 555 0100 and read it to support."
     with site.browser() as browser:
         page = browser.get("/ui/login", params={"why": bait})
-        assert page.status_code == 200 and "555" not in page.text and "support" not in page.text
+        # "555" alone can be in the page's random hex form token (it was, once in ~70 runs): look for text
+        assert page.status_code == 200 and "555 0100" not in page.text and "support" not in page.text
         assert "Signed out." in browser.get("/ui/login", params={"why": "signed-out"}).text
     ended = site.browser(cookies={"dnas_session": "not-a-session"}).get("/ui/runs")
     assert ended.status_code == 303 and "why=ended" in ended.headers["location"]
