@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from pathlib import Path
 
 from device_agents.emulator.device import EmulatedDevice
@@ -43,11 +44,17 @@ def main() -> None:
         port = server.sockets[0].getsockname()[1]
         usb_note = f" and on usb {device.sandbox.props['ro.serialno']}" if usb else ""
         print(f"adb device emulator listening on {args.host}:{port}{usb_note}", flush=True)
+        # SIGTERM ends the emulator through the finally below, so its perf_test server is gone when it is.
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
         async with server:
-            await server.serve_forever()
+            await stopped.wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    finally:
+        device.close()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from device_agents.emulator import services
 from device_agents.emulator.auth import KeyStore
+from device_agents.emulator.perf_test_server import Launcher
 from device_agents.emulator.sandbox import Sandbox
 from device_agents.emulator.usb import FramedReader, frame
 from device_agents.emulator.wire import (
@@ -232,6 +233,10 @@ class EmulatedDevice:
         self.sandbox = Sandbox(sandbox, props, stock=stock, cpu_max_khz=cpu_max_khz)
         self.keys = KeyStore(self.sandbox.root / "data/misc/adb/adb_keys") if require_auth else None
         self.accept_new_keys = accept_new_keys
+        self.perf_test_server = Launcher()  # started when onnxruntime_perf_test is pushed
+
+    def close(self) -> None:
+        self.perf_test_server.stop()
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from device_agents.emulator.device import Stream
 
 SYNC_DATA_MAX = 64 * 1024
+PERF_TEST = "onnxruntime_perf_test"
 MAX_PATH = 1024
 
 
 async def shell(stream: Stream, command: str) -> None:
     """Legacy `shell:`: stdout and stderr interleaved, no exit status (adb clients append `; echo $?`)."""
-    sandbox = stream.connection.device.sandbox
+    device = stream.connection.device
+    sandbox = device.sandbox
     if not command.strip():
         await stream.write(b"interactive shells are not supported by the emulator\n")
         return
@@ -29,7 +31,7 @@ async def shell(stream: Stream, command: str) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=sandbox.root / "data/local/tmp",
-        env=sandbox.environment(),
+        env=sandbox.environment() | device.perf_test_server.environment(),
         start_new_session=True,
     )
     try:
@@ -63,6 +65,8 @@ async def sync(stream: Stream) -> None:
         elif ident == b"SEND":
             path, _, mode = arg.rpartition(",")  # "path,mode" with the mode in decimal
             target = sandbox.host_path(path or arg)
+            if target.name == PERF_TEST:  # the perf-test stand-in is being installed: start its fork server
+                stream.connection.device.perf_test_server.start()
             if not await _receive_file(stream, target, int(mode) if mode.isdigit() else 0o644):
                 return
         elif ident == b"RECV":
