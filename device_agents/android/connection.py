@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 import shlex
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,13 @@ class _TcpTransport(TcpTransport):
     """adb-shell's TCP transport returns b"" forever once the device closes the socket, and its reader spins
     on that until `read_timeout_s` (minutes, for a batch). A closed link is an error at once: a phone that
     drops off the network fails its batch now, not ten minutes later."""
+
+    def connect(self, transport_timeout_s: float | None) -> None:
+        """Nagle off, as adb's own client has it: adb-shell writes a message's header and payload in two
+        sends, and with Nagle on the payload waited for the device's delayed ACK of the header (40 ms on
+        Linux) on every message: a push of 45 small models took 6 s instead of 0.1 s, each shell ~50 ms."""
+        super().connect(transport_timeout_s)
+        self._connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
         data = super().bulk_read(numbytes, transport_timeout_s)
