@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import subprocess
 from pathlib import Path
 
@@ -58,27 +57,35 @@ def _env(build: Path, extra: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != ENV} | {"LD_LIBRARY_PATH": str(build)} | extra
 
 
-@pytest.mark.timeout(120)  # the FIFO blocks until a reader opens it: a launch that never reads it hangs here
+def _served_launch(build: Path, server: Launcher, fifo: Path) -> tuple[subprocess.Popen, int, int]:
+    """Start a launch whose model is a FIFO: opening its writing end returns once perf_test's process opened
+    it to read, and that process stays blocked in the read until the writer closes. Returns the launcher,
+    that process and the writing end."""
+    launcher = subprocess.Popen([str(build / "onnxruntime_perf_test"), "-r", "1", fifo.name], cwd=fifo.parent,
+                                env=_env(build, server.environment()), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    writer = os.open(fifo, os.O_WRONLY)
+    (reader,) = [pid for pid in _holders(fifo) if pid != os.getpid()]
+    return launcher, reader, writer
+
+
+def _finish(launcher: subprocess.Popen, writer: int) -> tuple[int, str, str]:
+    os.write(writer, b"not a model")
+    os.close(writer)
+    out, err = launcher.communicate(timeout=60)
+    return launcher.returncode, out, err
+
+
+@pytest.mark.timeout(120)  # a launch that never opens the FIFO would hang in os.open
 def test_a_launch_through_the_server_runs_as_its_child_with_the_launchers_stdio(tmp_path, server):
-    """The model is a FIFO: opening its writing end returns once perf_test's process opened it to read, and
-    that process stays blocked in the read until we close it. It is the server's child, not the launcher."""
     require_c_compiler()
     build = write_build(tmp_path / "build")
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)
-    launcher = subprocess.Popen([str(build / "onnxruntime_perf_test"), "-r", "1", "model.onnx"], cwd=tmp_path,
-                                env=_env(build, server.environment()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
-    writer = os.open(fifo, os.O_WRONLY)
-    try:
-        readers = [pid for pid in _holders(fifo) if pid != os.getpid()]
-        assert len(readers) == 1 and readers[0] != launcher.pid
-        assert _parent(readers[0]) == server.proc.pid  # forked by the server, in the launcher's cwd
-        os.write(writer, b"not a model")
-    finally:
-        os.close(writer)
-    out, err = launcher.communicate(timeout=60)
-    assert launcher.returncode == 1  # the child's status is the launcher's
+    launcher, reader, writer = _served_launch(build, server, fifo)
+    assert reader != launcher.pid and _parent(reader) == server.proc.pid  # forked by the server
+    code, out, err = _finish(launcher, writer)
+    assert code == 1  # the child's status is the launcher's
     assert out == "" and "INVALID_PROTOBUF" in err and "model.onnx" in err  # its output reached our pipes
 
 
@@ -113,7 +120,7 @@ def test_the_server_and_the_fallback_print_and_exit_alike(tmp_path, server, gene
 @pytest.mark.timeout(120)
 def test_a_killed_launchers_child_is_killed_and_a_stopped_server_leaves_nothing(tmp_path):
     """As the emulator kills a shell's process group when the host closes the stream, the perf_test that
-    group stood for must end; stopping the server ends it and removes its socket."""
+    group stood for must end, and the server goes on serving; stopping it ends it and removes its socket."""
     require_c_compiler()
     build = write_build(tmp_path / "build")
     fifo = tmp_path / "model.onnx"
@@ -122,16 +129,16 @@ def test_a_killed_launchers_child_is_killed_and_a_stopped_server_leaves_nothing(
     server.start()
     server.wait_ready()
     socket_dir = Path(server.environment()[ENV]).parent
-    launcher = subprocess.Popen([str(build / "onnxruntime_perf_test"), "-r", "1", str(fifo)],
-                                env=_env(build, server.environment()))  # fmt: skip
-    writer = os.open(fifo, os.O_WRONLY)
-    (child,) = [pid for pid in _holders(fifo) if pid != os.getpid()]
+    launcher, child, writer = _served_launch(build, server, fifo)
     pidfd = os.pidfd_open(child)
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait()
+    launcher.kill()
+    launcher.communicate()
     assert select.select([pidfd], [], [], 60)[0] == [pidfd]  # readable: the child exited
     os.close(pidfd)
     os.close(writer)
+    launcher, child, writer = _served_launch(build, server, fifo)
+    assert _parent(child) == server.proc.pid
+    assert _finish(launcher, writer)[0] == 1
     server_pid = server.proc.pid
     server.stop()
     assert not socket_dir.exists()

@@ -142,10 +142,10 @@ class Server:
 
     def _reap(self, pidfd: int) -> None:
         pid, conn = self.children.pop(pidfd)
-        self.by_conn.pop(conn.fileno(), None)
+        if self.by_conn.pop(conn.fileno(), None) is not None:  # else _launcher_gone unregistered it
+            self.poll.unregister(conn.fileno())
         _, status = os.waitpid(pid, 0)
         self.poll.unregister(pidfd)
-        self.poll.unregister(conn.fileno())
         os.close(pidfd)
         with contextlib.suppress(OSError):  # the launcher died meanwhile: nobody waits for the status
             _send(conn, struct.pack("i", status))
@@ -153,7 +153,7 @@ class Server:
 
     def _launcher_gone(self, fd: int) -> None:
         """The launcher sends nothing after its request, so readable means EOF: it was killed."""
-        pid, _ = self.children[self.by_conn[fd]]
+        pid, _ = self.children[self.by_conn.pop(fd)]
         _kill(pid)
         self.poll.unregister(fd)  # the pidfd reports the exit, and _reap closes the connection
 
