@@ -46,22 +46,38 @@ SPACE = {"name": "fbnet", "resolution": 32, "width": 0.25, "num_classes": 10}
 PRECISIONS = ("fp32", "int8")
 
 
+MEASURED = ("measured_ms", "measured_even_rounds_ms", "measured_odd_rounds_ms")
+
+
+def _own_and_other(own: dict[str, str], label: str) -> tuple[str, str]:
+    """The network searched on `label`'s table, and the one searched on the other target's."""
+    return next(n for n, lab in own.items() if lab == label), next(n for n, lab in own.items() if lab != label)
+
+
+def _measured(m: dict[str, Any], name: str, d: int) -> dict[str, float]:
+    """Network `name` on target `d`: the full measurement and its even and odd halves, in ms."""
+    i = m["architectures"].index(name)
+    return {k: m[k][i][d] for k in MEASURED}
+
+
+def _noise(ms: dict[str, float]) -> float:
+    """How far two half-length measurements of the same network disagree in this run, relative."""
+    return abs(ms["measured_even_rounds_ms"] - ms["measured_odd_rounds_ms"]) / ms["measured_ms"]
+
+
 def verdicts(report: dict[str, Any], own: dict[str, str]) -> list[dict[str, Any]]:
     """Per target: own network's measured ms against the other target's network, and the noise of that pair.
 
     noise = the larger of the two networks' |even - odd| / full estimate on that target: how far two
     half-length measurements of the same network disagree in this run. A margin above it is not noise."""
     m = report["matrix"]
-    names, labels = m["architectures"], m["devices"]
+    names = m["architectures"]
     rows = []
-    for d, label in enumerate(labels):
-        mine = next(n for n, lab in own.items() if lab == label)
-        other = next(n for n, lab in own.items() if lab != label)
+    for d, label in enumerate(m["devices"]):
+        mine, other = _own_and_other(own, label)
         i, j = names.index(mine), names.index(other)
-        ms = {k: m[k][i][d] for k in ("measured_ms", "measured_even_rounds_ms", "measured_odd_rounds_ms")}
-        ms_other = {k: m[k][j][d] for k in ms}
-        noise = max(abs(x["measured_even_rounds_ms"] - x["measured_odd_rounds_ms"]) / x["measured_ms"]
-                    for x in (ms, ms_other))  # fmt: skip
+        ms, ms_other = _measured(m, mine, d), _measured(m, other, d)
+        noise = max(_noise(ms), _noise(ms_other))
         margin = (ms_other["measured_ms"] - ms["measured_ms"]) / ms["measured_ms"]
         rows.append({
             "target": label, "own_network": mine, "other_network": other,
@@ -94,20 +110,16 @@ def band_verdicts(seed: dict[str, Any], own: dict[str, str]) -> list[dict[str, A
     larger even/odd noise of the pair is still below the other's. Whether the unspent latency would have
     bought accuracy is not measured here (digits saturates)."""
     m = seed["matrix"]
-    names, labels = m["architectures"], m["devices"]
     rows = []
-    for d, label in enumerate(labels):
+    for d, label in enumerate(m["devices"]):
         target = (seed.get("search_target") or {}).get(label) or {}
         budget, tol = seed["budgets_ms"][label], float(target.get("tolerance", 0.1))
         drift = seed["drift"][label]
-        mine = next(n for n, lab in own.items() if lab == label)
-        other = next(n for n, lab in own.items() if lab != label)
+        mine, other = _own_and_other(own, label)
         adjusted, noise = {}, {}
         for name in (mine, other):
-            i = names.index(name)
-            full, even, odd = (m[k][i][d] for k in ("measured_ms", "measured_even_rounds_ms",
-                                                   "measured_odd_rounds_ms"))  # fmt: skip
-            adjusted[name], noise[name] = full / drift, abs(even - odd) / full
+            ms = _measured(m, name, d)
+            adjusted[name], noise[name] = ms["measured_ms"] / drift, _noise(ms)
         lo, hi = budget * (1 - tol), budget * (1 + tol)
         own_side, other_side = (_side(adjusted[n], noise[n], lo, hi) for n in (mine, other))
         miss = {n: abs(adjusted[n] - budget) / budget for n in (mine, other)}

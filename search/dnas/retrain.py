@@ -10,6 +10,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from search.data.datasets import DataSplits, set_epoch
+from search.dnas.layout import batch_for_training, model_for_export, model_for_training
 from search.space.export import export_network
 from search.space.macro import SearchSpace
 from search.space.model import build_model
@@ -43,7 +44,8 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
                        progress: bool = True) -> tuple[nn.Module, dict]:  # fmt: skip
     """Both search splits (w and theta) are training data now; the held-out split measures accuracy."""
     torch.manual_seed(cfg.seed)
-    model = build_model(space, arch)
+    cpu = torch.device("cpu")
+    model = model_for_training(build_model(space, arch), cpu)
     train = ConcatDataset([data.weights, data.arch])
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
@@ -57,13 +59,14 @@ def train_architecture(space: SearchSpace, arch: list[str], data: DataSplits, cf
         set_epoch(train, epoch)  # fresh random crops each epoch (augmenting data sets)
         total = 0.0
         for x, y in loader:
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(batch_for_training(x, cpu)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach())
         history.append({"epoch": epoch + 1, "train_loss": total / len(loader)})
+    model_for_export(model)
     return model, {"val_accuracy": accuracy(model, data.val, workers=cfg.workers), "history": history}
 
 

@@ -45,6 +45,7 @@ from search.dnas.distributed import (
     rank_divergence,
     wrap_weights_in_ddp,
 )
+from search.dnas.layout import batch_for_training, model_for_training
 from search.dnas.steering import loss_exponents, sample_rows, steer_betas
 from search.dnas.summary import MetricsLog, batch_stats, epoch_row, one_device_row, phase_metrics
 from search.dnas.supernet import SuperNet, per_sample_loss
@@ -80,7 +81,8 @@ class Searcher:
             raise ConfigError(f"--bf16: this {self.device.type.upper()} has no bfloat16 support; use --no-bf16")
         self.rank = init_distributed(self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.net = SuperNet(space, self.luts, thetas=self.n if self.per_device else 1).to(self.device)
+        self.net = SuperNet(space, self.luts, thetas=self.n if self.per_device else 1)
+        model_for_training(self.net, self.device)
         self.model: nn.Module = self.net
         if self.rank.world > 1:
             self.model = wrap_weights_in_ddp(self.net, self.device, ["theta", "lut"])
@@ -159,7 +161,7 @@ class Searcher:
         bar = tqdm(loader, desc=desc, unit="step", leave=False, disable=not self.rank.main, total=steps,
                    initial=self.step)  # fmt: skip
         for x, y in bar:
-            x = x.to(self.device, non_blocking=True)
+            x = batch_for_training(x, self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             if train_theta:
@@ -215,7 +217,7 @@ class Searcher:
         self.net.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = batch_for_training(x, self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits, _ = self.net(x, tau, self.cfg.mode, self._rows(len(y)))
             ce = nn.functional.cross_entropy(logits, y, reduction="sum")
