@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -143,3 +146,23 @@ def test_damaged_copies_of_the_real_pickle_are_refused_or_read_never_crash(tmp_p
         return
     for table in parts.values():  # what does read is numbers, as the file promises
         assert all(isinstance(v, float) for v in table.values())
+
+
+def test_a_huge_memo_index_costs_no_huge_allocation():
+    """A well-formed pickle whose one PUT names memo slot 2**31 - 16 (one flipped byte of a real file does it):
+    C's unpickler sizes its memo array to that index (~16 GB, 30 s of clearing), so under a 1 GiB address
+    space limit it refused with a MemoryError. Read in a dict, it is just an empty dict: no fbnet part."""
+    payload = b"\x80\x02}r" + struct.pack("<I", 2**31 - 16) + b"."
+    code = (
+        "import resource, sys\n"
+        "from search.tables.hwnasbench import ImportRefused, read_fbnet_part\n"
+        "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    read_fbnet_part({payload!r})\n"
+        "except ImportRefused as exc:\n"
+        "    print(exc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "has no 'fbnet' part" in res.stdout, res.stdout
