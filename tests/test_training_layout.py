@@ -53,4 +53,7 @@ def test_a_retrained_model_is_handed_back_in_the_default_layout():
                                        progress=False)  # fmt: skip
     convs = [p for p in model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous() for p in convs), "export and quantization expect NCHW weights"
+    # 1x1 and depthwise weights are both layouts at once; the stem's 3x3x3 is not, so it tells them apart.
+    stem = model[0][0].weight
+    assert stem.shape[1:] == (3, 3, 3) and not stem.is_contiguous(memory_format=torch.channels_last)
     assert len(result["history"]) == 1 and 0.0 <= result["val_accuracy"] <= 1.0
