@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import re
 import select
+import signal
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -110,7 +113,7 @@ def test_the_server_and_the_fallback_print_and_exit_alike(tmp_path, server, gene
         for streams in ({"capture_output": True}, {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}):
             fallback, served = (
                 subprocess.run([binary, *args], cwd=tmp_path, env=_env(build, extra), text=True, timeout=60, **streams)
-                for extra in ({}, server.environment())
+                for extra in ({}, server.environment() | {"DNAS_PERF_TEST_SERVER_STRICT": "1"})
             )
             assert served.returncode == fallback.returncode, args
             assert _mask(served.stdout) == _mask(fallback.stdout), args
@@ -162,3 +165,54 @@ def test_the_emulator_starts_the_server_when_perf_test_is_pushed_and_ends_it_wit
 
 def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def _strict_relu_run(tmp_path: Path, build: Path, server: Launcher) -> subprocess.CompletedProcess:
+    """A launch that must go through the server (exit 126 otherwise)."""
+    model = _model(tmp_path / "relu.onnx")
+    env = _env(build, server.environment() | {"DNAS_PERF_TEST_SERVER_STRICT": "1"})
+    return subprocess.run([str(build / "onnxruntime_perf_test"), "-r", "2", str(model)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_a_request_cut_off_closes_the_stdio_it_carried_and_the_server_serves_on(tmp_path, server):
+    """A launcher killed mid-request: the server must not keep the shell's stdout pipe open (that adb shell
+    would wait for EOF until the agent's timeout) and must not stop serving."""
+    require_c_compiler()
+    build = write_build(tmp_path / "build")
+    read_end, write_end = os.pipe()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(server.environment()[ENV])
+        socket.send_fds(conn, [struct.pack("I", 1000) + b"cut"], [write_end, write_end, write_end])
+    os.close(write_end)
+    # EOF arrives only once no process holds the write end: the server closed what it received.
+    assert select.select([read_end], [], [], 30)[0] == [read_end] and os.read(read_end, 1) == b""
+    os.close(read_end)
+    res = _strict_relu_run(tmp_path, build, server)
+    assert res.returncode == 0, res.stderr
+    assert "Total inference requests: 2" in res.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_server_takes_its_children_with_it_and_is_started_again(tmp_path, server):
+    """The server killed outright (SIGKILL, the OOM killer): a child still running must not go on writing to a
+    launcher that has given up, and the next shell's environment brings a new server."""
+    require_c_compiler()
+    build = write_build(tmp_path / "build")
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    launcher, child, writer = _served_launch(build, server, fifo)
+    pidfd = os.pidfd_open(child)
+    old = server.proc.pid
+    os.kill(old, signal.SIGKILL)
+    assert select.select([pidfd], [], [], 30)[0] == [pidfd]  # readable: the child exited with its server
+    os.close(pidfd)
+    os.close(writer)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 127 and "server went away" in err
+    server.environment()  # what every shell asks first: a dead server is started again
+    assert server.proc.pid != old
+    server.wait_ready()
+    res = _strict_relu_run(tmp_path, build, server)
+    assert res.returncode == 0, res.stderr

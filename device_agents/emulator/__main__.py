@@ -47,8 +47,12 @@ def main() -> None:
         # SIGTERM ends the emulator through the finally below, so its perf_test server is gone when it is.
         stopped = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
-        async with server:
+        try:
             await stopped.wait()
+        finally:  # not wait_closed(): from Python 3.12.1 it waits for every client (an agent's link) to hang up
+            server.close()
+            if usb is not None:
+                usb.close()
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -2,8 +2,8 @@
 numpy and onnxruntime once, and forks a child per `onnxruntime_perf_test` launch.
 
 Why: an agent's batch starts one perf_test process per model and visit (the conformance suite's quick run is
-~450 of them), and each fresh Python spent ~0.3 s of CPU importing numpy and onnxruntime before running a
-model for milliseconds. The launcher (`perf_test_standin.LAUNCHER_C`) is unchanged as far as the device's
+~430 of them), and each fresh Python spent ~0.13 s of CPU starting and importing numpy and onnxruntime before
+running a model for milliseconds. The launcher (`perf_test_standin.LAUNCHER_C`) is unchanged as far as the device's
 loader and the agent see: it is still the ELF that links libc++_shared.so and checks it. It then connects to
 the socket named by `DNAS_PERF_TEST_SERVER` (set in the sandbox's environment once the server listens) and
 sends its command line and working directory, with its stdin, stdout and stderr as file descriptors
@@ -11,7 +11,10 @@ sends its command line and working directory, with its stdin, stdout and stderr 
 directory and CPU affinity (so `taskset` pins it as it pinned the launcher), and runs the stand-in's
 `main(argv)` with the stdio Python would have made; the launcher then exits with the child's status. Without
 the variable, or when the connection fails or the server refuses (another interpreter or script), the
-launcher execs Python as before: the output and exit statuses are the same either way.
+launcher execs Python as before (with `DNAS_PERF_TEST_SERVER_STRICT=1` it exits 126 instead, so a test can
+prove a launch went through the server). The output and exit statuses are the same either way for what the
+stand-in does (tests/test_perf_test_server.py); the child keeps the server's interpreter settings, so
+`PYTHON*` variables in a launch's environment (PYTHONWARNINGS, PYTHONIOENCODING) are not applied again.
 
 Lifetime: the emulator starts the server when onnxruntime_perf_test is pushed (`Launcher.start`) and holds
 the write end of the server's stdin. When the emulator exits, however it exits, that pipe reaches EOF and the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import io
 import os
 import select
@@ -49,6 +53,7 @@ SOCKET_NAME = "perf_test.sock"
 # Imported numpy's BLAS must not start worker threads in the server: a fork copies only the forking thread.
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MAX_REQUEST = 64 * 1024
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAIN_CALL = "    raise SystemExit(main())"  # the stand-in's last line, the first frame of its tracebacks
 
 
@@ -84,42 +89,69 @@ class Server:
                 conn.close()
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        """One launch. Nothing here may end the server (every later launch would fall back to the slow path)
+        or run the stand-in twice: until the child is forked and registered, closing the connection makes the
+        launcher exec Python itself; after that, the child is the launch's only run."""
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
         try:
             request = _read_request(conn)
-        except (OSError, ValueError):
-            conn.close()
-            return
+        except (OSError, ValueError):  # _read_request has closed the descriptors it received
+            request = None
         if request is None:
             conn.close()
             return
         fds, cwd, python, script, argv, env = request
-        if python != sys.executable or Path(script).resolve() != Path(standin_file()).resolve():
-            for fd in fds:
-                os.close(fd)
-            _send(conn, b"R")
-            conn.close()
-            return
-        peer_pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        pid = os.fork()
+        pid, server_pid = -1, os.getpid()
+        try:
+            if python != sys.executable or Path(script).resolve() != Path(standin_file()).resolve():
+                with contextlib.suppress(OSError):
+                    _send(conn, b"R")
+            else:
+                peer_pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+                pid = os.fork()
+        except OSError:
+            pid = -1
         if pid == 0:  # pragma: no cover - the child ends in os._exit
             code = 1
             try:
-                code = self._child(conn, fds, cwd, script, argv, env, peer_pid)
+                code = self._child(conn, fds, cwd, script, argv, env, peer_pid, server_pid)
+            except BaseException:  # before the stand-in ran (a cwd gone, say): say why, as Python would
+                with contextlib.suppress(BaseException):
+                    os.write(2, traceback.format_exc().encode())
             finally:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        if pid < 0:  # refused, or no fork: the launcher runs it itself
+            conn.close()
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # cannot watch it: end it before the launcher is told, and it runs the launch itself
+            _kill(pid)
+            os.waitpid(pid, 0)
+            conn.close()
+            return
         self.children[pidfd] = (pid, conn)
         self.by_conn[conn.fileno()] = pidfd
         self.poll.register(pidfd, select.POLLIN)
         self.poll.register(conn.fileno(), select.POLLIN)
-        _send(conn, b"A")
+        try:
+            _send(conn, b"A")
+        except OSError:  # the launcher died since its request: its run must not go on without it
+            self._launcher_gone(conn.fileno())
 
     def _child(self, conn: socket.socket, fds: list[int], cwd: str, script: str, argv: list[str],
-               env: dict[str, str], peer_pid: int) -> int:  # fmt: skip
-        """In the forked child: become the process the launcher would have exec'd, then run the stand-in."""
+               env: dict[str, str], peer_pid: int, server_pid: int) -> int:  # fmt: skip
+        """In the forked child: become the process the launcher would have exec'd, then run the stand-in.
+        It dies with the server, however the server dies (SIGKILL, the OOM killer): its launcher has then been
+        told the server went away, and nothing may go on writing into that launcher's stdout."""
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server_pid:  # the server died before prctl took hold
+            return 1
         for sock in (self.listener, conn, *(c for _, c in self.children.values())):
             sock.close()
         for pidfd in self.children:
@@ -218,11 +250,22 @@ def _stdio(*, unbuffered: bool) -> tuple[IO[str], IO[str], IO[str]]:
 
 
 def _read_request(conn: socket.socket) -> tuple[list[int], str, str, str, list[str], dict[str, str]] | None:
+    """The launch's descriptors and fields; None or an error when it is not a whole request, and then the
+    descriptors are closed here: a kept write end of a shell's stdout pipe would hang that adb shell."""
     data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 3)
     if len(fds) != 3 or len(data) < 4:
         for fd in fds:
             os.close(fd)
         return None
+    try:
+        return (fds, *_parse(conn, data))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _parse(conn: socket.socket, data: bytes) -> tuple[str, str, str, list[str], dict[str, str]]:
     (length,) = struct.unpack("I", data[:4])
     if length > MAX_REQUEST:
         raise ValueError("request too long")
@@ -238,7 +281,7 @@ def _read_request(conn: socket.socket) -> tuple[list[int], str, str, str, list[s
     cwd, count = fields[0], int(fields[1])
     python, script, *argv = fields[2 : 2 + count]
     env = dict(entry.partition("=")[::2] for entry in fields[2 + count :])
-    return fds, cwd, python, script, argv, env
+    return cwd, python, script, argv, env
 
 
 def _send(conn: socket.socket, data: bytes) -> None:
@@ -259,8 +302,11 @@ class Launcher:
         self.folder: Path | None = None
 
     def start(self) -> None:
-        if self.proc is not None:
+        """Start the server, or start it again if it died: a dead server's socket would send every launch
+        down the slow path, silently."""
+        if self.proc is not None and self.proc.poll() is None:
             return
+        self.stop()
         # A short path: AF_UNIX paths are limited to 107 bytes, and the sandbox may be deep in a test's tmp.
         self.folder = Path(tempfile.mkdtemp(prefix="dnas-pt-"))
         self.proc = subprocess.Popen(
@@ -272,7 +318,9 @@ class Launcher:
 
     def environment(self) -> dict[str, str]:
         """The socket path once the server runs. A launcher that finds no socket yet (the server is still
-        importing) falls back to exec'ing Python."""
+        importing) falls back to exec'ing Python. A server that died is started again here, on the next shell."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.start()
         return {ENV: str(self.folder / SOCKET_NAME)} if self.folder is not None else {}
 
     def wait_ready(self) -> None:
@@ -283,14 +331,17 @@ class Launcher:
             raise RuntimeError(f"the perf_test server exited with {self.proc.wait()} before listening")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
+        """End the server and remove its folder (the server removes it too, unless it died first)."""
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def serve(path: Path) -> None:

@@ -280,15 +280,16 @@ static int via_server(char **args, int nargs) {
     strcpy(addr.sun_path, path);
     if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) { close(s); return -1; }
     int fds[3] = {0, 1, 2};
-    char control[CMSG_SPACE(sizeof fds)];
-    memset(control, 0, sizeof control);
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof fds)]; } control;  /* cmsghdr-aligned */
+    memset(&control, 0, sizeof control);
     struct iovec iov = {req, 4 + len};
     struct msghdr msg = {0};
     msg.msg_iov = &iov; msg.msg_iovlen = 1;
-    msg.msg_control = control; msg.msg_controllen = sizeof control;
+    msg.msg_control = control.buf; msg.msg_controllen = sizeof control.buf;
     struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_SOCKET; cm->cmsg_type = SCM_RIGHTS; cm->cmsg_len = CMSG_LEN(sizeof fds);
     memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    /* No EINTR retries: this process installs no signal handlers, so no call here is interrupted. */
     if (sendmsg(s, &msg, MSG_NOSIGNAL) != (ssize_t)(4 + len)) { close(s); return -1; }
     char answer;
     if (recv(s, &answer, 1, MSG_WAITALL) != 1 || answer != 'A') { close(s); return -1; }
@@ -310,6 +311,11 @@ int main(int argc, char **argv) {
     if (dnas_cxx_marker() != 42) return 3;
     int code = via_server(args, argc + 3);
     if (code >= 0) return code;
+    const char *strict = getenv("DNAS_PERF_TEST_SERVER_STRICT");  /* tests: prove a launch went through it */
+    if (strict && strcmp(strict, "1") == 0) {
+        fprintf(stderr, "onnxruntime_perf_test: the perf_test server did not run this launch\n");
+        return 126;
+    }
     execv(PYTHON, args);
     perror("execv");
     return 127;
