@@ -148,10 +148,10 @@ def test_damaged_copies_of_the_real_pickle_are_refused_or_read_never_crash(tmp_p
         assert all(isinstance(v, float) for v in table.values())
 
 
-def test_a_huge_memo_index_costs_no_huge_allocation():
+def test_a_huge_memo_index_is_refused_before_any_allocation():
     """A well-formed pickle whose one PUT names memo slot 2**31 - 16 (one flipped byte of a real file does it):
     C's unpickler sizes its memo array to that index (~16 GB, 30 s of clearing), so under a 1 GiB address
-    space limit it refused with a MemoryError. Read in a dict, it is just an empty dict: no fbnet part."""
+    space limit it refused with a MemoryError. The opcodes are walked first, and the slot is named."""
     payload = b"\x80\x02}r" + struct.pack("<I", 2**31 - 16) + b"."
     code = (
         "import resource, sys\n"
@@ -165,4 +165,13 @@ def test_a_huge_memo_index_costs_no_huge_allocation():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "has no 'fbnet' part" in res.stdout, res.stdout
+    assert "memo slot 2147483632 after 3 opcodes" in res.stdout and "MemoryError" not in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_pickle_cut_anywhere_is_refused_as_truncated(tmp_path, protocol):
+    """The opcode walk stops at the cut, and says so, whatever opcode it falls in."""
+    data = write_pickle(tmp_path / "p.pickle", protocol=protocol).read_bytes()
+    for cut in range(1, len(data), 13):
+        with pytest.raises(ImportRefused, match="truncated"):
+            read_fbnet_part(data[:cut])

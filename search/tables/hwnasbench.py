@@ -21,6 +21,7 @@ import io
 import json
 import math
 import pickle
+import pickletools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,12 +107,12 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _Unpickler(pickle._Unpickler):
-    """Python's own unpickler, not the C one: the C unpickler's memo is an array sized to the largest index a
-    PUT names, so a 40 KB file with one flipped byte (LONG_BINPUT 1.3e9) made it allocate and clear ~10 GB
-    for 30 s before refusing. This one keeps the memo in a dict; the cost is ~10x slower reading, once per
-    import."""
+MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+# What pickletools says when the data ends inside an opcode or before STOP.
+TRUNCATION_SIGNS = ("remain", "not enough data", "exhausted", "no newline found")
 
+
+class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = ALLOWED_GLOBALS.get((module, name))
         if found is None:
@@ -125,8 +126,27 @@ class _Unpickler(pickle._Unpickler):
         raise ImportRefused("the pickle uses persistent ids, which are not admitted")
 
 
+def _check_opcodes(data: bytes) -> None:
+    """Walk the opcodes before the C unpickler runs them. Its memo is an array sized to the largest slot a PUT
+    names, and a pickler numbers slots from 0 as it goes, so a slot beyond the opcodes seen so far is damage:
+    one flipped byte of a real 40 KB file (LONG_BINPUT 1.3e9) made it allocate and clear ~10 GB for 30 s
+    before refusing. A stream that does not parse is refused here too, so the loader only ever runs whole,
+    well-formed opcode streams (and so never runs past damage this walk stopped at)."""
+    try:
+        for seen, (opcode, arg, _) in enumerate(pickletools.genops(data), start=1):
+            if opcode.name in MEMO_PUTS and int(arg) > seen:
+                raise ImportRefused(f"the pickle stores memo slot {arg} after {seen} opcodes: a damaged file")
+    except ImportRefused:
+        raise
+    except ValueError as exc:
+        if any(sign in str(exc) for sign in TRUNCATION_SIGNS):
+            raise ImportRefused(f"the pickle is truncated: it ends after {len(data)} bytes, before its STOP") from None
+        raise ImportRefused(f"the file is not a readable pickle ({str(exc)[:200]})") from None
+
+
 def restricted_loads(data: bytes) -> Any:
     """Unpickle with only the globals above. A refused global, a truncated or corrupt file: `ImportRefused`."""
+    _check_opcodes(data)
     try:
         return _Unpickler(io.BytesIO(data)).load()
     except ImportRefused:
